@@ -1,0 +1,81 @@
+"""The ``cachedit`` Dynamo backend: the pass pipeline, read top to bottom.
+
+    find_block_chain     annotate the repeated block chain
+    partition            head | middle | tail pieces, carried/shared values, streams
+    insert_cache_branch  guarded branch around the middle piece
+    lower                compile each piece with the inner backend
+
+Graphs that cannot be cached (no repeated blocks, a graph break in the chain, ambiguous
+streams) are compiled whole by the inner backend after one warning; ``strict=True`` raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+from cachedit_fx.config import BackendSettings, parse_options
+from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY
+from cachedit_fx.passes.dump import GraphDumper
+from cachedit_fx.passes.errors import UnsupportedGraph
+from cachedit_fx.passes.find_block_chain import find_block_chain
+from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
+from cachedit_fx.passes.lower import compile_piece, lower
+from cachedit_fx.passes.partition import partition
+from cachedit_fx.runtime.registry import register_state, state_for_anchor
+from cachedit_fx.runtime.state import ChainShape, ModelCacheState
+
+log = logging.getLogger("cachedit_fx")
+
+Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
+ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
+REWRITE_PASSES: tuple[Pass, ...] = (partition, insert_cache_branch, lower)
+
+
+class CacheditFallbackWarning(UserWarning):
+    """Emitted once per graph compiled without caching."""
+
+
+def cachedit_backend(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], options: Optional[dict[str, Any]] = None
+) -> Callable[..., Any]:
+    settings = parse_options(options)
+    dump = GraphDumper(settings.dump_dir)
+    dump("dynamo", gm)
+    try:
+        for analysis in ANALYSIS_PASSES:
+            gm = analysis(gm, settings)
+        settings.cache.check_against_chain(len(gm.meta[CHAIN_META_KEY]))
+        settings.cache_state = _state_for(example_inputs, settings, len(gm.meta[CHAIN_META_KEY]))
+        for rewrite in REWRITE_PASSES:
+            gm = rewrite(gm, settings)
+            dump(rewrite.__name__, gm)
+    except UnsupportedGraph as reason:
+        if settings.strict:
+            raise
+        message = f"cachedit: compiling without cache ({reason}); inner backend {settings.inner_backend!r}"
+        warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
+        log.info(message)
+        return compile_piece(gm, settings)
+    part = gm.meta[PARTITION_META_KEY]
+    log.info("cachedit: chain %s, Fn=%d Bn=%d, pieces %s", gm.meta[CHAIN_META_KEY].describe(), part.Fn, part.Bn,
+             part.piece_sizes)
+    return gm.forward
+
+
+def _state_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blocks: int) -> ModelCacheState:
+    anchor = next((t for t in example_inputs if isinstance(t, torch.nn.Parameter)), None)
+    if anchor is None:
+        raise UnsupportedGraph("the graph lifts no parameters, so its model's cache state cannot be identified")
+    chain = ChainShape(num_blocks, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
+    state = state_for_anchor(anchor)
+    if state is None:
+        state = ModelCacheState(settings.cache, chain)
+        register_state(anchor, state)
+    else:
+        state.rebind(settings.cache, chain)
+    return state

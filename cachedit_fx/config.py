@@ -1,0 +1,147 @@
+"""Typed options of the ``cachedit`` backend and their validation.
+
+Cache keys use cache-dit's names. ``parse_options`` turns the ``options`` dict given to
+``torch.compile`` into a ``BackendSettings``; any unknown key or bad value raises a
+``ValueError`` naming the key. Checks that need the block count (``Fn + Bn <= N``) run in
+``DBCacheConfig.check_against_chain``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+INNER_BACKENDS = ("inductor", "aot_eager", "eager")
+STEPS_COMPUTATION_POLICIES = ("dynamic", "static")
+
+
+@dataclass
+class DBCacheConfig:
+    """DBCache controls; defaults equal cache-dit's."""
+
+    Fn_compute_blocks: int = 8
+    Bn_compute_blocks: int = 0
+    residual_diff_threshold: float = 0.08
+    max_warmup_steps: int = 8
+    warmup_interval: int = 1
+    max_cached_steps: int = -1
+    max_continuous_cached_steps: int = -1
+    max_accumulated_residual_diff_threshold: Optional[float] = None
+    num_inference_steps: Optional[int] = None
+    steps_computation_mask: Optional[list[int]] = None
+    steps_computation_policy: str = "dynamic"
+    enable_separate_cfg: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        _require_int("Fn_compute_blocks", self.Fn_compute_blocks, minimum=1)
+        _require_int("Bn_compute_blocks", self.Bn_compute_blocks, minimum=0)
+        _require_number("residual_diff_threshold", self.residual_diff_threshold)
+        _require_int("max_warmup_steps", self.max_warmup_steps, minimum=0)
+        _require_int("warmup_interval", self.warmup_interval, minimum=1)
+        _require_int("max_cached_steps", self.max_cached_steps, minimum=-1)
+        _require_int("max_continuous_cached_steps", self.max_continuous_cached_steps, minimum=-1)
+        if self.max_accumulated_residual_diff_threshold is not None:
+            _require_number("max_accumulated_residual_diff_threshold", self.max_accumulated_residual_diff_threshold)
+        if self.num_inference_steps is not None:
+            _require_int("num_inference_steps", self.num_inference_steps, minimum=1)
+        if self.steps_computation_policy not in STEPS_COMPUTATION_POLICIES:
+            raise ValueError(
+                f"steps_computation_policy must be one of {STEPS_COMPUTATION_POLICIES}, "
+                f"got {self.steps_computation_policy!r}"
+            )
+        if self.steps_computation_mask is not None:
+            mask = list(self.steps_computation_mask)
+            if not mask or any(v not in (0, 1) for v in mask):
+                raise ValueError("steps_computation_mask must be a non-empty list of 0/1 values")
+            if self.num_inference_steps is not None and len(mask) != self.num_inference_steps:
+                raise ValueError(
+                    f"steps_computation_mask has {len(mask)} entries but num_inference_steps is "
+                    f"{self.num_inference_steps}"
+                )
+            self.steps_computation_mask = mask
+        if self.enable_separate_cfg:
+            raise ValueError("enable_separate_cfg=True is not supported yet: separate-CFG streams are not implemented")
+
+    def check_against_chain(self, num_blocks: int) -> None:
+        """Raise ``ValueError`` when Fn/Bn do not fit a chain of ``num_blocks`` blocks.
+
+        The middle piece must hold at least one block, so ``Fn + Bn < num_blocks``.
+        """
+        if self.Fn_compute_blocks + self.Bn_compute_blocks >= num_blocks:
+            raise ValueError(
+                f"Fn_compute_blocks + Bn_compute_blocks = {self.Fn_compute_blocks} + {self.Bn_compute_blocks} "
+                f"leaves no cacheable block in a chain of {num_blocks} blocks (need Fn + Bn < {num_blocks})"
+            )
+
+    def replace(self, **changes: Any) -> "DBCacheConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown cache option(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+CACHE_KEYS = frozenset(f.name for f in dataclasses.fields(DBCacheConfig))
+
+
+@dataclass
+class BackendSettings:
+    """Everything the pass pipeline needs besides the graph."""
+
+    cache: DBCacheConfig = field(default_factory=DBCacheConfig)
+    inner_backend: str = "inductor"
+    mode: Optional[str] = None
+    inductor_options: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
+    dump_dir: Optional[str] = None
+    cache_state: Any = field(default=None, compare=False, repr=False)
+    """Runtime handle the backend attaches before the passes run; passes only wire it in."""
+
+    def __post_init__(self) -> None:
+        if self.inner_backend not in INNER_BACKENDS:
+            raise ValueError(f"inner_backend must be one of {INNER_BACKENDS}, got {self.inner_backend!r}")
+        if (self.mode or self.inductor_options) and self.inner_backend != "inductor":
+            raise ValueError("mode / inductor_options only apply with inner_backend='inductor'")
+        if not isinstance(self.strict, bool):
+            raise ValueError(f"strict must be a bool, got {self.strict!r}")
+
+
+BACKEND_KEYS = frozenset({"cache_config", "inner_backend", "mode", "inductor_options", "strict", "dump_dir"})
+
+
+def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
+    """Build settings from ``torch.compile(..., options=...)``.
+
+    Flat cache keys override fields of a given ``cache_config``. ``dump_dir`` defaults to the
+    ``CACHEDIT_FX_DUMP`` environment variable.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - BACKEND_KEYS - CACHE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown cachedit option(s) {unknown}; known keys: {sorted(BACKEND_KEYS | CACHE_KEYS)}"
+        )
+    base = options.pop("cache_config", None) or DBCacheConfig()
+    if not isinstance(base, DBCacheConfig):
+        raise ValueError(f"cache_config must be a DBCacheConfig, got {type(base).__name__}")
+    flat = {k: options.pop(k) for k in list(options) if k in CACHE_KEYS}
+    cache = base.replace(**flat) if flat else base
+    options.setdefault("dump_dir", os.environ.get("CACHEDIT_FX_DUMP") or None)
+    return BackendSettings(cache=cache, **options)
+
+
+def _require_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _require_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")

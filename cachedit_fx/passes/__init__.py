@@ -1,0 +1,8 @@
+"""Pure graph analyses and rewrites, each ``(GraphModule, BackendSettings) -> GraphModule``.
+
+Analyses record their typed results in ``gm.meta`` under the keys below; no pass keeps
+runtime state.
+"""
+
+CHAIN_META_KEY = "cachedit_fx.block_chain"
+PARTITION_META_KEY = "cachedit_fx.partition"

@@ -1,0 +1,6 @@
+"""Errors raised by passes."""
+
+
+class UnsupportedGraph(Exception):
+    """The graph cannot be cached safely; the backend falls back to plain compilation
+    (or re-raises with ``strict=True``)."""

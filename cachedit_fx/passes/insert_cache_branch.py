@@ -1,0 +1,65 @@
+"""Replace the call of the middle piece with a guarded ``CacheBranch``.
+
+Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``) and a
+``ModelCacheState`` in ``settings.cache_state``.
+Guarantees: the branch receives x0, hF, the call's tensor inputs (for boundary detection,
+the timestep among them when the graph has one) and the middle's own inputs; its outputs
+replace the middle's outputs one for one, so the rest of the program is unchanged.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from cachedit_fx.config import BackendSettings
+from cachedit_fx.passes import PARTITION_META_KEY
+from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
+from cachedit_fx.passes.partition import Partition
+from cachedit_fx.passes.split_pieces import piece_io
+from cachedit_fx.runtime.cache_branch import BranchSpec, CacheBranch
+
+
+def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
+    part: Partition = parent.meta[PARTITION_META_KEY]
+    if settings.cache_state is None:
+        raise AssertionError("insert_cache_branch needs settings.cache_state")
+    by_name = {n.name: n for n in parent.graph.nodes}
+    middle_inputs, middle_outputs = piece_io(parent, "middle")
+    if middle_outputs != [s.middle_output for s in part.streams]:
+        raise AssertionError("middle outputs do not match the partition's streams")
+    signature = [
+        n for n in parent.graph.nodes
+        if n.op == "placeholder" and not is_module_state(n) and tensor_meta(n) is not None
+    ]
+    timestep = find_timestep_input(signature)
+    spec = BranchSpec(
+        num_signature_inputs=len(signature),
+        timestep_index=signature.index(timestep) if timestep is not None else -1,
+        partner_positions=tuple(middle_inputs.index(s.head_value) for s in part.streams),
+    )
+    call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
+    parent.add_submodule("cache_branch", CacheBranch(parent.get_submodule("middle"), settings.cache_state, spec))
+    with parent.graph.inserting_before(call):
+        branch = parent.graph.create_node(
+            "call_module", "cache_branch",
+            (by_name[part.hidden_entry], by_name[part.hidden_cut], *signature, *call.args),
+            name="cachedit_call_cache_branch",
+        )
+    call.replace_all_uses_with(branch)
+    parent.graph.erase_node(call)
+    parent.delete_submodule("middle")
+    parent.recompile()
+    return parent
+
+
+def find_timestep_input(placeholders: list[fx.Node]) -> fx.Node | None:
+    """The call input named ``timestep`` (positional or keyword), if any."""
+    for node in placeholders:
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        name = source.name if source is not None else node.name
+        if name.endswith("['timestep']") or name in ("L_timestep_", "l_timestep_"):
+            return node
+    return None
+
+
+

@@ -1,0 +1,1 @@
+"""Cache state, decision policy and statistics; everything that changes between calls."""

@@ -1,0 +1,93 @@
+"""Per-generation cache statistics and the ``CacheSummary`` users read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class GenerationStats:
+    """Recorder for one generation of one stream (reset at every generation boundary)."""
+
+    num_blocks: int
+    compute_blocks_on_cached_step: int
+    steps: int = 0
+    cached_steps: list[int] = field(default_factory=list)
+    residual_diffs: dict[int, float] = field(default_factory=dict)
+
+    def record(self, step: int, cached: bool, diff: Optional[float]) -> None:
+        self.steps = step + 1
+        if cached:
+            self.cached_steps.append(step)
+        if diff is not None:
+            self.residual_diffs[step] = diff
+
+    def summary(self) -> "CacheSummary":
+        diffs = sorted(self.residual_diffs.values())
+        cached = len(self.cached_steps)
+        return CacheSummary(
+            num_steps=self.steps,
+            cached_steps=list(self.cached_steps),
+            residual_diffs=dict(self.residual_diffs),
+            diff_min=diffs[0] if diffs else None,
+            diff_p25=_percentile(diffs, 25),
+            diff_p50=_percentile(diffs, 50),
+            diff_p75=_percentile(diffs, 75),
+            diff_p95=_percentile(diffs, 95),
+            diff_max=diffs[-1] if diffs else None,
+            computed_blocks=(self.steps - cached) * self.num_blocks + cached * self.compute_blocks_on_cached_step,
+            cached_blocks=cached * (self.num_blocks - self.compute_blocks_on_cached_step),
+        )
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """What the cache did in the last generation. Steps are 0-based within the generation."""
+
+    num_steps: int
+    cached_steps: list[int]
+    residual_diffs: dict[int, float]
+    diff_min: Optional[float]
+    diff_p25: Optional[float]
+    diff_p50: Optional[float]
+    diff_p75: Optional[float]
+    diff_p95: Optional[float]
+    diff_max: Optional[float]
+    computed_blocks: int
+    cached_blocks: int
+
+    @property
+    def num_cached_steps(self) -> int:
+        return len(self.cached_steps)
+
+    @property
+    def num_diffs(self) -> int:
+        return len(self.residual_diffs)
+
+    def __str__(self) -> str:
+        def fmt(v: Optional[float]) -> str:
+            return "-" if v is None else f"{v:.4f}"
+
+        total = self.computed_blocks + self.cached_blocks
+        rows = [
+            ("steps", str(self.num_steps)),
+            ("cached steps", f"{self.num_cached_steps} {self.cached_steps}"),
+            ("computed / skipped blocks", f"{self.computed_blocks} / {self.cached_blocks}"
+             + (f" ({self.cached_blocks / total:.1%} skipped)" if total else "")),
+            ("residual diffs (count)", str(self.num_diffs)),
+            ("diff min / P25 / P50", f"{fmt(self.diff_min)} / {fmt(self.diff_p25)} / {fmt(self.diff_p50)}"),
+            ("diff P75 / P95 / max", f"{fmt(self.diff_p75)} / {fmt(self.diff_p95)} / {fmt(self.diff_max)}"),
+        ]
+        lines = ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
+        return "\n".join(lines)
+
+
+def _percentile(values: list[float], q: float) -> Optional[float]:
+    """Linear-interpolation percentile of sorted ``values`` (numpy's default)."""
+    if not values:
+        return None
+    rank = (len(values) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return values[low] + (values[high] - values[low]) * (rank - low)
