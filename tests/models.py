@@ -1,0 +1,44 @@
+"""Tiny-model fixtures for tests: block lists and a deterministic denoising trajectory."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from cachedit_fx.tiny_models import TINY_MODELS
+
+BLOCK_LISTS = {
+    "flux": ["transformer_blocks", "single_transformer_blocks"],
+    "qwen_image": ["transformer_blocks"],
+    "wan": ["blocks"],
+    "sd3": ["transformer_blocks"],
+    "cogvideox": ["transformer_blocks"],
+    "hunyuan_video": ["transformer_blocks", "single_transformer_blocks"],
+    "pixart": ["transformer_blocks"],
+}
+MODEL_NAMES = list(TINY_MODELS)
+
+
+def chain_length(name: str, model: torch.nn.Module) -> int:
+    return sum(len(getattr(model, attr)) for attr in BLOCK_LISTS[name])
+
+
+def trajectory(inputs: dict[str, Any], steps: int, seed: int = 1, offset: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Per-step inputs: the latent moves smoothly from its start toward fixed noise and the
+    timestep falls, like a sampler (independent of the model's outputs)."""
+    start = inputs["hidden_states"]
+    target = torch.randn(start.shape, generator=torch.Generator().manual_seed(seed))
+    t0 = inputs["timestep"]
+    for k in range(steps):
+        a = (k + offset) / (steps + 1)
+        step_inputs = dict(inputs)
+        step_inputs["hidden_states"] = (1 - a) * start + a * target
+        t = t0.double() * (1 - a) if t0.is_floating_point() else (t0.double() * (1 - a)).round()
+        step_inputs["timestep"] = t.to(t0.dtype)
+        yield step_inputs
+
+
+def run(model_fn, steps_inputs) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model_fn(**s, return_dict=False)[0].clone() for s in steps_inputs]
