@@ -107,7 +107,10 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
             depth_of.setdefault(list_path, list_path.count("."))
         membership.append(entries)
     if not depth_of:
-        raise UnsupportedGraph("no repeated transformer blocks found (no module path of the form '<list>.<i>')")
+        raise UnsupportedGraph(
+            "no repeated transformer blocks found in this graph (no module path of the form '<list>.<i>'); "
+            "if the model has block lists, a graph break split them (see torch._dynamo.explain)"
+        )
     top_depth = min(depth_of.values())
     top_lists = {p for p, d in depth_of.items() if d == top_depth}
 

@@ -80,6 +80,7 @@ class ModelCacheState:
     """Configuration and streams shared by every graph compiled for one model."""
 
     def __init__(self, config: DBCacheConfig, chain: ChainShape) -> None:
+        self.compiled_config = config
         self.config = config
         self.chain = chain
         self.streams: dict[str, StreamState] = {}
@@ -90,10 +91,12 @@ class ModelCacheState:
         return self.streams[name]
 
     def rebind(self, config: DBCacheConfig, chain: ChainShape) -> None:
-        """A new graph of the same model was compiled: adopt its config and chain, and start
-        afresh if either changed."""
-        if config != self.config or chain != self.chain:
-            self.config, self.chain = config, chain
+        """A new graph of the same model was compiled (e.g. after a shape change). Options
+        given to ``refresh`` survive it unless the compile options or the chain changed, in
+        which case everything starts afresh."""
+        if config != self.compiled_config or chain != self.chain:
+            self.compiled_config = self.config = config
+            self.chain = chain
             self.streams.clear()
 
     def refresh(self, num_inference_steps: Optional[int] = None, **config_changes) -> None:

@@ -1,0 +1,156 @@
+"""Backend contract: no recompiles from caching, clear errors, fallback, registration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import cachedit_fx
+from models import TINY_MODELS, run, trajectory
+
+
+def test_no_recompiles_across_two_28_step_generations():
+    model, inputs = TINY_MODELS["flux"]()
+    compiled = torch.compile(model, backend="cachedit", options={
+        "inner_backend": "aot_eager", "Fn_compute_blocks": 1, "residual_diff_threshold": 100.0,
+        "max_warmup_steps": 4, "num_inference_steps": 28})
+    steps = list(trajectory(inputs, 28))
+    counters.clear()
+    run(compiled, steps[:1])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        run(compiled, steps[1:])
+        assert cachedit_fx.summary(compiled).num_cached_steps == 24
+        run(compiled, steps)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert cachedit_fx.summary(compiled).num_cached_steps == 24
+
+
+def test_unknown_option_key_is_named():
+    model, inputs = TINY_MODELS["flux"]()
+    compiled = torch.compile(model, backend="cachedit", options={"Fn_compute_block": 1})
+    with pytest.raises(Exception, match="Fn_compute_block"):
+        run(compiled, list(trajectory(inputs, 1)))
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"Fn_compute_blocks": 0}, "Fn_compute_blocks must be >= 1"),
+    ({"Fn_compute_blocks": 6, "Bn_compute_blocks": 2}, "Fn_compute_blocks \\+ Bn_compute_blocks"),
+    ({"Fn_compute_blocks": 9}, "Fn_compute_blocks \\+ Bn_compute_blocks"),
+    ({"inner_backend": "tvm"}, "inner_backend"),
+    ({"steps_computation_policy": "sometimes"}, "steps_computation_policy"),
+])
+def test_bad_values_raise_clear_errors(options, needle):
+    model, inputs = TINY_MODELS["flux"]()
+    compiled = torch.compile(model, backend="cachedit", options={"inner_backend": "eager", **options})
+    with pytest.raises(Exception, match=needle):
+        run(compiled, list(trajectory(inputs, 1)))
+
+
+def test_typed_config_object_and_flat_keys_override_it():
+    settings = cachedit_fx.parse_options({
+        "cache_config": cachedit_fx.DBCacheConfig(Fn_compute_blocks=2, residual_diff_threshold=0.2),
+        "residual_diff_threshold": 0.3})
+    assert settings.cache.Fn_compute_blocks == 2 and settings.cache.residual_diff_threshold == 0.3
+    with pytest.raises(ValueError, match="max_warmup_steps"):
+        cachedit_fx.DBCacheConfig(max_warmup_steps=-1)
+
+
+class NoBlocks(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_model_without_repeated_blocks_falls_back_with_one_warning():
+    model, x = NoBlocks(), torch.randn(2, 8)
+    compiled = torch.compile(model, backend="cachedit", options={"inner_backend": "aot_eager"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled(x)
+    messages = [str(w.message) for w in caught if issubclass(w.category, cachedit_fx.CacheditFallbackWarning)]
+    assert len(messages) == 1 and "no repeated transformer blocks" in messages[0]
+    torch.testing.assert_close(out, model(x))
+
+
+def test_strict_raises_instead_of_falling_back():
+    compiled = torch.compile(NoBlocks(), backend="cachedit", options={"inner_backend": "eager", "strict": True})
+    with pytest.raises(Exception, match="no repeated transformer blocks"):
+        compiled(torch.randn(2, 8))
+
+
+class Block(torch.nn.Module):
+    def __init__(self, breaks: bool):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.breaks = breaks
+
+    def forward(self, x):
+        x = x + torch.tanh(self.lin(x))
+        if self.breaks:
+            torch._dynamo.graph_break()
+        return x * 1.5
+
+
+class BrokenChain(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(Block(breaks=i == 2) for i in range(5))
+        self.out = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x)
+
+
+def test_graph_break_inside_the_chain_falls_back_and_strict_names_it():
+    model, x = BrokenChain(), torch.randn(2, 8)
+    compiled = torch.compile(model, backend="cachedit", options={"inner_backend": "eager", "Fn_compute_blocks": 1})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled(x)
+    reasons = [str(w.message) for w in caught if issubclass(w.category, cachedit_fx.CacheditFallbackWarning)]
+    assert reasons and all("graph break" in r for r in reasons)
+    torch.testing.assert_close(out, model(x))
+    torch._dynamo.reset()
+    strict = torch.compile(model, backend="cachedit", options={"inner_backend": "eager", "strict": True})
+    with pytest.raises(Exception, match="graph break"):
+        strict(x)
+
+
+def test_backend_is_found_through_the_entry_point_without_importing_cachedit_fx():
+    code = textwrap.dedent("""
+        import sys, torch
+        m = torch.nn.Linear(4, 4)
+        out = torch.compile(m, backend="cachedit", options={"inner_backend": "eager"})(torch.randn(2, 4))
+        assert out.shape == (2, 4)
+        print("ok", "cachedit_fx" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/..")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ok True" in result.stdout
+
+
+def test_dump_dir_writes_each_pass_and_the_analysis(tmp_path):
+    model, inputs = TINY_MODELS["wan"]()
+    compiled = torch.compile(model, backend="cachedit", options={
+        "inner_backend": "eager", "Fn_compute_blocks": 1, "dump_dir": str(tmp_path)})
+    run(compiled, list(trajectory(inputs, 1)))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert any(n.endswith("_dynamo.py") for n in names)
+    assert any(n.endswith("_insert_cache_branch.py") for n in names)
+    analysis = next(p for p in tmp_path.iterdir() if p.name.endswith("_analysis.json")).read_text()
+    assert "blocks.3" in analysis.replace('"list_path": "blocks", "list_index": 3', "blocks.3") or '"list_index": 3' in analysis
+    code = next(p for p in tmp_path.iterdir() if p.name.endswith("_insert_cache_branch.py")).read_text()
+    assert "cache_branch" in code
