@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -150,7 +151,9 @@ def test_dump_dir_writes_each_pass_and_the_analysis(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert any(n.endswith("_dynamo.py") for n in names)
     assert any(n.endswith("_insert_cache_branch.py") for n in names)
-    analysis = next(p for p in tmp_path.iterdir() if p.name.endswith("_analysis.json")).read_text()
-    assert "blocks.3" in analysis.replace('"list_path": "blocks", "list_index": 3', "blocks.3") or '"list_index": 3' in analysis
+    analysis = json.loads(next(p for p in tmp_path.iterdir() if p.name.endswith("_analysis.json")).read_text())
+    blocks = analysis["cachedit_fx.block_chain"]["blocks"]
+    assert [(b["list_path"], b["list_index"]) for b in blocks] == [("blocks", i) for i in range(4)]
+    assert analysis["cachedit_fx.partition"]["Fn"] == 1
     code = next(p for p in tmp_path.iterdir() if p.name.endswith("_insert_cache_branch.py")).read_text()
     assert "cache_branch" in code
