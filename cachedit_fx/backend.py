@@ -3,6 +3,7 @@
     find_block_chain     annotate the repeated block chain
     partition            head | middle | tail pieces, carried/shared values, streams
     insert_cache_branch  guarded branch around the middle piece
+    fuse_diff_into_head  (cache_kernels="inductor-fused") diff sums computed by the head piece
     lower                compile each piece with the inner backend
 
 Graphs that cannot be cached (no repeated blocks, a graph break in the chain, ambiguous
@@ -23,9 +24,11 @@ from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import find_block_chain
+from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.lower import compile_piece, lower
 from cachedit_fx.passes.partition import partition
+from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.registry import register_state, state_for_anchor
 from cachedit_fx.runtime.state import ChainShape, ModelCacheState
 
@@ -33,7 +36,7 @@ log = logging.getLogger("cachedit_fx")
 
 Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
 ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
-REWRITE_PASSES: tuple[Pass, ...] = (partition, insert_cache_branch, lower)
+REWRITE_PASSES: tuple[Pass, ...] = (partition, insert_cache_branch, fuse_diff_into_head, lower)
 
 
 class CacheditFallbackWarning(UserWarning):
@@ -72,10 +75,11 @@ def _state_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blo
     if anchor is None:
         raise UnsupportedGraph("the graph lifts no parameters, so its model's cache state cannot be identified")
     chain = ChainShape(num_blocks, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
+    arithmetic = cache_arithmetic(settings.cache_kernels)
     state = state_for_anchor(anchor)
     if state is None:
-        state = ModelCacheState(settings.cache, chain)
+        state = ModelCacheState(settings.cache, chain, arithmetic)
         register_state(anchor, state)
     else:
-        state.rebind(settings.cache, chain)
+        state.rebind(settings.cache, chain, arithmetic)
     return state

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 INNER_BACKENDS = ("inductor", "aot_eager", "eager")
+CACHE_KERNELS = ("triton", "torch", "inductor-fused")
 STEPS_COMPUTATION_POLICIES = ("dynamic", "static")
 
 
@@ -99,6 +100,9 @@ class BackendSettings:
     inductor_options: dict[str, Any] = field(default_factory=dict)
     strict: bool = False
     dump_dir: Optional[str] = None
+    cache_kernels: str = "triton"
+    """Per-step arithmetic: custom ops ("triton"), plain torch ("torch"), or the diff
+    computed inside the compiled head piece ("inductor-fused")."""
     cache_state: Any = field(default=None, compare=False, repr=False)
     """Runtime handle the backend attaches before the passes run; passes only wire it in."""
 
@@ -107,11 +111,15 @@ class BackendSettings:
             raise ValueError(f"inner_backend must be one of {INNER_BACKENDS}, got {self.inner_backend!r}")
         if (self.mode or self.inductor_options) and self.inner_backend != "inductor":
             raise ValueError("mode / inductor_options only apply with inner_backend='inductor'")
+        if self.cache_kernels not in CACHE_KERNELS:
+            raise ValueError(f"cache_kernels must be one of {CACHE_KERNELS}, got {self.cache_kernels!r}")
         if not isinstance(self.strict, bool):
             raise ValueError(f"strict must be a bool, got {self.strict!r}")
 
 
-BACKEND_KEYS = frozenset({"cache_config", "inner_backend", "mode", "inductor_options", "strict", "dump_dir"})
+BACKEND_KEYS = frozenset(
+    {"cache_config", "inner_backend", "mode", "inductor_options", "strict", "dump_dir", "cache_kernels"}
+)
 
 
 def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:

@@ -1,9 +1,11 @@
-"""The module the ``insert_cache_branch`` pass puts in place of the middle piece."""
+"""Modules the rewrite passes wire into the piecewise program: the guarded ``CacheBranch``
+in place of the middle piece, and the ``PrevResidualSource`` that feeds the head piece the
+stream's previous Fn residual when the head computes the diff."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -33,7 +35,10 @@ class CacheBranch(torch.nn.Module):
         self.state = state
         self.spec = spec
 
-    def forward(self, hidden_entry: torch.Tensor, hidden_cut: torch.Tensor, *rest: torch.Tensor):
+    def forward(
+        self, hidden_entry: torch.Tensor, hidden_cut: torch.Tensor, *rest: torch.Tensor,
+        head_sums: Optional[torch.Tensor] = None,
+    ):
         spec = self.spec
         signature_inputs = rest[: spec.num_signature_inputs]
         middle_inputs = rest[spec.num_signature_inputs :]
@@ -45,4 +50,21 @@ class CacheBranch(torch.nn.Module):
             hidden_cut=hidden_cut,
             signature_inputs=signature_inputs,
             timestep=signature_inputs[spec.timestep_index] if spec.timestep_index >= 0 else None,
+            head_sums=head_sums,
         )
+
+
+class PrevResidualSource(torch.nn.Module):
+    """Returns the owned previous-Fn-residual buffer of the stream the coming call uses,
+    shaped like the head's ``hF`` (a fresh, invalid buffer if the stream's does not fit)."""
+
+    def __init__(self, state: ModelCacheState, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device) -> None:
+        super().__init__()
+        self.state = state
+        self.shape = torch.Size(shape)
+        self.dtype = dtype
+        self.device = device
+
+    def forward(self) -> torch.Tensor:
+        return self.state.stream().prev_residual_buffer(self.shape, self.dtype, self.device)

@@ -1,8 +1,12 @@
 """Cache state of one compiled model: per-stream residual buffers, counters and stats.
 
 Invariants:
-  * every stored tensor is an owned buffer written with ``out=``, never a reference to a
-    piece output (CUDA-graph replay or a later call cannot change it);
+  * every stored tensor is an owned, contiguous buffer written in place (``out=`` or the
+    ladder ops), never a reference to a piece output (CUDA-graph replay or a later call
+    cannot change it);
+  * the middle residual of each carried value lives in a difference ladder
+    (``kernels.reference``); with no calibrator it has one level, ``D0 = hM - hF``, and the
+    cached output is the order-0 forecast ``hF + D0``;
   * a residual is applied only within the generation that computed it: any boundary
     (step count reached, timestep rising, input shapes/dtypes changed, ``refresh``) drops
     all buffers and counters before the step is decided;
@@ -18,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from cachedit_fx.config import DBCacheConfig
-from cachedit_fx.kernels import l1_rel_diff
+from cachedit_fx.runtime.arithmetic import CacheArithmetic
 from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 
@@ -44,9 +48,9 @@ class StreamState:
         self.chain = chain
         self.signature: Optional[Signature] = None
         self.last_timestep: Optional[float] = None
-        self.scratch: Optional[torch.Tensor] = None
         self.prev_residual: Optional[torch.Tensor] = None
-        self.middle_residuals: Optional[list[torch.Tensor]] = None
+        self.prev_valid = False
+        self.ladders: Optional[list[torch.Tensor]] = None
         self.output_strides: Optional[list[tuple[int, ...]]] = None
         self.stats = GenerationStats(chain.num_blocks, chain.Fn + chain.Bn)
         self.finished: Optional[GenerationStats] = None
@@ -68,32 +72,56 @@ class StreamState:
         self.signature = None
         self.last_timestep = None
         self.prev_residual = None
-        self.middle_residuals = None
+        self.prev_valid = False
+        self.ladders = None
         self.output_strides = None
         self._reset_counters()
 
     def latest_stats(self) -> Optional[GenerationStats]:
         return self.stats if self.stats.steps else self.finished
 
+    def prev_residual_buffer(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The owned Fn-residual buffer; a buffer of another shape/dtype/device is replaced by
+        a zeroed one and marked invalid (its contents belong to other inputs)."""
+        buf = self.prev_residual
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            self.prev_residual = buf = torch.zeros(shape, dtype=dtype, device=device)
+            self.prev_valid = False
+        return buf
+
+    def ladder_buffers(self, outputs: Sequence[torch.Tensor], levels: int) -> list[torch.Tensor]:
+        """One ``(levels, *shape)`` ladder per carried value, reallocated when they change."""
+        if self.ladders is None or any(
+            lad.shape != (levels, *out.shape) or lad.dtype != out.dtype or lad.device != out.device
+            for lad, out in zip(self.ladders, outputs)
+        ):
+            self.ladders = [torch.empty((levels, *o.shape), dtype=o.dtype, device=o.device) for o in outputs]
+        return self.ladders
+
 
 class ModelCacheState:
     """Configuration and streams shared by every graph compiled for one model."""
 
-    def __init__(self, config: DBCacheConfig, chain: ChainShape) -> None:
+    def __init__(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic) -> None:
         self.compiled_config = config
         self.config = config
         self.chain = chain
+        self.arithmetic = arithmetic
+        self.ladder_levels = 1
         self.streams: dict[str, StreamState] = {}
+        self.sums_all_reduce: Optional[Callable[[torch.Tensor], object]] = None
+        """Applied in place to the fp32 diff sums before they are read (parallel runs)."""
 
     def stream(self, name: str = DEFAULT_STREAM) -> StreamState:
         if name not in self.streams:
             self.streams[name] = StreamState(self.chain)
         return self.streams[name]
 
-    def rebind(self, config: DBCacheConfig, chain: ChainShape) -> None:
+    def rebind(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic) -> None:
         """A new graph of the same model was compiled (e.g. after a shape change). Options
         given to ``refresh`` survive it unless the compile options or the chain changed, in
         which case everything starts afresh."""
+        self.arithmetic = arithmetic
         if config != self.compiled_config or chain != self.chain:
             self.compiled_config = self.config = config
             self.chain = chain
@@ -125,9 +153,14 @@ class ModelCacheState:
         hidden_cut: torch.Tensor,
         signature_inputs: Sequence[torch.Tensor],
         timestep: Optional[torch.Tensor],
+        head_sums: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, ...]:
-        """Run the cached blocks or apply their stored residuals; see the module invariants."""
+        """Run the cached blocks or apply their stored residuals; see the module invariants.
+
+        ``head_sums``: the diff sums computed inside the head piece against this stream's
+        ``prev_residual`` buffer (``cache_kernels="inductor-fused"``)."""
         config = self.config
+        arith = self.arithmetic
         stream = self.stream()
         signature = tuple((tuple(t.shape), t.dtype) for t in signature_inputs)
         if stream.signature is not None and signature != stream.signature:
@@ -135,16 +168,17 @@ class ModelCacheState:
         elif config.num_inference_steps is not None and stream.step >= config.num_inference_steps:
             stream.start_generation("num_inference_steps reached")
         stream.signature = signature
+        prev = stream.prev_residual_buffer(hidden_cut.shape, hidden_cut.dtype, hidden_cut.device)
 
-        if stream.scratch is None or stream.scratch.shape != hidden_cut.shape:
-            stream.scratch = torch.empty_like(hidden_cut, memory_format=torch.contiguous_format)
-        residual = torch.sub(hidden_cut, hidden_entry, out=stream.scratch)
         readback: list[torch.Tensor] = []
-        if stream.prev_residual is not None:
-            readback.extend(l1_rel_diff(stream.prev_residual, residual))
+        if stream.prev_valid:
+            sums = head_sums if head_sums is not None else arith.diff_sums(prev, hidden_cut, hidden_entry)
+            if self.sums_all_reduce is not None:
+                self.sums_all_reduce(sums)
+            readback.append(sums)
         if timestep is not None:
-            readback.append(timestep.reshape(-1)[0])
-        host = torch.stack([v.to(torch.float64) for v in readback]).tolist() if readback else []
+            readback.append(timestep.reshape(-1)[:1])
+        host = torch.cat([v.to(torch.float64) for v in readback]).tolist() if readback else []
 
         if timestep is not None:
             t = host[-1]
@@ -153,31 +187,29 @@ class ModelCacheState:
                 stream.signature = signature
                 host = []
             stream.last_timestep = t
-        diff = _relative(host[0], host[1]) if stream.prev_residual is not None else None
+        diff = _relative(host[0], host[1]) if stream.prev_valid else None
 
         counters = StepCounters(stream.step, stream.cached_steps, stream.continuous_cached_steps,
-                                stream.accumulated_diff, stream.middle_residuals is not None)
+                                stream.accumulated_diff, stream.ladders is not None)
         cache, _ = should_cache(config, counters, diff)
         if cache:
-            outputs = tuple(
-                torch.add(p, m, out=torch.empty_strided(m.shape, s, dtype=m.dtype, device=m.device))
-                for p, m, s in zip(partners, stream.middle_residuals, stream.output_strides)
-            )
+            outputs = []
+            for partner, ladder, strides in zip(partners, stream.ladders, stream.output_strides):
+                out = torch.empty_strided(ladder.shape[1:], strides, dtype=ladder.dtype, device=ladder.device)
+                arith.forecast(ladder, partner, 0.0, 0, out)
+                outputs.append(out)
+            outputs = tuple(outputs)
             stream.cached_steps += 1
             stream.continuous_cached_steps += 1
             if diff is not None and diff > 0:
                 stream.accumulated_diff += diff
         else:
             outputs = tuple(middle(*middle_inputs))
-            if stream.middle_residuals is None or any(
-                buf.shape != out.shape or buf.dtype != out.dtype
-                for buf, out in zip(stream.middle_residuals, outputs)
-            ):
-                stream.middle_residuals = [torch.empty(o.shape, dtype=o.dtype, device=o.device) for o in outputs]
-            for buf, out, partner in zip(stream.middle_residuals, outputs, partners):
-                torch.sub(out, partner, out=buf)
+            for ladder, out, partner in zip(stream.ladder_buffers(outputs, self.ladder_levels), outputs, partners):
+                arith.ladder_update_(ladder, out, partner, 1.0, 1)
             stream.output_strides = [tuple(o.stride()) for o in outputs]
-            stream.scratch, stream.prev_residual = stream.prev_residual, residual
+            torch.sub(hidden_cut, hidden_entry, out=prev)
+            stream.prev_valid = True
             stream.continuous_cached_steps = 0
         stream.stats.record(stream.step, cache, diff)
         stream.step += 1

@@ -1,0 +1,50 @@
+"""Which implementation does the per-step cache arithmetic (option ``cache_kernels``).
+
+    "triton"          the ``cachedit_fx::`` custom ops: Triton on CUDA (and on CPU under
+                      TRITON_INTERPRET=1), the torch reference elsewhere
+    "torch"           the plain-torch reference functions, called directly
+    "inductor-fused"  the diff sums are computed inside the compiled head piece (the
+                      ``fuse_diff_into_head`` pass); ladder updates/forecasts use the ops
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from cachedit_fx.config import CACHE_KERNELS
+from cachedit_fx.kernels import (
+    l1_rel_diff_op,
+    l1_rel_diff_reference,
+    taylor_forecast_op,
+    taylor_forecast_reference,
+    taylor_update_op,
+    taylor_update_reference_,
+)
+
+DiffSums = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+LadderUpdate = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], float, int], None]
+Forecast = Callable[[torch.Tensor, Optional[torch.Tensor], float, int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class CacheArithmetic:
+    """``diff_sums(prev, cur, base)`` -> fp32 ``[sum|prev-(cur-base)|, sum|prev|]``;
+    ``ladder_update_(ladder, value, base, gap, levels)``;
+    ``forecast(ladder, base, elapsed, order, out)``."""
+
+    name: str
+    diff_sums: DiffSums
+    ladder_update_: LadderUpdate
+    forecast: Forecast
+    diff_in_head: bool
+
+
+def cache_arithmetic(name: str) -> CacheArithmetic:
+    if name == "torch":
+        return CacheArithmetic(name, l1_rel_diff_reference, taylor_update_reference_, taylor_forecast_reference, False)
+    if name in ("triton", "inductor-fused"):
+        return CacheArithmetic(name, l1_rel_diff_op, taylor_update_op, taylor_forecast_op, name == "inductor-fused")
+    raise ValueError(f"cache_kernels must be one of {CACHE_KERNELS}, got {name!r}")
