@@ -1,9 +1,11 @@
 import os
 
-import pytest
-import torch
-
+# Before anything imports triton: run the Triton kernels through Triton's CPU interpreter.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "inductor"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +15,12 @@ def fresh_dynamo():
     torch.manual_seed(0)
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def triton_interpreter():
+    """The Triton kernels run on CPU through Triton's interpreter (set above)."""
+    from cachedit_fx.kernels import TRITON_INSTALLED, runs_triton
+
+    assert TRITON_INSTALLED, "triton is a test dependency: pip install -e '.[test]'"
+    assert runs_triton(torch.empty(1)), "TRITON_INTERPRET=1 must be set before triton is imported"

@@ -1,9 +1,10 @@
 """The one Inductor test: tiny FLUX pieces compiled by Inductor (cache shared via
-TORCHINDUCTOR_CACHE_DIR), threshold 0 against plain Inductor and a caching run against the
-eager-piece run."""
+TORCHINDUCTOR_CACHE_DIR), threshold 0 against plain Inductor, a caching run against the
+eager-piece run, and the diff fused into the Inductor head piece against the separate op."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import cachedit_fx
@@ -27,4 +28,20 @@ def test_inductor_pieces_match_plain_inductor_and_cache():
     eager_pieces = torch.compile(model, backend="cachedit", options={
         **options, "residual_diff_threshold": 100.0, "inner_backend": "eager"})
     for a, b in zip(cached, run(eager_pieces, steps)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+    fused = torch.compile(model, backend="cachedit", options={
+        **options, "residual_diff_threshold": 0.3, "cache_kernels": "inductor-fused"})
+    fused_out = run(fused, steps)
+    fused_summary = cachedit_fx.summary(fused)
+    torch._dynamo.reset()
+    separate = torch.compile(model, backend="cachedit", options={
+        **options, "residual_diff_threshold": 0.3, "inner_backend": "eager"})
+    separate_out = run(separate, steps)
+    separate_summary = cachedit_fx.summary(separate)
+    assert 0 < fused_summary.num_cached_steps < 5
+    assert fused_summary.cached_steps == separate_summary.cached_steps
+    assert list(fused_summary.residual_diffs.values()) == pytest.approx(
+        list(separate_summary.residual_diffs.values()), rel=1e-4)
+    for a, b in zip(fused_out, separate_out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -9,12 +9,14 @@ the same order: results are bitwise reproducible run to run.
 from typing import Optional
 
 import torch
+import triton
 import triton.language as tl
 
-from cachedit_fx.kernels.triton_support import LazyKernel, block_size
+from cachedit_fx.kernels.triton_support import block_size
 
 
-def _partial_sums(
+@triton.jit
+def partial_sums_kernel(
     prev_ptr, cur_ptr, base_ptr, partial_ptr, n, num_programs,
     HAS_BASE: tl.constexpr, BLOCK: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
@@ -35,7 +37,8 @@ def _partial_sums(
     tl.store(partial_ptr + num_programs + pid, tl.sum(acc_prev, axis=0))
 
 
-def _final_sums(partial_ptr, out_ptr, num_programs, BLOCK: tl.constexpr):
+@triton.jit
+def final_sums_kernel(partial_ptr, out_ptr, num_programs, BLOCK: tl.constexpr):
     acc_diff = tl.zeros([BLOCK], dtype=tl.float32)
     acc_prev = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, num_programs, BLOCK):
@@ -46,9 +49,6 @@ def _final_sums(partial_ptr, out_ptr, num_programs, BLOCK: tl.constexpr):
     tl.store(out_ptr, tl.sum(acc_diff, axis=0))
     tl.store(out_ptr + 1, tl.sum(acc_prev, axis=0))
 
-
-partial_sums_kernel = LazyKernel(_partial_sums)
-final_sums_kernel = LazyKernel(_final_sums)
 
 # 2048 elements x 8 warps: 8 bf16 (one 16-byte load) per thread and block; 16 blocks a
 # program once the tensor is large, so big activations launch a few thousand programs.
@@ -63,7 +63,7 @@ def l1_rel_diff_triton(prev: torch.Tensor, cur: torch.Tensor, base: Optional[tor
     if n == 0:
         return out.zero_()
     block = block_size(GPU_BLOCK)
-    blocks_per_program = 16 if n >= LARGE_TENSOR and block == GPU_BLOCK else 1
+    blocks_per_program = 16 if n >= LARGE_TENSOR else 1
     num_programs = -(-n // (block * blocks_per_program))
     partials = torch.empty(2 * num_programs, dtype=torch.float32, device=prev.device)
     partial_sums_kernel[(num_programs,)](

@@ -9,12 +9,14 @@ destination dtype.
 from typing import Optional
 
 import torch
+import triton
 import triton.language as tl
 
-from cachedit_fx.kernels.triton_support import LazyKernel, block_size
+from cachedit_fx.kernels.triton_support import block_size
 
 
-def _ladder_update(
+@triton.jit
+def ladder_update_kernel(
     ladder_ptr, value_ptr, base_ptr, n, levels, inv_gap,
     HAS_BASE: tl.constexpr, MAX_LEVELS: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -33,7 +35,8 @@ def _ladder_update(
             new = (new - old) * inv_gap
 
 
-def _forecast(
+@triton.jit
+def forecast_kernel(
     ladder_ptr, base_ptr, out_ptr, n, elapsed,
     HAS_BASE: tl.constexpr, ORDER: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -48,9 +51,6 @@ def _forecast(
         coeff = coeff * elapsed / (k + 1)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
-
-ladder_update_kernel = LazyKernel(_ladder_update)
-forecast_kernel = LazyKernel(_forecast)
 
 GPU_BLOCK = 1024
 

@@ -1,16 +1,14 @@
-"""When the Triton kernels run, and how they are JIT-compiled.
+"""When the Triton kernels run.
 
-Triton decides at ``triton.jit`` time whether a kernel is interpreted (``TRITON_INTERPRET=1``).
-Kernels here are wrapped lazily, on first launch, once per interpreter setting, so setting
-the variable in a running process (tests) takes effect without re-importing the package.
+Triton runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` (its
+interpreter; CI has no GPU). Triton reads that variable when it is first imported, so it must
+be set before anything imports triton (``tests/conftest.py`` does this first thing).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
-from typing import Any, Callable
 
 import torch
 
@@ -28,24 +26,6 @@ def runs_triton(t: torch.Tensor) -> bool:
     if t.device.type == "cuda":
         return True
     return t.device.type == "cpu" and interpreting()
-
-
-class LazyKernel:
-    """A Triton kernel body, JIT-wrapped on first use under the current interpreter setting."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-        functools.update_wrapper(self, fn)
-
-    def __getitem__(self, grid: Any) -> Callable[..., Any]:
-        return _jit(self.fn, interpreting())[grid]
-
-
-@functools.lru_cache(maxsize=None)
-def _jit(fn: Callable[..., Any], interpret: bool) -> Any:
-    import triton
-
-    return triton.jit(fn)
 
 
 def block_size(gpu_block: int) -> int:

@@ -8,8 +8,9 @@ Invariants:
     (``kernels.reference``); with no calibrator it has one level, ``D0 = hM - hF``, and the
     cached output is the order-0 forecast ``hF + D0``;
   * a residual is applied only within the generation that computed it: any boundary
-    (step count reached, timestep rising, input shapes/dtypes changed, ``refresh``) drops
-    all buffers and counters before the step is decided;
+    (step count reached, timestep rising, input shapes/dtypes changed, ``refresh``)
+    invalidates all buffers and resets the counters before the step is decided (buffers are
+    kept allocated and are always overwritten before they are read again);
   * exactly one host sync per call (timestep and diff sums read together).
 """
 
@@ -51,6 +52,8 @@ class StreamState:
         self.prev_residual: Optional[torch.Tensor] = None
         self.prev_valid = False
         self.ladders: Optional[list[torch.Tensor]] = None
+        self.residual_levels = 0
+        """Valid levels of ``ladders`` (0: no middle residual in this generation)."""
         self.output_strides: Optional[list[tuple[int, ...]]] = None
         self.stats = GenerationStats(chain.num_blocks, chain.Fn + chain.Bn)
         self.finished: Optional[GenerationStats] = None
@@ -71,9 +74,8 @@ class StreamState:
         self.stats = GenerationStats(self.chain.num_blocks, self.chain.Fn + self.chain.Bn)
         self.signature = None
         self.last_timestep = None
-        self.prev_residual = None
         self.prev_valid = False
-        self.ladders = None
+        self.residual_levels = 0
         self.output_strides = None
         self._reset_counters()
 
@@ -96,6 +98,7 @@ class StreamState:
             for lad, out in zip(self.ladders, outputs)
         ):
             self.ladders = [torch.empty((levels, *o.shape), dtype=o.dtype, device=o.device) for o in outputs]
+            self.residual_levels = 0
         return self.ladders
 
 
@@ -190,7 +193,7 @@ class ModelCacheState:
         diff = _relative(host[0], host[1]) if stream.prev_valid else None
 
         counters = StepCounters(stream.step, stream.cached_steps, stream.continuous_cached_steps,
-                                stream.accumulated_diff, stream.ladders is not None)
+                                stream.accumulated_diff, stream.residual_levels > 0)
         cache, _ = should_cache(config, counters, diff)
         if cache:
             outputs = []
@@ -207,6 +210,7 @@ class ModelCacheState:
             outputs = tuple(middle(*middle_inputs))
             for ladder, out, partner in zip(stream.ladder_buffers(outputs, self.ladder_levels), outputs, partners):
                 arith.ladder_update_(ladder, out, partner, 1.0, 1)
+            stream.residual_levels = 1
             stream.output_strides = [tuple(o.stride()) for o in outputs]
             torch.sub(hidden_cut, hidden_entry, out=prev)
             stream.prev_valid = True
