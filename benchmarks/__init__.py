@@ -1,0 +1,1 @@
+"""Benchmarks of cachedit_fx (run as modules: ``python -m benchmarks.<name>``)."""
