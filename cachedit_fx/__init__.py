@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 from cachedit_fx.backend import CacheditFallbackWarning, cachedit_backend
-from cachedit_fx.config import BackendSettings, DBCacheConfig, parse_options
+from cachedit_fx.config import BackendSettings, DBCacheConfig, TaylorSeerCalibratorConfig, parse_options
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.runtime.registry import state_for_model
 from cachedit_fx.runtime.stats import CacheSummary
@@ -19,7 +19,7 @@ from cachedit_fx.runtime.step_masks import steps_mask
 
 __all__ = [
     "BackendSettings", "CacheSummary", "CacheditFallbackWarning", "DBCacheConfig", "UnsupportedGraph",
-    "cachedit_backend", "parse_options", "refresh", "steps_mask", "summary",
+    "TaylorSeerCalibratorConfig", "cachedit_backend", "parse_options", "refresh", "steps_mask", "summary",
 ]
 
 BACKEND_NAME = "cachedit"

@@ -78,8 +78,8 @@ def _state_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blo
     arithmetic = cache_arithmetic(settings.cache_kernels)
     state = state_for_anchor(anchor)
     if state is None:
-        state = ModelCacheState(settings.cache, chain, arithmetic)
+        state = ModelCacheState(settings.cache, chain, arithmetic, settings.calibrator)
         register_state(anchor, state)
     else:
-        state.rebind(settings.cache, chain, arithmetic)
+        state.rebind(settings.cache, chain, arithmetic, settings.calibrator)
     return state

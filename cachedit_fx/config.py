@@ -88,6 +88,40 @@ class DBCacheConfig:
 
 
 CACHE_KEYS = frozenset(f.name for f in dataclasses.fields(DBCacheConfig))
+CALIBRATOR_CACHE_TYPES = ("residual", "hidden_states")
+MAX_TAYLORSEER_ORDER = 4
+
+
+@dataclass
+class TaylorSeerCalibratorConfig:
+    """TaylorSeer: on cached steps, forecast each carried value's middle residual (or the
+    middle output itself, ``calibrator_cache_type="hidden_states"``) by a Taylor series over
+    the computed steps instead of reusing the last one. Never changes the cache decision."""
+
+    taylorseer_order: int = 1
+    enable_calibrator: bool = True
+    enable_encoder_calibrator: bool = True
+    calibrator_cache_type: str = "residual"
+
+    def __post_init__(self) -> None:
+        _require_int("taylorseer_order", self.taylorseer_order, minimum=1)
+        if self.taylorseer_order > MAX_TAYLORSEER_ORDER:
+            raise ValueError(f"taylorseer_order must be <= {MAX_TAYLORSEER_ORDER}, got {self.taylorseer_order}")
+        for name in ("enable_calibrator", "enable_encoder_calibrator"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.calibrator_cache_type not in CALIBRATOR_CACHE_TYPES:
+            raise ValueError(
+                f"calibrator_cache_type must be one of {CALIBRATOR_CACHE_TYPES}, got {self.calibrator_cache_type!r}"
+            )
+
+    def order_for(self, hidden: bool) -> int:
+        """Taylor order of a carried value: the hidden stream or an encoder stream."""
+        enabled = self.enable_calibrator if hidden else self.enable_encoder_calibrator
+        return self.taylorseer_order if enabled else 0
+
+
+CALIBRATOR_KEYS = frozenset(f.name for f in dataclasses.fields(TaylorSeerCalibratorConfig))
 
 
 @dataclass
@@ -95,6 +129,7 @@ class BackendSettings:
     """Everything the pass pipeline needs besides the graph."""
 
     cache: DBCacheConfig = field(default_factory=DBCacheConfig)
+    calibrator: Optional[TaylorSeerCalibratorConfig] = None
     inner_backend: str = "inductor"
     mode: Optional[str] = None
     inductor_options: dict[str, Any] = field(default_factory=dict)
@@ -118,29 +153,36 @@ class BackendSettings:
 
 
 BACKEND_KEYS = frozenset(
-    {"cache_config", "inner_backend", "mode", "inductor_options", "strict", "dump_dir", "cache_kernels"}
+    {"cache_config", "calibrator_config", "inner_backend", "mode", "inductor_options", "strict", "dump_dir",
+     "cache_kernels"}
 )
 
 
 def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
     """Build settings from ``torch.compile(..., options=...)``.
 
-    Flat cache keys override fields of a given ``cache_config``. ``dump_dir`` defaults to the
-    ``CACHEDIT_FX_DUMP`` environment variable.
+    Flat cache keys override fields of a given ``cache_config``, flat calibrator keys those of
+    ``calibrator_config`` (and enable a TaylorSeer calibrator when none is given). ``dump_dir``
+    defaults to the ``CACHEDIT_FX_DUMP`` environment variable.
     """
     options = dict(options or {})
-    unknown = sorted(set(options) - BACKEND_KEYS - CACHE_KEYS)
+    known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS
+    unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(
-            f"unknown cachedit option(s) {unknown}; known keys: {sorted(BACKEND_KEYS | CACHE_KEYS)}"
-        )
+        raise ValueError(f"unknown cachedit option(s) {unknown}; known keys: {sorted(known)}")
+    calibrator = options.pop("calibrator_config", None)
+    if calibrator is not None and not isinstance(calibrator, TaylorSeerCalibratorConfig):
+        raise ValueError(f"calibrator_config must be a TaylorSeerCalibratorConfig, got {type(calibrator).__name__}")
+    flat_calibrator = {k: options.pop(k) for k in list(options) if k in CALIBRATOR_KEYS}
+    if flat_calibrator:
+        calibrator = dataclasses.replace(calibrator or TaylorSeerCalibratorConfig(), **flat_calibrator)
     base = options.pop("cache_config", None) or DBCacheConfig()
     if not isinstance(base, DBCacheConfig):
         raise ValueError(f"cache_config must be a DBCacheConfig, got {type(base).__name__}")
     flat = {k: options.pop(k) for k in list(options) if k in CACHE_KEYS}
     cache = base.replace(**flat) if flat else base
     options.setdefault("dump_dir", os.environ.get("CACHEDIT_FX_DUMP") or None)
-    return BackendSettings(cache=cache, **options)
+    return BackendSettings(cache=cache, calibrator=calibrator, **options)
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:

@@ -5,11 +5,18 @@ are the blocks' ``hidden_states`` / ``encoder_hidden_states`` arguments; a block
 are matched to them by shape (the tiny test models never have equal token counts).
 On a cached step every middle block passes its inputs through and the last one adds the
 stored middle residual, which equals ``carried = hF + M``.
+
+With ``taylor_order`` k > 0 (TaylorSeer), each stream keeps a list of derivative estimates
+over the computed steps, ``d[0] = value`` and ``d[i+1] = (d[i] - d_old[i]) / window``, as far
+as earlier steps allow; a cached step uses ``sum_i d[i] * e**i / i!`` with ``e`` the steps
+since the last computed one, as the residual (``taylor_cache_type="residual"``) or as the
+middle output itself (``"hidden_states"``).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Optional
 
 import torch
@@ -22,7 +29,11 @@ class ReferenceDBCache:
         self, model: torch.nn.Module, block_lists: list[str], Fn: int, Bn: int, threshold: float,
         warmup: int = 0, warmup_interval: int = 1, max_cached: int = -1, max_continuous: int = -1,
         max_accumulated: Optional[float] = None, mask: Optional[list[int]] = None, mask_policy: str = "dynamic",
+        taylor_order: int = 0, taylor_cache_type: str = "residual", hidden_taylor: bool = True,
+        encoder_taylor: bool = True,
     ) -> None:
+        self.taylor_order, self.taylor_cache_type = taylor_order, taylor_cache_type
+        self.hidden_taylor, self.encoder_taylor = hidden_taylor, encoder_taylor
         self.model = model
         self.blocks = [b for name in block_lists for b in getattr(model, name)]
         self.Fn, self.Bn, self.threshold = Fn, Bn, threshold
@@ -44,6 +55,8 @@ class ReferenceDBCache:
         self.step = 0
         self.prev: Optional[torch.Tensor] = None
         self.residuals: Optional[dict[str, torch.Tensor]] = None
+        self.derivatives: dict[str, list[torch.Tensor]] = {}
+        self.last_computed = -1
         self.n_cached = self.continuous = 0
         self.accumulated = 0.0
         self.cached_steps: list[int] = []
@@ -72,7 +85,8 @@ class ReferenceDBCache:
             in_middle = self.Fn <= index < len(self.blocks) - self.Bn
             if in_middle and self.cache_now:
                 last = index == len(self.blocks) - self.Bn - 1
-                values = {k: (v + self.residuals[k] if last and k in self.residuals else v) for k, v in streams.items()}
+                values = {k: (self._cached_value(k, v) if last and k in self.residuals else v)
+                          for k, v in streams.items()}
                 outs = [None if name is None else values[name] for name in self.out_names[index]]
                 return outs[0] if len(outs) == 1 else tuple(outs)
             result = original(*args, **kwargs)
@@ -83,9 +97,38 @@ class ReferenceDBCache:
                 self._decide(named["hidden_states"])
             if index == len(self.blocks) - self.Bn - 1 and not self.cache_now:
                 self.residuals = {k: named[k] - self.h_cut[k] for k in named if k in self.h_cut}
+                self._update_derivatives(named)
             return result
 
         block.forward = forward
+
+    def _order(self, stream: str) -> int:
+        enabled = self.hidden_taylor if stream == "hidden_states" else self.encoder_taylor
+        return self.taylor_order if enabled else 0
+
+    def _tracked(self, stream: str, middle_out: torch.Tensor) -> torch.Tensor:
+        if self._order(stream) > 0 and self.taylor_cache_type == "hidden_states":
+            return middle_out
+        return middle_out - self.h_cut[stream]
+
+    def _update_derivatives(self, named: dict[str, torch.Tensor]) -> None:
+        window = self.step - self.last_computed
+        for k in self.residuals:
+            old = self.derivatives.get(k, [])
+            new = [self._tracked(k, named[k]).float()]
+            for i in range(self._order(k)):
+                if i >= len(old):
+                    break
+                new.append((new[i] - old[i]) / window)
+            self.derivatives[k] = new
+        self.last_computed = self.step
+
+    def _cached_value(self, stream: str, h_cut: torch.Tensor) -> torch.Tensor:
+        elapsed = self.step - self.last_computed
+        forecast = sum(d * (elapsed**i / math.factorial(i)) for i, d in enumerate(self.derivatives[stream]))
+        if self._order(stream) > 0 and self.taylor_cache_type == "hidden_states":
+            return forecast.to(h_cut.dtype)
+        return (h_cut.float() + forecast).to(h_cut.dtype)
 
     def _decide(self, h_cut_hidden: torch.Tensor) -> None:
         residual = h_cut_hidden - self.x0

@@ -62,6 +62,16 @@ def test_max_accumulated_residual_diff_stops_caching_for_the_rest_of_the_generat
     assert reference_cached(model, inputs, max_accumulated=limit) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("policy", ["slow", "ultra"])
+def test_static_preset_mask_caches_exactly_its_zero_steps(policy):
+    model, inputs = TINY_MODELS["flux"]()
+    mask = cachedit_fx.steps_mask(mask_policy=policy, total_steps=STEPS)
+    compiled = compile_flux(model, steps_computation_mask=mask, steps_computation_policy="static",
+                            residual_diff_threshold=0.0)
+    run(compiled, trajectory(inputs, STEPS))
+    assert cachedit_fx.summary(compiled).cached_steps == [i for i, m in enumerate(mask) if m == 0]
+
+
 def test_dynamic_mask_still_applies_the_threshold():
     model, inputs = TINY_MODELS["flux"]()
     mask = [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1]

@@ -36,6 +36,7 @@ def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx
         num_signature_inputs=len(signature),
         timestep_index=signature.index(timestep) if timestep is not None else -1,
         partner_positions=tuple(middle_inputs.index(s.head_value) for s in part.streams),
+        hidden_position=[s.head_value for s in part.streams].index(part.hidden_cut),
     )
     call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
     parent.add_submodule("cache_branch", CacheBranch(parent.get_submodule("middle"), settings.cache_state, spec))

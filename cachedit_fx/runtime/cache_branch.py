@@ -18,12 +18,13 @@ class BranchSpec:
 
     ``timestep_index`` indexes ``signature_inputs`` (-1: the graph has no timestep input);
     ``partner_positions[k]`` indexes ``middle_inputs``: the head value that middle output k
-    continues.
+    continues; ``hidden_position`` is the k of the hidden stream.
     """
 
     num_signature_inputs: int
     timestep_index: int
     partner_positions: tuple[int, ...]
+    hidden_position: int
 
 
 class CacheBranch(torch.nn.Module):
@@ -50,6 +51,7 @@ class CacheBranch(torch.nn.Module):
             hidden_cut=hidden_cut,
             signature_inputs=signature_inputs,
             timestep=signature_inputs[spec.timestep_index] if spec.timestep_index >= 0 else None,
+            hidden_position=spec.hidden_position,
             head_sums=head_sums,
         )
 

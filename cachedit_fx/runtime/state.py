@@ -6,7 +6,10 @@ Invariants:
     cannot change it);
   * the middle residual of each carried value lives in a difference ladder
     (``kernels.reference``); with no calibrator it has one level, ``D0 = hM - hF``, and the
-    cached output is the order-0 forecast ``hF + D0``;
+    cached output is the order-0 forecast ``hF + D0``. A TaylorSeer calibrator of order k
+    keeps k+1 levels (of ``hM - hF``, or of ``hM`` for cache type "hidden_states") and
+    forecasts at ``elapsed`` = steps since the last computed step, using as many levels as
+    computed steps have filled;
   * a residual is applied only within the generation that computed it: any boundary
     (step count reached, timestep rising, input shapes/dtypes changed, ``refresh``)
     invalidates all buffers and resets the counters before the step is decided (buffers are
@@ -22,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from cachedit_fx.config import DBCacheConfig
+from cachedit_fx.config import DBCacheConfig, TaylorSeerCalibratorConfig
 from cachedit_fx.runtime.arithmetic import CacheArithmetic
 from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
@@ -42,6 +45,26 @@ class ChainShape:
     Bn: int
 
 
+@dataclass(frozen=True)
+class ValuePlan:
+    """How one carried value is cached: Taylor ``order`` (0: reuse the last residual) and
+    whether the ladder holds ``hM - hF`` (``residual``) or ``hM`` itself."""
+
+    order: int
+    residual: bool
+
+
+def value_plans(
+    calibrator: Optional[TaylorSeerCalibratorConfig], num_values: int, hidden_position: int
+) -> tuple[ValuePlan, ...]:
+    plans = []
+    for k in range(num_values):
+        order = calibrator.order_for(hidden=k == hidden_position) if calibrator is not None else 0
+        residual = order == 0 or calibrator.calibrator_cache_type == "residual"
+        plans.append(ValuePlan(order, residual))
+    return tuple(plans)
+
+
 class StreamState:
     """Residual buffers and counters of one stream within the current generation."""
 
@@ -52,8 +75,9 @@ class StreamState:
         self.prev_residual: Optional[torch.Tensor] = None
         self.prev_valid = False
         self.ladders: Optional[list[torch.Tensor]] = None
-        self.residual_levels = 0
-        """Valid levels of ``ladders`` (0: no middle residual in this generation)."""
+        self.updates = 0
+        """Computed middle runs pushed into ``ladders`` this generation (0: no residual)."""
+        self.last_computed_step = -1
         self.output_strides: Optional[list[tuple[int, ...]]] = None
         self.stats = GenerationStats(chain.num_blocks, chain.Fn + chain.Bn)
         self.finished: Optional[GenerationStats] = None
@@ -75,7 +99,8 @@ class StreamState:
         self.signature = None
         self.last_timestep = None
         self.prev_valid = False
-        self.residual_levels = 0
+        self.updates = 0
+        self.last_computed_step = -1
         self.output_strides = None
         self._reset_counters()
 
@@ -91,26 +116,33 @@ class StreamState:
             self.prev_valid = False
         return buf
 
-    def ladder_buffers(self, outputs: Sequence[torch.Tensor], levels: int) -> list[torch.Tensor]:
-        """One ``(levels, *shape)`` ladder per carried value, reallocated when they change."""
-        if self.ladders is None or any(
-            lad.shape != (levels, *out.shape) or lad.dtype != out.dtype or lad.device != out.device
-            for lad, out in zip(self.ladders, outputs)
+    def ladder_buffers(self, outputs: Sequence[torch.Tensor], plans: Sequence["ValuePlan"]) -> list[torch.Tensor]:
+        """One ``(order + 1, *shape)`` ladder per carried value, reallocated (and the residual
+        history dropped) when a value's shape, dtype or device changes."""
+        if self.ladders is None or len(self.ladders) != len(outputs) or any(
+            lad.shape != (plan.order + 1, *out.shape) or lad.dtype != out.dtype or lad.device != out.device
+            for lad, out, plan in zip(self.ladders, outputs, plans)
         ):
-            self.ladders = [torch.empty((levels, *o.shape), dtype=o.dtype, device=o.device) for o in outputs]
-            self.residual_levels = 0
+            self.ladders = [
+                torch.empty((plan.order + 1, *o.shape), dtype=o.dtype, device=o.device)
+                for o, plan in zip(outputs, plans)
+            ]
+            self.updates = 0
         return self.ladders
 
 
 class ModelCacheState:
     """Configuration and streams shared by every graph compiled for one model."""
 
-    def __init__(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic) -> None:
+    def __init__(
+        self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
+        calibrator: Optional[TaylorSeerCalibratorConfig] = None,
+    ) -> None:
         self.compiled_config = config
         self.config = config
         self.chain = chain
         self.arithmetic = arithmetic
-        self.ladder_levels = 1
+        self.calibrator = calibrator
         self.streams: dict[str, StreamState] = {}
         self.sums_all_reduce: Optional[Callable[[torch.Tensor], object]] = None
         """Applied in place to the fp32 diff sums before they are read (parallel runs)."""
@@ -120,14 +152,18 @@ class ModelCacheState:
             self.streams[name] = StreamState(self.chain)
         return self.streams[name]
 
-    def rebind(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic) -> None:
+    def rebind(
+        self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
+        calibrator: Optional[TaylorSeerCalibratorConfig] = None,
+    ) -> None:
         """A new graph of the same model was compiled (e.g. after a shape change). Options
-        given to ``refresh`` survive it unless the compile options or the chain changed, in
-        which case everything starts afresh."""
+        given to ``refresh`` survive it unless the compile options, calibrator or chain
+        changed, in which case everything starts afresh."""
         self.arithmetic = arithmetic
-        if config != self.compiled_config or chain != self.chain:
+        if config != self.compiled_config or chain != self.chain or calibrator != self.calibrator:
             self.compiled_config = self.config = config
             self.chain = chain
+            self.calibrator = calibrator
             self.streams.clear()
 
     def refresh(self, num_inference_steps: Optional[int] = None, **config_changes) -> None:
@@ -156,12 +192,14 @@ class ModelCacheState:
         hidden_cut: torch.Tensor,
         signature_inputs: Sequence[torch.Tensor],
         timestep: Optional[torch.Tensor],
+        hidden_position: int = 0,
         head_sums: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, ...]:
         """Run the cached blocks or apply their stored residuals; see the module invariants.
 
         ``head_sums``: the diff sums computed inside the head piece against this stream's
-        ``prev_residual`` buffer (``cache_kernels="inductor-fused"``)."""
+        ``prev_residual`` buffer (``cache_kernels="inductor-fused"``); ``hidden_position``: the
+        index among ``partners`` (and the outputs) of the hidden stream."""
         config = self.config
         arith = self.arithmetic
         stream = self.stream()
@@ -193,13 +231,16 @@ class ModelCacheState:
         diff = _relative(host[0], host[1]) if stream.prev_valid else None
 
         counters = StepCounters(stream.step, stream.cached_steps, stream.continuous_cached_steps,
-                                stream.accumulated_diff, stream.residual_levels > 0)
+                                stream.accumulated_diff, stream.updates > 0)
         cache, _ = should_cache(config, counters, diff)
+        plans = value_plans(self.calibrator, len(partners), hidden_position)
         if cache:
+            elapsed = float(stream.step - stream.last_computed_step)
             outputs = []
-            for partner, ladder, strides in zip(partners, stream.ladders, stream.output_strides):
+            for partner, ladder, strides, plan in zip(partners, stream.ladders, stream.output_strides, plans):
                 out = torch.empty_strided(ladder.shape[1:], strides, dtype=ladder.dtype, device=ladder.device)
-                arith.forecast(ladder, partner, 0.0, 0, out)
+                order = min(stream.updates, plan.order + 1) - 1
+                arith.forecast(ladder, partner if plan.residual else None, elapsed, order, out)
                 outputs.append(out)
             outputs = tuple(outputs)
             stream.cached_steps += 1
@@ -208,9 +249,13 @@ class ModelCacheState:
                 stream.accumulated_diff += diff
         else:
             outputs = tuple(middle(*middle_inputs))
-            for ladder, out, partner in zip(stream.ladder_buffers(outputs, self.ladder_levels), outputs, partners):
-                arith.ladder_update_(ladder, out, partner, 1.0, 1)
-            stream.residual_levels = 1
+            ladders = stream.ladder_buffers(outputs, plans)
+            gap = float(stream.step - stream.last_computed_step) if stream.updates else 1.0
+            for ladder, out, partner, plan in zip(ladders, outputs, partners, plans):
+                levels = min(stream.updates + 1, plan.order + 1)
+                arith.ladder_update_(ladder, out, partner if plan.residual else None, gap, levels)
+            stream.updates += 1
+            stream.last_computed_step = stream.step
             stream.output_strides = [tuple(o.stride()) for o in outputs]
             torch.sub(hidden_cut, hidden_entry, out=prev)
             stream.prev_valid = True

@@ -1,0 +1,75 @@
+"""TaylorSeer calibrator on tiny models against the eager reference extended with the same
+calibrator; the calibrator never changes which steps are cached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cachedit_fx
+from models import BLOCK_LISTS, TINY_MODELS, run, trajectory
+from reference_dbcache import ReferenceDBCache
+from test_dbcache_models import max_rel_err
+
+STEPS = 12
+THRESHOLDS = {"flux": 0.45, "wan": 0.15, "qwen_image": 0.6}
+# Qwen-Image keeps one tail block so its encoder stream leaves the middle (with Bn = 0 the
+# text stream's middle output is dead and only the hidden stream is carried).
+BN = {"flux": 0, "wan": 0, "qwen_image": 1}
+
+CASES = [
+    ("flux", {"taylorseer_order": 1}),
+    ("flux", {"taylorseer_order": 3, "calibrator_cache_type": "hidden_states"}),
+    ("wan", {"taylorseer_order": 2}),
+    ("wan", {"taylorseer_order": 4}),
+    ("qwen_image", {"taylorseer_order": 2}),
+    ("qwen_image", {"taylorseer_order": 2, "enable_encoder_calibrator": False}),
+    ("qwen_image", {"taylorseer_order": 1, "enable_calibrator": False, "calibrator_cache_type": "hidden_states"}),
+]
+
+
+@pytest.mark.parametrize("name,calibrator", CASES, ids=[f"{n}-{'-'.join(map(str, c.values()))}" for n, c in CASES])
+def test_taylorseer_equals_reference_and_keeps_decisions(name, calibrator):
+    model, inputs = TINY_MODELS[name]()
+    steps = list(trajectory(inputs, STEPS))
+    Bn = BN[name]
+    options = {"inner_backend": "eager", "Fn_compute_blocks": 1, "Bn_compute_blocks": Bn,
+               "residual_diff_threshold": THRESHOLDS[name], "max_warmup_steps": 2}
+    plain = torch.compile(model, backend="cachedit", options=options)
+    plain_out = run(plain, steps)
+    plain_cached = cachedit_fx.summary(plain).cached_steps
+
+    torch._dynamo.reset()
+    config = cachedit_fx.TaylorSeerCalibratorConfig(**calibrator)
+    compiled = torch.compile(model, backend="cachedit", options={**options, "calibrator_config": config})
+    got = run(compiled, steps)
+    cached = cachedit_fx.summary(compiled).cached_steps
+    assert cached == plain_cached, "a calibrator must not change the decision"
+    assert 2 <= len(cached) < STEPS - 2
+
+    reference = ReferenceDBCache(
+        model, BLOCK_LISTS[name], 1, Bn, threshold=THRESHOLDS[name], warmup=2,
+        taylor_order=config.taylorseer_order, taylor_cache_type=config.calibrator_cache_type,
+        hidden_taylor=config.enable_calibrator, encoder_taylor=config.enable_encoder_calibrator,
+    )
+    want = run(reference, steps)
+    reference.close()
+    assert reference.cached_steps == cached
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert max_rel_err(g, w) <= 1e-4, f"step {k}"
+    assert any(not torch.equal(g, p) for g, p in zip(got, plain_out)), "the forecast must change cached steps"
+
+
+def test_flat_calibrator_keys_and_validation():
+    settings = cachedit_fx.parse_options({"taylorseer_order": 2})
+    assert settings.calibrator == cachedit_fx.TaylorSeerCalibratorConfig(taylorseer_order=2)
+    settings = cachedit_fx.parse_options({
+        "calibrator_config": cachedit_fx.TaylorSeerCalibratorConfig(taylorseer_order=3),
+        "calibrator_cache_type": "hidden_states"})
+    assert settings.calibrator.taylorseer_order == 3 and settings.calibrator.calibrator_cache_type == "hidden_states"
+    assert cachedit_fx.parse_options({}).calibrator is None
+    for bad, message in [({"taylorseer_order": 5}, "<= 4"), ({"taylorseer_order": 0}, ">= 1"),
+                         ({"calibrator_cache_type": "latents"}, "calibrator_cache_type"),
+                         ({"calibrator_config": {"taylorseer_order": 1}}, "TaylorSeerCalibratorConfig")]:
+        with pytest.raises(ValueError, match=message):
+            cachedit_fx.parse_options(bad)
