@@ -25,9 +25,11 @@ __all__ = [
 BACKEND_NAME = "cachedit"
 
 
-def summary(model: torch.nn.Module) -> CacheSummary:
-    """Cache statistics of ``model``'s latest generation (compiled wrapper or original module)."""
-    return state_for_model(model).summary()
+def summary(model: torch.nn.Module, stream: str = "default") -> CacheSummary:
+    """Cache statistics of ``model``'s latest generation (compiled wrapper or original module).
+
+    ``stream``: "default", or "uncond" for the unconditional calls of a separate-CFG run."""
+    return state_for_model(model).summary(stream)
 
 
 def refresh(model: torch.nn.Module, num_inference_steps: Optional[int] = None, **config: Any) -> None:

@@ -34,6 +34,8 @@ class DBCacheConfig:
     steps_computation_mask: Optional[list[int]] = None
     steps_computation_policy: str = "dynamic"
     enable_separate_cfg: Optional[bool] = None
+    cfg_compute_first: bool = False
+    cfg_diff_compute_separate: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -66,8 +68,11 @@ class DBCacheConfig:
                     f"{self.num_inference_steps}"
                 )
             self.steps_computation_mask = mask
-        if self.enable_separate_cfg:
-            raise ValueError("enable_separate_cfg=True is not supported yet: separate-CFG streams are not implemented")
+        if self.enable_separate_cfg is not None and not isinstance(self.enable_separate_cfg, bool):
+            raise ValueError(f"enable_separate_cfg must be None or a bool, got {self.enable_separate_cfg!r}")
+        for name in ("cfg_compute_first", "cfg_diff_compute_separate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     def check_against_chain(self, num_blocks: int) -> None:
         """Raise ``ValueError`` when Fn/Bn do not fit a chain of ``num_blocks`` blocks.

@@ -69,4 +69,6 @@ class PrevResidualSource(torch.nn.Module):
         self.device = device
 
     def forward(self) -> torch.Tensor:
-        return self.state.stream().prev_residual_buffer(self.shape, self.dtype, self.device)
+        stream = self.state.upcoming_stream()
+        self.state.head_sums_stream = stream.name
+        return stream.prev_residual_buffer(self.shape, self.dtype, self.device)
