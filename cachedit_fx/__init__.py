@@ -11,15 +11,22 @@ from typing import Any, Optional
 import torch
 
 from cachedit_fx.backend import CacheditFallbackWarning, cachedit_backend
-from cachedit_fx.config import BackendSettings, DBCacheConfig, TaylorSeerCalibratorConfig, parse_options
+from cachedit_fx.config import (
+    BackendSettings,
+    DBCacheConfig,
+    DBPruneConfig,
+    FoCaCalibratorConfig,
+    TaylorSeerCalibratorConfig,
+    parse_options,
+)
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.runtime.registry import state_for_model
 from cachedit_fx.runtime.stats import CacheSummary
 from cachedit_fx.runtime.step_masks import steps_mask
 
 __all__ = [
-    "BackendSettings", "CacheSummary", "CacheditFallbackWarning", "DBCacheConfig", "UnsupportedGraph",
-    "TaylorSeerCalibratorConfig", "cachedit_backend", "parse_options", "refresh", "steps_mask", "summary",
+    "BackendSettings", "CacheSummary", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
+    "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "parse_options", "refresh", "steps_mask", "summary",
 ]
 
 BACKEND_NAME = "cachedit"

@@ -1,8 +1,10 @@
 """The ``cachedit`` Dynamo backend: the pass pipeline, read top to bottom.
 
     find_block_chain     annotate the repeated block chain
-    partition            head | middle | tail pieces, carried/shared values, streams
-    insert_cache_branch  guarded branch around the middle piece
+    partition            DBCache: head | middle | tail pieces, carried/shared values, streams
+    partition_blocks     DBPrune: one piece per prunable block, its streams
+    insert_cache_branch  DBCache: guarded branch around the middle piece
+    insert_prune_branches  DBPrune: a guarded branch around every prunable block
     fuse_diff_into_head  (cache_kernels="inductor-fused") diff sums computed by the head piece
     lower                compile each piece with the inner backend
 
@@ -27,7 +29,9 @@ from cachedit_fx.passes.find_block_chain import find_block_chain
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.lower import compile_piece, lower
+from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
 from cachedit_fx.passes.partition import partition
+from cachedit_fx.passes.partition_blocks import partition_blocks
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.registry import register_state, state_for_anchor
 from cachedit_fx.runtime.state import ChainShape, ModelCacheState
@@ -36,7 +40,9 @@ log = logging.getLogger("cachedit_fx")
 
 Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
 ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
-REWRITE_PASSES: tuple[Pass, ...] = (partition, insert_cache_branch, fuse_diff_into_head, lower)
+REWRITE_PASSES: tuple[Pass, ...] = (
+    partition, partition_blocks, insert_cache_branch, insert_prune_branches, fuse_diff_into_head, lower,
+)
 
 
 class CacheditFallbackWarning(UserWarning):
@@ -64,9 +70,9 @@ def cachedit_backend(
         warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
         log.info(message)
         return compile_piece(gm, settings)
-    part = gm.meta[PARTITION_META_KEY]
-    log.info("cachedit: chain %s, Fn=%d Bn=%d, pieces %s", gm.meta[CHAIN_META_KEY].describe(), part.Fn, part.Bn,
-             part.piece_sizes)
+    log.info("cachedit: chain %s, %s F%dB%d, pieces %s", gm.meta[CHAIN_META_KEY].describe(),
+             type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
+             gm.meta[PARTITION_META_KEY].piece_sizes)
     return gm.forward
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 CACHE_KERNELS = ("triton", "torch", "inductor-fused")
@@ -93,6 +93,51 @@ class DBCacheConfig:
 
 
 CACHE_KEYS = frozenset(f.name for f in dataclasses.fields(DBCacheConfig))
+
+
+@dataclass
+class DBPruneConfig(DBCacheConfig):
+    """DBPrune: every block outside the first Fn, the last Bn and ``non_prune_block_ids`` gets
+    its own guard; a block whose hidden input differs from its input at its last computed step
+    by less than the threshold is skipped (output = input + that block's stored residual).
+
+    Step controls keep their DBCache meaning with "cached step" read as "a step in which some
+    block was pruned"; ``max_continuous_cached_steps`` and the accumulated diff count per block.
+    Dynamic threshold: a block's threshold becomes ``mean(first 5 positive block diffs of this
+    step) * dynamic_prune_threshold_relax_ratio`` when that exceeds the static one and stays
+    below ``max_dynamic_prune_threshold`` (default: twice the static threshold)."""
+
+    non_prune_block_ids: list[int] = field(default_factory=list)
+    enable_dynamic_prune_threshold: bool = False
+    max_dynamic_prune_threshold: Optional[float] = None
+    dynamic_prune_threshold_relax_ratio: float = 1.25
+
+    def validate(self) -> None:
+        super().validate()
+        ids = self.non_prune_block_ids
+        if not isinstance(ids, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+            raise ValueError(f"non_prune_block_ids must be a list of block indices >= 0, got {ids!r}")
+        self.non_prune_block_ids = sorted(set(ids))
+        if not isinstance(self.enable_dynamic_prune_threshold, bool):
+            raise ValueError(f"enable_dynamic_prune_threshold must be a bool, got {self.enable_dynamic_prune_threshold!r}")
+        if self.max_dynamic_prune_threshold is not None:
+            _require_number("max_dynamic_prune_threshold", self.max_dynamic_prune_threshold)
+        _require_number("dynamic_prune_threshold_relax_ratio", self.dynamic_prune_threshold_relax_ratio)
+        if not self.cfg_diff_compute_separate:
+            raise ValueError("cfg_diff_compute_separate=False is not supported with DBPrune (every block decides alone)")
+
+    def check_against_chain(self, num_blocks: int) -> None:
+        super().check_against_chain(num_blocks)
+        out_of_range = [i for i in self.non_prune_block_ids if i >= num_blocks]
+        if out_of_range:
+            raise ValueError(f"non_prune_block_ids {out_of_range} are outside the chain of {num_blocks} blocks")
+
+    def is_protected(self, block: int, num_blocks: int) -> bool:
+        return (block < self.Fn_compute_blocks or block >= num_blocks - self.Bn_compute_blocks
+                or block in self.non_prune_block_ids)
+
+
+PRUNE_KEYS = frozenset(f.name for f in dataclasses.fields(DBPruneConfig)) - CACHE_KEYS
 CALIBRATOR_CACHE_TYPES = ("residual", "hidden_states")
 MAX_TAYLORSEER_ORDER = 4
 
@@ -126,7 +171,28 @@ class TaylorSeerCalibratorConfig:
         return self.taylorseer_order if enabled else 0
 
 
+@dataclass
+class FoCaCalibratorConfig:
+    """FoCa ("Forecast then Calibrate"): on cached steps, forecast each carried value's middle
+    residual (or output) with a BDF2 predictor plus a Heun correction from the last two
+    computed anchors (``runtime/histories.py``). No order to choose; 4 buffers per value."""
+
+    enable_calibrator: bool = True
+    enable_encoder_calibrator: bool = True
+    calibrator_cache_type: str = "residual"
+
+    def __post_init__(self) -> None:
+        for name in ("enable_calibrator", "enable_encoder_calibrator"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.calibrator_cache_type not in CALIBRATOR_CACHE_TYPES:
+            raise ValueError(
+                f"calibrator_cache_type must be one of {CALIBRATOR_CACHE_TYPES}, got {self.calibrator_cache_type!r}"
+            )
+
+
 CALIBRATOR_KEYS = frozenset(f.name for f in dataclasses.fields(TaylorSeerCalibratorConfig))
+CALIBRATOR_CONFIGS = (TaylorSeerCalibratorConfig, FoCaCalibratorConfig)
 
 
 @dataclass
@@ -134,7 +200,7 @@ class BackendSettings:
     """Everything the pass pipeline needs besides the graph."""
 
     cache: DBCacheConfig = field(default_factory=DBCacheConfig)
-    calibrator: Optional[TaylorSeerCalibratorConfig] = None
+    calibrator: Optional[Union[TaylorSeerCalibratorConfig, FoCaCalibratorConfig]] = None
     inner_backend: str = "inductor"
     mode: Optional[str] = None
     inductor_options: dict[str, Any] = field(default_factory=dict)
@@ -171,22 +237,33 @@ def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
     defaults to the ``CACHEDIT_FX_DUMP`` environment variable.
     """
     options = dict(options or {})
-    known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS
+    known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS | PRUNE_KEYS
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown cachedit option(s) {unknown}; known keys: {sorted(known)}")
     calibrator = options.pop("calibrator_config", None)
-    if calibrator is not None and not isinstance(calibrator, TaylorSeerCalibratorConfig):
-        raise ValueError(f"calibrator_config must be a TaylorSeerCalibratorConfig, got {type(calibrator).__name__}")
+    if calibrator is not None and not isinstance(calibrator, CALIBRATOR_CONFIGS):
+        raise ValueError(
+            f"calibrator_config must be a TaylorSeerCalibratorConfig or FoCaCalibratorConfig, "
+            f"got {type(calibrator).__name__}"
+        )
     flat_calibrator = {k: options.pop(k) for k in list(options) if k in CALIBRATOR_KEYS}
     if flat_calibrator:
-        calibrator = dataclasses.replace(calibrator or TaylorSeerCalibratorConfig(), **flat_calibrator)
+        calibrator = calibrator or TaylorSeerCalibratorConfig()
+        foreign = sorted(set(flat_calibrator) - {f.name for f in dataclasses.fields(calibrator)})
+        if foreign:
+            raise ValueError(f"{foreign} do not apply to {type(calibrator).__name__}")
+        calibrator = dataclasses.replace(calibrator, **flat_calibrator)
     base = options.pop("cache_config", None) or DBCacheConfig()
     if not isinstance(base, DBCacheConfig):
         raise ValueError(f"cache_config must be a DBCacheConfig, got {type(base).__name__}")
-    flat = {k: options.pop(k) for k in list(options) if k in CACHE_KEYS}
+    flat = {k: options.pop(k) for k in list(options) if k in CACHE_KEYS | PRUNE_KEYS}
+    if any(k in PRUNE_KEYS for k in flat) and not isinstance(base, DBPruneConfig):
+        raise ValueError(f"{sorted(set(flat) & PRUNE_KEYS)} need cache_config=DBPruneConfig(...)")
     cache = base.replace(**flat) if flat else base
     options.setdefault("dump_dir", os.environ.get("CACHEDIT_FX_DUMP") or None)
+    if calibrator is not None and isinstance(cache, DBPruneConfig):
+        raise ValueError("calibrator_config is not supported with DBPrune: pruned blocks reuse their last residual")
     return BackendSettings(cache=cache, calibrator=calibrator, **options)
 
 

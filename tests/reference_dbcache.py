@@ -10,7 +10,10 @@ With ``taylor_order`` k > 0 (TaylorSeer), each stream keeps a list of derivative
 over the computed steps, ``d[0] = value`` and ``d[i+1] = (d[i] - d_old[i]) / window``, as far
 as earlier steps allow; a cached step uses ``sum_i d[i] * e**i / i!`` with ``e`` the steps
 since the last computed one, as the residual (``taylor_cache_type="residual"``) or as the
-middle output itself (``"hidden_states"``).
+middle output itself (``"hidden_states"``). With ``foca=True`` each stream instead keeps its
+two latest computed values and its two latest values (computed or forecast): a cached step
+uses ``2 k - km1`` plus ``0.5 ((full - full_prev) - (k - km1))`` when two computed values
+exist, then shifts the forecast in as the latest value (with one value only: reuse it).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ class ReferenceDBCache:
         warmup: int = 0, warmup_interval: int = 1, max_cached: int = -1, max_continuous: int = -1,
         max_accumulated: Optional[float] = None, mask: Optional[list[int]] = None, mask_policy: str = "dynamic",
         taylor_order: int = 0, taylor_cache_type: str = "residual", hidden_taylor: bool = True,
-        encoder_taylor: bool = True,
+        encoder_taylor: bool = True, foca: bool = False,
     ) -> None:
+        self.foca = foca
         self.taylor_order, self.taylor_cache_type = taylor_order, taylor_cache_type
         self.hidden_taylor, self.encoder_taylor = hidden_taylor, encoder_taylor
         self.model = model
@@ -104,7 +108,7 @@ class ReferenceDBCache:
 
     def _order(self, stream: str) -> int:
         enabled = self.hidden_taylor if stream == "hidden_states" else self.encoder_taylor
-        return self.taylor_order if enabled else 0
+        return (1 if self.foca else self.taylor_order) if enabled else 0
 
     def _tracked(self, stream: str, middle_out: torch.Tensor) -> torch.Tensor:
         if self._order(stream) > 0 and self.taylor_cache_type == "hidden_states":
@@ -114,6 +118,11 @@ class ReferenceDBCache:
     def _update_derivatives(self, named: dict[str, torch.Tensor]) -> None:
         window = self.step - self.last_computed
         for k in self.residuals:
+            if self.foca and self._order(k) > 0:
+                h = self.derivatives.setdefault(k, {"full": None, "full_prev": None, "k": None, "km1": None})
+                value = self._tracked(k, named[k]).float()
+                h["full_prev"], h["full"], h["km1"], h["k"] = h["full"], value, h["k"], value
+                continue
             old = self.derivatives.get(k, [])
             new = [self._tracked(k, named[k]).float()]
             for i in range(self._order(k)):
@@ -125,10 +134,23 @@ class ReferenceDBCache:
 
     def _cached_value(self, stream: str, h_cut: torch.Tensor) -> torch.Tensor:
         elapsed = self.step - self.last_computed
-        forecast = sum(d * (elapsed**i / math.factorial(i)) for i, d in enumerate(self.derivatives[stream]))
+        if self.foca and self._order(stream) > 0:
+            forecast = self._foca_forecast(self.derivatives[stream])
+        else:
+            forecast = sum(d * (elapsed**i / math.factorial(i)) for i, d in enumerate(self.derivatives[stream]))
         if self._order(stream) > 0 and self.taylor_cache_type == "hidden_states":
             return forecast.to(h_cut.dtype)
         return (h_cut.float() + forecast).to(h_cut.dtype)
+
+    @staticmethod
+    def _foca_forecast(h: dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        if h["km1"] is None:
+            return h["k"]
+        predicted = 2 * h["k"] - h["km1"]
+        if h["full_prev"] is not None:
+            predicted = predicted + 0.5 * ((h["full"] - h["full_prev"]) - (h["k"] - h["km1"]))
+        h["km1"], h["k"] = h["k"], predicted
+        return predicted
 
     def _decide(self, h_cut_hidden: torch.Tensor) -> None:
         residual = h_cut_hidden - self.x0

@@ -73,3 +73,34 @@ def test_flat_calibrator_keys_and_validation():
                          ({"calibrator_config": {"taylorseer_order": 1}}, "TaylorSeerCalibratorConfig")]:
         with pytest.raises(ValueError, match=message):
             cachedit_fx.parse_options(bad)
+
+
+FOCA_CASES = [("flux", {}), ("wan", {"calibrator_cache_type": "hidden_states"}),
+              ("qwen_image", {"enable_encoder_calibrator": False})]
+
+
+@pytest.mark.parametrize("name,calibrator", FOCA_CASES, ids=[n for n, _ in FOCA_CASES])
+def test_foca_equals_reference_and_keeps_decisions(name, calibrator):
+    model, inputs = TINY_MODELS[name]()
+    steps = list(trajectory(inputs, STEPS))
+    Bn = BN[name]
+    options = {"inner_backend": "eager", "Fn_compute_blocks": 1, "Bn_compute_blocks": Bn,
+               "residual_diff_threshold": THRESHOLDS[name], "max_warmup_steps": 2}
+    plain = torch.compile(model, backend="cachedit", options=options)
+    plain_out = run(plain, steps)
+    plain_cached = cachedit_fx.summary(plain).cached_steps
+    torch._dynamo.reset()
+    config = cachedit_fx.FoCaCalibratorConfig(**calibrator)
+    compiled = torch.compile(model, backend="cachedit", options={**options, "calibrator_config": config})
+    got = run(compiled, steps)
+    assert cachedit_fx.summary(compiled).cached_steps == plain_cached
+    reference = ReferenceDBCache(
+        model, BLOCK_LISTS[name], 1, Bn, threshold=THRESHOLDS[name], warmup=2, foca=True,
+        taylor_cache_type=config.calibrator_cache_type, hidden_taylor=config.enable_calibrator,
+        encoder_taylor=config.enable_encoder_calibrator)
+    want = run(reference, steps)
+    reference.close()
+    assert reference.cached_steps == plain_cached
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert max_rel_err(g, w) <= 1e-4, f"step {k}"
+    assert any(not torch.equal(g, p) for g, p in zip(got, plain_out))

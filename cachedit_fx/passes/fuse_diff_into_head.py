@@ -32,9 +32,9 @@ HEAD_SUMS = "cachedit_head_sums"
 
 
 def fuse_diff_into_head(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    if settings.cache_kernels != "inductor-fused":
+    part = parent.meta[PARTITION_META_KEY]
+    if settings.cache_kernels != "inductor-fused" or not isinstance(part, Partition):
         return parent
-    part: Partition = parent.meta[PARTITION_META_KEY]
     nodes = {n.name: n for n in parent.graph.nodes}
     cut_meta = nodes[part.hidden_cut].meta.get("example_value")
     if cut_meta is None or not all(isinstance(d, int) for d in cut_meta.shape):

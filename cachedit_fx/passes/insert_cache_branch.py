@@ -20,9 +20,9 @@ from cachedit_fx.runtime.cache_branch import BranchSpec, CacheBranch
 
 
 def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    part: Partition = parent.meta[PARTITION_META_KEY]
-    if settings.cache_state is None:
-        raise AssertionError("insert_cache_branch needs settings.cache_state")
+    part = parent.meta[PARTITION_META_KEY]
+    if not isinstance(part, Partition):
+        return parent
     by_name = {n.name: n for n in parent.graph.nodes}
     middle_inputs, middle_outputs = piece_io(parent, "middle")
     if middle_outputs != [s.middle_output for s in part.streams]:

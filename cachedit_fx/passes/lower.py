@@ -1,8 +1,8 @@
 """Compile every piece of the piecewise program with the inner backend.
 
 Assumes: a parent graph whose ``call_module`` targets are pieces (``GraphModule``s whose
-placeholders carry Dynamo's fake ``example_value``), possibly wrapped in a ``CacheBranch``
-(its ``middle`` is compiled in place).
+placeholders carry Dynamo's fake ``example_value``), possibly wrapped in a branch module
+(``CacheBranch``, ``PruneBranch``: its ``piece`` is compiled in place).
 Guarantees: each piece is compiled once, from fake inputs in Dynamo's fake mode (nothing runs);
 the parent graph and the branch keep their structure.
 """
@@ -59,8 +59,8 @@ def _pieces(parent: fx.GraphModule) -> list[tuple[torch.nn.Module, str, fx.Graph
         module = parent.get_submodule(node.target)
         if isinstance(module, fx.GraphModule):
             found.append((parent, node.target, module))
-        elif isinstance(getattr(module, "middle", None), fx.GraphModule):
-            found.append((module, "middle", module.middle))
+        elif isinstance(getattr(module, "piece", None), fx.GraphModule):
+            found.append((module, "piece", module.piece))
     return found
 
 

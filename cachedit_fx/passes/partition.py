@@ -14,17 +14,17 @@ Returns the piecewise parent graph (submodules ``head``, ``middle``, ``tail``) w
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import torch.fx as fx
 
-from cachedit_fx.config import BackendSettings
+from cachedit_fx.config import BackendSettings, DBPruneConfig
 from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY
-from cachedit_fx.passes.dataflow import is_module_state, live_across, nearest_ancestors, node_positions, same_layout, tensor_meta
+from cachedit_fx.passes.dataflow import live_across, node_positions, same_layout, tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import BlockChain
 from cachedit_fx.passes.split_pieces import PieceRange, split_into_pieces
+from cachedit_fx.passes.streams import hidden_exit, live_values, trace_stream
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class Partition:
 
 
 def partition(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
+    if isinstance(settings.cache, DBPruneConfig):
+        return gm
     chain: BlockChain = gm.meta[CHAIN_META_KEY]
     cache = settings.cache
     cache.check_against_chain(len(chain))
@@ -86,15 +88,13 @@ def plan_partition(gm: fx.GraphModule, chain: BlockChain, Fn: int, Bn: int) -> _
     shared = [n for n in live_head if pos[n] < chain_start]
     handed_on = [n for n in live_across(nodes, pos, cut_tail) if pos[n] >= cut_head]
 
-    def live_at(boundary: int) -> list[fx.Node]:
-        return [n for n in nodes[:boundary] if not is_module_state(n) and any(pos[u] >= boundary for u in n.users)]
-
+    live_at = live_values(nodes, pos)
     middle_boundaries = [blocks[j].first for j in range(len(blocks) - Bn - 1, Fn, -1)] + [cut_head]
     streams = []
     for value in handed_on:
         if tensor_meta(value) is None:
             raise UnsupportedGraph(f"the cached blocks hand on a non-tensor value {value.name}")
-        partner = _trace_stream(value, middle_boundaries, live_at, pos)
+        partner = trace_stream(value, middle_boundaries, live_at, pos)
         if partner not in carried:
             raise UnsupportedGraph(f"{value.name} does not continue a value carried into the cached blocks")
         if not same_layout(value, partner):
@@ -104,13 +104,13 @@ def plan_partition(gm: fx.GraphModule, chain: BlockChain, Fn: int, Bn: int) -> _
     if len(set(partners)) != len(partners):
         raise UnsupportedGraph(f"two values handed on by the cached blocks continue the same stream: {partners}")
 
-    hidden_exit = _hidden_exit(nodes, pos, chain_start, chain_stop)
-    hidden_cut = _trace_stream(
-        hidden_exit, [blocks[j].first for j in range(len(blocks) - 1, Fn, -1)] + [cut_head], live_at, pos
+    exit_value = hidden_exit(nodes, pos, chain_start, chain_stop)
+    hidden_cut = trace_stream(
+        exit_value, [blocks[j].first for j in range(len(blocks) - 1, Fn, -1)] + [cut_head], live_at, pos
     )
     if hidden_cut not in carried:
         raise UnsupportedGraph(f"the hidden stream at the first cut ({hidden_cut.name}) is not a block output")
-    hidden_entry = _trace_stream(hidden_cut, [blocks[j].first for j in range(Fn - 1, -1, -1)], live_at, pos)
+    hidden_entry = trace_stream(hidden_cut, [blocks[j].first for j in range(Fn - 1, -1, -1)], live_at, pos)
     if not same_layout(hidden_entry, hidden_cut):
         raise UnsupportedGraph(f"hidden stream {hidden_entry.name} -> {hidden_cut.name} changes shape or dtype")
 
@@ -126,50 +126,3 @@ def plan_partition(gm: fx.GraphModule, chain: BlockChain, Fn: int, Bn: int) -> _
     )
     return _Plan(partition_info, cut_head, cut_tail, len(nodes),
                  frozenset(n.name for n in nodes if n.op == "placeholder"))
-
-
-def _trace_stream(value: fx.Node, boundaries: list[int], live_at, pos: dict[fx.Node, int]) -> fx.Node:
-    """Follow ``value`` backwards one block at a time: at each boundary (descending positions)
-    it continues the nearest value live across that boundary (shape breaks ties)."""
-    for boundary in boundaries:
-        if pos[value] < boundary:
-            continue
-        candidates = live_at(boundary)
-        found = nearest_ancestors(value, candidates, lambda n: pos[n] >= boundary)
-        matching = [n for n in found if same_layout(n, value)] if len(found) > 1 else found
-        if len(matching) != 1:
-            raise UnsupportedGraph(
-                f"cannot tell which value live at node {boundary} continues into {value.name}: "
-                f"candidates {[n.name for n in found]}"
-            )
-        value = matching[0]
-    return value
-
-
-def _hidden_exit(nodes: list[fx.Node], pos: dict[fx.Node, int], chain_start: int, chain_stop: int) -> fx.Node:
-    """The chain-defined tensor used after the chain that is fewest uses away from the output."""
-    exits = [
-        n for n in nodes[chain_start:chain_stop]
-        if tensor_meta(n) is not None and any(pos[u] >= chain_stop for u in n.users)
-    ]
-    if not exits:
-        raise UnsupportedGraph("no tensor leaves the block chain")
-    distance = {n: _uses_to_output(n, nodes[-1]) for n in exits}
-    best = min(distance.values())
-    nearest = [n for n in exits if distance[n] == best]
-    if len(nearest) != 1:
-        raise UnsupportedGraph(f"cannot tell the hidden stream among chain outputs {[n.name for n in nearest]}")
-    return nearest[0]
-
-
-def _uses_to_output(start: fx.Node, output: fx.Node) -> float:
-    queue, seen = deque([(start, 0)]), {start}
-    while queue:
-        node, depth = queue.popleft()
-        if node is output:
-            return depth
-        for user in node.users:
-            if user not in seen:
-                seen.add(user)
-                queue.append((user, depth + 1))
-    return float("inf")

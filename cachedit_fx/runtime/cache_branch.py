@@ -28,11 +28,12 @@ class BranchSpec:
 
 
 class CacheBranch(torch.nn.Module):
-    """Guarded branch: runs ``middle`` or applies the stored middle residuals."""
+    """Guarded branch: runs the middle piece (``self.piece``) or applies the stored middle
+    residuals."""
 
     def __init__(self, middle: Any, state: ModelCacheState, spec: BranchSpec) -> None:
         super().__init__()
-        self.middle = middle
+        self.piece = middle
         self.state = state
         self.spec = spec
 
@@ -44,7 +45,7 @@ class CacheBranch(torch.nn.Module):
         signature_inputs = rest[: spec.num_signature_inputs]
         middle_inputs = rest[spec.num_signature_inputs :]
         return self.state.run_middle(
-            self.middle,
+            self.piece,
             middle_inputs,
             partners=[middle_inputs[i] for i in spec.partner_positions],
             hidden_entry=hidden_entry,
@@ -71,4 +72,4 @@ class PrevResidualSource(torch.nn.Module):
     def forward(self) -> torch.Tensor:
         stream = self.state.upcoming_stream()
         self.state.head_sums_stream = stream.name
-        return stream.prev_residual_buffer(self.shape, self.dtype, self.device)
+        return stream.fn_residual.buffer_for(self.shape, self.dtype, self.device)

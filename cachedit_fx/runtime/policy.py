@@ -23,8 +23,12 @@ class StepCounters:
     has_residual: bool
 
 
-def should_cache(config: DBCacheConfig, counters: StepCounters, diff: Optional[float]) -> tuple[bool, str]:
-    """Return ``(cache, reason)``; ``diff`` is None when no previous Fn residual exists."""
+def should_cache(
+    config: DBCacheConfig, counters: StepCounters, diff: Optional[float], threshold: Optional[float] = None
+) -> tuple[bool, str]:
+    """Return ``(cache, reason)``; ``diff`` is None when nothing to compare against exists;
+    ``threshold`` overrides ``config.residual_diff_threshold`` (DBPrune's dynamic threshold)."""
+    threshold = config.residual_diff_threshold if threshold is None else threshold
     step = counters.step
     if step in range(0, config.max_warmup_steps, config.warmup_interval):
         return False, "warmup"
@@ -41,10 +45,10 @@ def should_cache(config: DBCacheConfig, counters: StepCounters, diff: Optional[f
     limit = config.max_accumulated_residual_diff_threshold
     if limit is not None and counters.accumulated_diff >= limit:
         return False, "max_accumulated_residual_diff_threshold"
-    if config.residual_diff_threshold <= 0:
+    if threshold <= 0:
         return False, "threshold"
     if diff is None or not counters.has_residual:
         return False, "no previous residual"
-    if diff < config.residual_diff_threshold:
+    if diff < threshold:
         return True, "diff"
     return False, "diff"

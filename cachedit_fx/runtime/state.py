@@ -25,12 +25,13 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from cachedit_fx.config import DBCacheConfig, TaylorSeerCalibratorConfig
+from cachedit_fx.config import DBCacheConfig, DBPruneConfig
 from cachedit_fx.runtime.arithmetic import CacheArithmetic
 from cachedit_fx.runtime.cfg import DEFAULT_STREAM, UNCOND_STREAM, CfgSchedule
 from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
-from cachedit_fx.runtime.stream_state import ChainShape, StreamState, log, value_plans
+from cachedit_fx.runtime.histories import Calibrator, value_plans
+from cachedit_fx.runtime.stream_state import ChainShape, StreamState, log
 
 __all__ = ["ChainShape", "DEFAULT_STREAM", "ModelCacheState", "StreamState"]
 
@@ -40,7 +41,7 @@ class ModelCacheState:
 
     def __init__(
         self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
-        calibrator: Optional[TaylorSeerCalibratorConfig] = None,
+        calibrator: Optional[Calibrator] = None,
     ) -> None:
         self.compiled_config = config
         self.chain = chain
@@ -51,6 +52,7 @@ class ModelCacheState:
         """Applied in place to the fp32 diff sums before they are read (parallel runs)."""
         self.head_sums_stream: Optional[str] = None
         """The stream whose ``prev`` buffer the head piece compared against this call."""
+        self.pruning: Optional[_CallPruning] = None
         self._set_config(config)
 
     def _set_config(self, config: DBCacheConfig) -> None:
@@ -70,7 +72,7 @@ class ModelCacheState:
 
     def rebind(
         self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
-        calibrator: Optional[TaylorSeerCalibratorConfig] = None,
+        calibrator: Optional[Calibrator] = None,
     ) -> None:
         """A new graph of the same model was compiled (e.g. after a shape change). Options
         given to ``refresh`` survive it unless the compile options, calibrator or chain
@@ -118,17 +120,119 @@ class ModelCacheState:
         hidden_position: int = 0,
         head_sums: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, ...]:
-        """Run the cached blocks or apply their stored residuals; see the module invariants.
+        """DBCache: run the cached blocks or apply their stored residuals (module invariants).
 
-        ``head_sums``: the diff sums computed inside the head piece against the
-        ``prev_residual`` of ``head_sums_stream`` (``cache_kernels="inductor-fused"``);
-        ``hidden_position``: the index among ``partners`` (and the outputs) of the hidden
-        stream."""
+        ``head_sums``: the diff sums computed inside the head piece against the Fn residual
+        of ``head_sums_stream`` (``cache_kernels="inductor-fused"``); ``hidden_position``: the
+        index among ``partners`` (and the outputs) of the hidden stream."""
         config = self.config
+
+        def speculative_sums(stream: StreamState) -> Optional[torch.Tensor]:
+            if not stream.fn_residual.matches(hidden_cut):
+                return None
+            if head_sums is not None and self.head_sums_stream == stream.name:
+                return head_sums
+            return self.arithmetic.diff_sums(stream.fn_residual.buffer, hidden_cut, hidden_entry)
+
+        stream, diff, position, follows_first = self._resolve_call(signature_inputs, timestep, speculative_sums)
+        prev = stream.fn_residual.buffer_for(hidden_cut.shape, hidden_cut.dtype, hidden_cut.device)
+        if follows_first:
+            cache = bool(self.first_decision) and stream.middle.updates > 0
+        else:
+            counters = StepCounters(stream.step, stream.cached_steps, stream.continuous_cached_steps,
+                                    stream.accumulated_diff, stream.middle.updates > 0)
+            cache, _ = should_cache(config, counters, diff)
+        if position == 0:
+            self.first_decision = cache
+        plans = value_plans(self.calibrator, len(partners), hidden_position)
+        if cache:
+            outputs = stream.middle.forecast(self.arithmetic, partners, stream.step)
+            stream.cached_steps += 1
+            stream.continuous_cached_steps += 1
+            if diff is not None and diff > 0:
+                stream.accumulated_diff += diff
+        else:
+            outputs = tuple(middle(*middle_inputs))
+            stream.middle.push(self.arithmetic, outputs, partners, plans, stream.step)
+            torch.sub(hidden_cut, hidden_entry, out=prev)
+            stream.fn_residual.valid = True
+            stream.continuous_cached_steps = 0
+        stream.stats.record(stream.step, cache, diff)
+        stream.step += 1
+        return outputs
+
+    @torch.no_grad()
+    def run_block(
+        self,
+        index: int,
+        block: Callable[..., Sequence[torch.Tensor]],
+        block_inputs: Sequence[torch.Tensor],
+        partners: Sequence[torch.Tensor],
+        hidden_input: torch.Tensor,
+        first: bool,
+        last: bool,
+        signature_inputs: Sequence[torch.Tensor] = (),
+        timestep: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """DBPrune: run prunable block ``index`` or apply its stored residuals. The first
+        prunable block of a call resolves the call (boundaries, stream) in the call's one
+        sync; every later block reads its own diff (one sync per block)."""
+        config = self.config
+
+        def block_sums(stream: StreamState) -> Optional[torch.Tensor]:
+            compared = stream.block(index).input
+            if not compared.matches(hidden_input):
+                return None
+            return self.arithmetic.diff_sums(compared.buffer, hidden_input, None)
+
+        if first:
+            stream, diff, _, _ = self._resolve_call(signature_inputs, timestep, block_sums)
+            self.pruning = _CallPruning(stream)
+        else:
+            stream = self.pruning.stream
+            sums = block_sums(stream)
+            if sums is not None and self.sums_all_reduce is not None:
+                self.sums_all_reduce(sums)
+            diff = _relative(*sums.tolist()) if sums is not None else None
+        state = stream.block(index)
+        counters = StepCounters(stream.step, stream.cached_steps, state.continuous_pruned,
+                                state.accumulated_diff, state.residuals.updates > 0)
+        prune, _ = should_cache(config, counters, diff, threshold=self.pruning.threshold(config))
+        self.pruning.record(index, diff, prune)
+        plans = value_plans(None, len(partners), 0)
+        if prune:
+            outputs = state.residuals.forecast(self.arithmetic, partners, stream.step)
+            state.continuous_pruned += 1
+            if diff is not None and diff > 0:
+                state.accumulated_diff += diff
+        else:
+            outputs = tuple(block(*block_inputs))
+            state.residuals.push(self.arithmetic, outputs, partners, plans, stream.step)
+            state.input.buffer_for(hidden_input.shape, hidden_input.dtype, hidden_input.device).copy_(hidden_input)
+            state.input.valid = True
+            state.continuous_pruned = 0
+        if last:
+            pruned = self.pruning.pruned
+            stream.stats.record(stream.step, bool(pruned), self.pruning.first_diff, pruned_blocks=pruned)
+            stream.cached_steps += bool(pruned)
+            stream.step += 1
+        return outputs
+
+    def _resolve_call(
+        self, signature_inputs: Sequence[torch.Tensor], timestep: Optional[torch.Tensor],
+        speculative_sums: Callable[[StreamState], Optional[torch.Tensor]],
+    ) -> tuple[StreamState, Optional[float], int, bool]:
+        """Start a call: the diff against the stream the call probably uses and the timestep
+        are read in one sync, then generation boundaries and CFG detection are applied (a diff
+        taken against the wrong stream or across a boundary is dropped). Returns the stream,
+        the diff, the call's position in its step and whether it follows the first call's
+        decision."""
         signature = tuple((tuple(t.shape), t.dtype) for t in signature_inputs)
         stream = self.upcoming_stream()
         follows_first = self._follows_first_decision()
-        sums = None if follows_first else self._diff_sums(stream, hidden_cut, hidden_entry, head_sums)
+        sums = None if follows_first else speculative_sums(stream)
+        if sums is not None and self.sums_all_reduce is not None:
+            self.sums_all_reduce(sums)
         readback = ([sums] if sums is not None else []) + ([timestep.reshape(-1)[:1]] if timestep is not None else [])
         host = torch.cat([v.to(torch.float64) for v in readback]).tolist() if readback else []
         t = host[-1] if timestep is not None else None
@@ -139,7 +243,7 @@ class ModelCacheState:
             self._new_generation(reason)
         elif self.cfg.detect(t):
             log.info("cachedit_fx: %s CFG calls detected", "separate" if self.cfg.separate else "no separate")
-            if self.cfg.separate and config.cfg_compute_first:
+            if self.cfg.separate and self.config.cfg_compute_first:
                 self._swap_cfg_streams()
             reason = self._steps_reached()
             if reason is not None:
@@ -152,29 +256,7 @@ class ModelCacheState:
         self.last_timestep = t
         position = self.cfg.position()
         self.cfg.record_call(t)
-
-        prev = stream.prev_residual_buffer(hidden_cut.shape, hidden_cut.dtype, hidden_cut.device)
-        if follows_first:
-            cache = bool(self.first_decision) and stream.updates > 0
-        else:
-            counters = StepCounters(stream.step, stream.cached_steps, stream.continuous_cached_steps,
-                                    stream.accumulated_diff, stream.updates > 0)
-            cache, _ = should_cache(config, counters, diff if stream.prev_valid else None)
-        if position == 0:
-            self.first_decision = cache
-        outputs = self._apply_or_compute(stream, cache, middle, middle_inputs, partners, hidden_position)
-        if cache:
-            stream.cached_steps += 1
-            stream.continuous_cached_steps += 1
-            if diff is not None and diff > 0:
-                stream.accumulated_diff += diff
-        else:
-            torch.sub(hidden_cut, hidden_entry, out=prev)
-            stream.prev_valid = True
-            stream.continuous_cached_steps = 0
-        stream.stats.record(stream.step, cache, diff)
-        stream.step += 1
-        return outputs
+        return stream, diff, position, follows_first
 
     def _swap_cfg_streams(self) -> None:
         """The first call turned out to be the unconditional one: its stream becomes
@@ -192,19 +274,6 @@ class ModelCacheState:
         (``cfg_diff_compute_separate=False``)."""
         return bool(self.cfg.separate) and not self.config.cfg_diff_compute_separate and self.cfg.position() == 1
 
-    def _diff_sums(self, stream: StreamState, hidden_cut: torch.Tensor, hidden_entry: torch.Tensor,
-                   head_sums: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        prev = stream.prev_residual
-        if not stream.prev_valid or prev is None or prev.shape != hidden_cut.shape or prev.dtype != hidden_cut.dtype:
-            return None
-        if head_sums is not None and self.head_sums_stream == stream.name:
-            sums = head_sums
-        else:
-            sums = self.arithmetic.diff_sums(prev, hidden_cut, hidden_entry)
-        if self.sums_all_reduce is not None:
-            self.sums_all_reduce(sums)
-        return sums
-
     def _boundary(self, stream: StreamState, signature, t: Optional[float]) -> Optional[str]:
         if stream.signature is not None and signature != stream.signature:
             return "input shapes or dtypes changed"
@@ -220,29 +289,38 @@ class ModelCacheState:
             return "num_inference_steps reached"
         return None
 
-    def _apply_or_compute(self, stream: StreamState, cache: bool, middle, middle_inputs, partners,
-                          hidden_position: int) -> tuple[torch.Tensor, ...]:
-        arith = self.arithmetic
-        plans = value_plans(self.calibrator, len(partners), hidden_position)
-        if cache:
-            elapsed = float(stream.step - stream.last_computed_step)
-            outputs = []
-            for partner, ladder, strides, plan in zip(partners, stream.ladders, stream.output_strides, plans):
-                out = torch.empty_strided(ladder.shape[1:], strides, dtype=ladder.dtype, device=ladder.device)
-                order = min(stream.updates, plan.order + 1) - 1
-                arith.forecast(ladder, partner if plan.residual else None, elapsed, order, out)
-                outputs.append(out)
-            return tuple(outputs)
-        outputs = tuple(middle(*middle_inputs))
-        ladders = stream.ladder_buffers(outputs, plans)
-        gap = float(stream.step - stream.last_computed_step) if stream.updates else 1.0
-        for ladder, out, partner, plan in zip(ladders, outputs, partners, plans):
-            levels = min(stream.updates + 1, plan.order + 1)
-            arith.ladder_update_(ladder, out, partner if plan.residual else None, gap, levels)
-        stream.updates += 1
-        stream.last_computed_step = stream.step
-        stream.output_strides = [tuple(o.stride()) for o in outputs]
-        return outputs
+
+class _CallPruning:
+    """Per-call DBPrune bookkeeping: block diffs so far (for the dynamic threshold) and the
+    blocks pruned in this call."""
+
+    def __init__(self, stream: StreamState) -> None:
+        self.stream = stream
+        self.diffs: list[float] = []
+        self.pruned: list[int] = []
+        self.first_diff: Optional[float] = None
+        self.seen_first = False
+
+    def record(self, index: int, diff: Optional[float], pruned: bool) -> None:
+        if not self.seen_first:
+            self.first_diff, self.seen_first = diff, True
+        if diff is not None:
+            self.diffs.append(diff)
+        if pruned:
+            self.pruned.append(index)
+
+    def threshold(self, config: DBPruneConfig) -> float:
+        """The static threshold, or the dynamic one (see ``DBPruneConfig``)."""
+        base = config.residual_diff_threshold
+        if not config.enable_dynamic_prune_threshold:
+            return base
+        positive = [d for d in self.diffs[:5] if d > 0]
+        if not positive:
+            return base
+        relaxed = sum(positive) / len(positive) * config.dynamic_prune_threshold_relax_ratio
+        ceiling = config.max_dynamic_prune_threshold
+        ceiling = 2 * base if ceiling is None else ceiling
+        return max(relaxed, base) if relaxed < ceiling else base
 
 
 def _relative(sum_diff: float, sum_prev: float) -> float:

@@ -16,17 +16,28 @@ class GenerationStats:
     steps: int = 0
     cached_steps: list[int] = field(default_factory=list)
     residual_diffs: dict[int, float] = field(default_factory=dict)
+    pruned_blocks: Optional[dict[int, list[int]]] = None
+    """DBPrune: step -> chain indices of the blocks pruned in it (None for DBCache)."""
 
-    def record(self, step: int, cached: bool, diff: Optional[float]) -> None:
+    def record(self, step: int, cached: bool, diff: Optional[float],
+               pruned_blocks: Optional[list[int]] = None) -> None:
         self.steps = step + 1
         if cached:
             self.cached_steps.append(step)
         if diff is not None:
             self.residual_diffs[step] = diff
+        if pruned_blocks is not None:
+            if self.pruned_blocks is None:
+                self.pruned_blocks = {}
+            if pruned_blocks:
+                self.pruned_blocks[step] = list(pruned_blocks)
 
     def summary(self) -> "CacheSummary":
         diffs = sorted(self.residual_diffs.values())
-        cached = len(self.cached_steps)
+        if self.pruned_blocks is not None:
+            skipped = sum(len(b) for b in self.pruned_blocks.values())
+        else:
+            skipped = len(self.cached_steps) * (self.num_blocks - self.compute_blocks_on_cached_step)
         return CacheSummary(
             num_steps=self.steps,
             cached_steps=list(self.cached_steps),
@@ -37,8 +48,9 @@ class GenerationStats:
             diff_p75=_percentile(diffs, 75),
             diff_p95=_percentile(diffs, 95),
             diff_max=diffs[-1] if diffs else None,
-            computed_blocks=(self.steps - cached) * self.num_blocks + cached * self.compute_blocks_on_cached_step,
-            cached_blocks=cached * (self.num_blocks - self.compute_blocks_on_cached_step),
+            computed_blocks=self.steps * self.num_blocks - skipped,
+            cached_blocks=skipped,
+            pruned_blocks=dict(self.pruned_blocks or {}),
         )
 
 
@@ -57,6 +69,8 @@ class CacheSummary:
     diff_max: Optional[float]
     computed_blocks: int
     cached_blocks: int
+    pruned_blocks: dict[int, list[int]] = field(default_factory=dict)
+    """DBPrune: step -> pruned block indices (steps with none are left out)."""
 
     @property
     def num_cached_steps(self) -> int:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
-from cachedit_fx.config import TaylorSeerCalibratorConfig
+from cachedit_fx.runtime.histories import RegionHistory
 from cachedit_fx.runtime.stats import GenerationStats
 
 log = logging.getLogger("cachedit_fx")
@@ -29,40 +29,53 @@ class ChainShape:
     Bn: int
 
 
-@dataclass(frozen=True)
-class ValuePlan:
-    """How one carried value is cached: Taylor ``order`` (0: reuse the last residual) and
-    whether the ladder holds ``hM - hF`` (``residual``) or ``hM`` itself."""
+class ComparedValue:
+    """Owned buffer of what a decision compares against (the Fn residual, or a pruned block's
+    input at its last computed step), and whether it holds a value of this generation."""
 
-    order: int
-    residual: bool
+    def __init__(self) -> None:
+        self.buffer: Optional[torch.Tensor] = None
+        self.valid = False
+
+    def buffer_for(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The buffer, replaced by a zeroed, invalid one if shape/dtype/device differ."""
+        buf = self.buffer
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            self.buffer = buf = torch.zeros(shape, dtype=dtype, device=device)
+            self.valid = False
+        return buf
+
+    def matches(self, value: torch.Tensor) -> bool:
+        buf = self.buffer
+        return self.valid and buf is not None and buf.shape == value.shape and buf.dtype == value.dtype
 
 
-def value_plans(
-    calibrator: Optional[TaylorSeerCalibratorConfig], num_values: int, hidden_position: int
-) -> tuple[ValuePlan, ...]:
-    plans = []
-    for k in range(num_values):
-        order = calibrator.order_for(hidden=k == hidden_position) if calibrator is not None else 0
-        residual = order == 0 or calibrator.calibrator_cache_type == "residual"
-        plans.append(ValuePlan(order, residual))
-    return tuple(plans)
+class PrunedBlockState:
+    """DBPrune state of one block in one stream."""
+
+    def __init__(self) -> None:
+        self.input = ComparedValue()
+        self.residuals = RegionHistory()
+        self.continuous_pruned = 0
+        self.accumulated_diff = 0.0
+
+    def invalidate(self) -> None:
+        self.input.valid = False
+        self.residuals.invalidate()
+        self.continuous_pruned = 0
+        self.accumulated_diff = 0.0
 
 
 class StreamState:
-    """Residual buffers and counters of one stream within the current generation."""
+    """Buffers and counters of one stream within the current generation."""
 
     def __init__(self, name: str, chain: ChainShape) -> None:
         self.name = name
         self.chain = chain
         self.signature: Optional[Signature] = None
-        self.prev_residual: Optional[torch.Tensor] = None
-        self.prev_valid = False
-        self.ladders: Optional[list[torch.Tensor]] = None
-        self.updates = 0
-        """Computed middle runs pushed into ``ladders`` this generation (0: no residual)."""
-        self.last_computed_step = -1
-        self.output_strides: Optional[list[tuple[int, ...]]] = None
+        self.fn_residual = ComparedValue()
+        self.middle = RegionHistory()
+        self.blocks: dict[int, PrunedBlockState] = {}
         self.stats = GenerationStats(chain.num_blocks, chain.Fn + chain.Bn)
         self.finished: Optional[GenerationStats] = None
         self._reset_counters()
@@ -73,42 +86,24 @@ class StreamState:
         self.continuous_cached_steps = 0
         self.accumulated_diff = 0.0
 
+    def block(self, index: int) -> PrunedBlockState:
+        if index not in self.blocks:
+            self.blocks[index] = PrunedBlockState()
+        return self.blocks[index]
+
     def start_generation(self, reason: str) -> None:
-        """Drop every residual and counter; keep the finished generation's stats."""
+        """Invalidate every buffer and reset the counters; keep the finished generation's stats."""
         if self.stats.steps:
             self.finished = self.stats
             log.info("cachedit_fx generation ended (%s): %s stream, %d steps, %d cached %s", reason, self.name,
                      self.stats.steps, len(self.stats.cached_steps), self.stats.cached_steps)
         self.stats = GenerationStats(self.chain.num_blocks, self.chain.Fn + self.chain.Bn)
         self.signature = None
-        self.prev_valid = False
-        self.updates = 0
-        self.last_computed_step = -1
-        self.output_strides = None
+        self.fn_residual.valid = False
+        self.middle.invalidate()
+        for block in self.blocks.values():
+            block.invalidate()
         self._reset_counters()
 
     def latest_stats(self) -> Optional[GenerationStats]:
         return self.stats if self.stats.steps else self.finished
-
-    def prev_residual_buffer(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The owned Fn-residual buffer; a buffer of another shape/dtype/device is replaced by
-        a zeroed one and marked invalid (its contents belong to other inputs)."""
-        buf = self.prev_residual
-        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
-            self.prev_residual = buf = torch.zeros(shape, dtype=dtype, device=device)
-            self.prev_valid = False
-        return buf
-
-    def ladder_buffers(self, outputs: Sequence[torch.Tensor], plans: Sequence["ValuePlan"]) -> list[torch.Tensor]:
-        """One ``(order + 1, *shape)`` ladder per carried value, reallocated (and the residual
-        history dropped) when a value's shape, dtype or device changes."""
-        if self.ladders is None or len(self.ladders) != len(outputs) or any(
-            lad.shape != (plan.order + 1, *out.shape) or lad.dtype != out.dtype or lad.device != out.device
-            for lad, out, plan in zip(self.ladders, outputs, plans)
-        ):
-            self.ladders = [
-                torch.empty((plan.order + 1, *o.shape), dtype=o.dtype, device=o.device)
-                for o, plan in zip(outputs, plans)
-            ]
-            self.updates = 0
-        return self.ladders

@@ -1,0 +1,55 @@
+"""Replace the call of every prunable block piece with a guarded ``PruneBranch`` (DBPrune).
+
+Assumes: the program from ``partition_blocks`` (``meta[PARTITION_META_KEY]`` is a
+``BlockPartition``) and a ``ModelCacheState`` in ``settings.cache_state``.
+Guarantees: each branch returns the block's outputs one for one; the first one in program
+order also receives the call's tensor inputs (boundary detection, the timestep among them).
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from cachedit_fx.config import BackendSettings
+from cachedit_fx.passes import PARTITION_META_KEY
+from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
+from cachedit_fx.passes.insert_cache_branch import find_timestep_input
+from cachedit_fx.passes.partition_blocks import BlockPartition
+from cachedit_fx.passes.split_pieces import piece_io
+from cachedit_fx.runtime.prune_branch import PruneBranch, PruneSpec
+
+
+def insert_prune_branches(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
+    part = parent.meta[PARTITION_META_KEY]
+    if not isinstance(part, BlockPartition):
+        return parent
+    signature = [
+        n for n in parent.graph.nodes
+        if n.op == "placeholder" and not is_module_state(n) and tensor_meta(n) is not None
+    ]
+    timestep = find_timestep_input(signature)
+    calls = {n.target: n for n in parent.graph.nodes if n.op == "call_module"}
+    for k, block in enumerate(part.prunable):
+        inputs, outputs = piece_io(parent, block.piece)
+        if outputs != [s.middle_output for s in block.streams]:
+            raise AssertionError(f"{block.piece} outputs do not match the block's streams")
+        first, last = k == 0, k == len(part.prunable) - 1
+        spec = PruneSpec(
+            index=block.index, first=first, last=last,
+            num_signature_inputs=len(signature) if first else 0,
+            timestep_index=signature.index(timestep) if first and timestep is not None else -1,
+            partner_positions=tuple(inputs.index(s.head_value) for s in block.streams),
+            hidden_position=inputs.index(block.hidden_input),
+        )
+        call = calls[block.piece]
+        name = f"prune_{block.piece}"
+        parent.add_submodule(name, PruneBranch(parent.get_submodule(block.piece), settings.cache_state, spec))
+        with parent.graph.inserting_before(call):
+            branch = parent.graph.create_node(
+                "call_module", name, (*(signature if first else ()), *call.args), name=f"cachedit_call_{name}"
+            )
+        call.replace_all_uses_with(branch)
+        parent.graph.erase_node(call)
+        parent.delete_submodule(block.piece)
+    parent.recompile()
+    return parent

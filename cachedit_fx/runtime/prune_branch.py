@@ -1,0 +1,53 @@
+"""The module the ``insert_prune_branches`` pass puts in place of each prunable block piece."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cachedit_fx.runtime.state import ModelCacheState
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """Layout of a branch's arguments: ``(*signature_inputs, *block_inputs)``; only the first
+    prunable block of the program receives signature inputs (``num_signature_inputs > 0``
+    or ``first``). ``partner_positions[k]`` indexes ``block_inputs``: the input that block
+    output k continues; ``hidden_position`` indexes ``block_inputs`` too."""
+
+    index: int
+    first: bool
+    last: bool
+    num_signature_inputs: int
+    timestep_index: int
+    partner_positions: tuple[int, ...]
+    hidden_position: int
+
+
+class PruneBranch(torch.nn.Module):
+    """Guarded branch of one prunable block: runs the block piece (``self.piece``) or applies
+    the block's stored residuals."""
+
+    def __init__(self, piece: Any, state: ModelCacheState, spec: PruneSpec) -> None:
+        super().__init__()
+        self.piece = piece
+        self.state = state
+        self.spec = spec
+
+    def forward(self, *args: torch.Tensor):
+        spec = self.spec
+        signature_inputs = args[: spec.num_signature_inputs]
+        block_inputs = args[spec.num_signature_inputs :]
+        return self.state.run_block(
+            spec.index,
+            self.piece,
+            block_inputs,
+            partners=[block_inputs[i] for i in spec.partner_positions],
+            hidden_input=block_inputs[spec.hidden_position],
+            first=spec.first,
+            last=spec.last,
+            signature_inputs=signature_inputs,
+            timestep=signature_inputs[spec.timestep_index] if spec.first and spec.timestep_index >= 0 else None,
+        )
