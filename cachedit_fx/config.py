@@ -157,13 +157,7 @@ class TaylorSeerCalibratorConfig:
         _require_int("taylorseer_order", self.taylorseer_order, minimum=1)
         if self.taylorseer_order > MAX_TAYLORSEER_ORDER:
             raise ValueError(f"taylorseer_order must be <= {MAX_TAYLORSEER_ORDER}, got {self.taylorseer_order}")
-        for name in ("enable_calibrator", "enable_encoder_calibrator"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.calibrator_cache_type not in CALIBRATOR_CACHE_TYPES:
-            raise ValueError(
-                f"calibrator_cache_type must be one of {CALIBRATOR_CACHE_TYPES}, got {self.calibrator_cache_type!r}"
-            )
+        _validate_calibrator_switches(self)
 
     def order_for(self, hidden: bool) -> int:
         """Taylor order of a carried value: the hidden stream or an encoder stream."""
@@ -182,13 +176,7 @@ class FoCaCalibratorConfig:
     calibrator_cache_type: str = "residual"
 
     def __post_init__(self) -> None:
-        for name in ("enable_calibrator", "enable_encoder_calibrator"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.calibrator_cache_type not in CALIBRATOR_CACHE_TYPES:
-            raise ValueError(
-                f"calibrator_cache_type must be one of {CALIBRATOR_CACHE_TYPES}, got {self.calibrator_cache_type!r}"
-            )
+        _validate_calibrator_switches(self)
 
 
 CALIBRATOR_KEYS = frozenset(f.name for f in dataclasses.fields(TaylorSeerCalibratorConfig))
@@ -265,6 +253,16 @@ def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
     if calibrator is not None and isinstance(cache, DBPruneConfig):
         raise ValueError("calibrator_config is not supported with DBPrune: pruned blocks reuse their last residual")
     return BackendSettings(cache=cache, calibrator=calibrator, **options)
+
+
+def _validate_calibrator_switches(config: Any) -> None:
+    for name in ("enable_calibrator", "enable_encoder_calibrator"):
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be a bool, got {getattr(config, name)!r}")
+    if config.calibrator_cache_type not in CALIBRATOR_CACHE_TYPES:
+        raise ValueError(
+            f"calibrator_cache_type must be one of {CALIBRATOR_CACHE_TYPES}, got {config.calibrator_cache_type!r}"
+        )
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:

@@ -28,8 +28,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,calibrator", CASES, ids=[f"{n}-{'-'.join(map(str, c.values()))}" for n, c in CASES])
-def test_taylorseer_equals_reference_and_keeps_decisions(name, calibrator):
+def check_against_reference(name: str, config, **reference_args) -> None:
+    """Compile ``name`` with ``config``: cached steps equal the uncalibrated run, outputs equal
+    the eager reference run with ``reference_args``, and the forecast changes some output."""
     model, inputs = TINY_MODELS[name]()
     steps = list(trajectory(inputs, STEPS))
     Bn = BN[name]
@@ -38,26 +39,28 @@ def test_taylorseer_equals_reference_and_keeps_decisions(name, calibrator):
     plain = torch.compile(model, backend="cachedit", options=options)
     plain_out = run(plain, steps)
     plain_cached = cachedit_fx.summary(plain).cached_steps
-
     torch._dynamo.reset()
-    config = cachedit_fx.TaylorSeerCalibratorConfig(**calibrator)
     compiled = torch.compile(model, backend="cachedit", options={**options, "calibrator_config": config})
     got = run(compiled, steps)
     cached = cachedit_fx.summary(compiled).cached_steps
     assert cached == plain_cached, "a calibrator must not change the decision"
     assert 2 <= len(cached) < STEPS - 2
-
     reference = ReferenceDBCache(
         model, BLOCK_LISTS[name], 1, Bn, threshold=THRESHOLDS[name], warmup=2,
-        taylor_order=config.taylorseer_order, taylor_cache_type=config.calibrator_cache_type,
-        hidden_taylor=config.enable_calibrator, encoder_taylor=config.enable_encoder_calibrator,
-    )
+        taylor_cache_type=config.calibrator_cache_type, hidden_taylor=config.enable_calibrator,
+        encoder_taylor=config.enable_encoder_calibrator, **reference_args)
     want = run(reference, steps)
     reference.close()
     assert reference.cached_steps == cached
     for k, (g, w) in enumerate(zip(got, want)):
         assert max_rel_err(g, w) <= 1e-4, f"step {k}"
     assert any(not torch.equal(g, p) for g, p in zip(got, plain_out)), "the forecast must change cached steps"
+
+
+@pytest.mark.parametrize("name,calibrator", CASES, ids=[f"{n}-{'-'.join(map(str, c.values()))}" for n, c in CASES])
+def test_taylorseer_equals_reference_and_keeps_decisions(name, calibrator):
+    config = cachedit_fx.TaylorSeerCalibratorConfig(**calibrator)
+    check_against_reference(name, config, taylor_order=config.taylorseer_order)
 
 
 def test_flat_calibrator_keys_and_validation():
@@ -81,26 +84,4 @@ FOCA_CASES = [("flux", {}), ("wan", {"calibrator_cache_type": "hidden_states"}),
 
 @pytest.mark.parametrize("name,calibrator", FOCA_CASES, ids=[n for n, _ in FOCA_CASES])
 def test_foca_equals_reference_and_keeps_decisions(name, calibrator):
-    model, inputs = TINY_MODELS[name]()
-    steps = list(trajectory(inputs, STEPS))
-    Bn = BN[name]
-    options = {"inner_backend": "eager", "Fn_compute_blocks": 1, "Bn_compute_blocks": Bn,
-               "residual_diff_threshold": THRESHOLDS[name], "max_warmup_steps": 2}
-    plain = torch.compile(model, backend="cachedit", options=options)
-    plain_out = run(plain, steps)
-    plain_cached = cachedit_fx.summary(plain).cached_steps
-    torch._dynamo.reset()
-    config = cachedit_fx.FoCaCalibratorConfig(**calibrator)
-    compiled = torch.compile(model, backend="cachedit", options={**options, "calibrator_config": config})
-    got = run(compiled, steps)
-    assert cachedit_fx.summary(compiled).cached_steps == plain_cached
-    reference = ReferenceDBCache(
-        model, BLOCK_LISTS[name], 1, Bn, threshold=THRESHOLDS[name], warmup=2, foca=True,
-        taylor_cache_type=config.calibrator_cache_type, hidden_taylor=config.enable_calibrator,
-        encoder_taylor=config.enable_encoder_calibrator)
-    want = run(reference, steps)
-    reference.close()
-    assert reference.cached_steps == plain_cached
-    for k, (g, w) in enumerate(zip(got, want)):
-        assert max_rel_err(g, w) <= 1e-4, f"step {k}"
-    assert any(not torch.equal(g, p) for g, p in zip(got, plain_out))
+    check_against_reference(name, cachedit_fx.FoCaCalibratorConfig(**calibrator), foca=True)

@@ -20,19 +20,11 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings, DBPruneConfig
 from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY
-from cachedit_fx.passes.dataflow import live_across, node_positions, same_layout, tensor_meta
+from cachedit_fx.passes.dataflow import live_across, node_positions, same_layout
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import BlockChain
 from cachedit_fx.passes.split_pieces import PieceRange, split_into_pieces
-from cachedit_fx.passes.streams import hidden_exit, live_values, trace_stream
-
-
-@dataclass(frozen=True)
-class StreamPair:
-    """A value the middle hands on (``middle_output``) and the head value it continues."""
-
-    middle_output: str
-    head_value: str
+from cachedit_fx.passes.streams import StreamPair, hidden_exit, live_values, match_streams, trace_stream
 
 
 @dataclass(frozen=True)
@@ -90,19 +82,10 @@ def plan_partition(gm: fx.GraphModule, chain: BlockChain, Fn: int, Bn: int) -> _
 
     live_at = live_values(nodes, pos)
     middle_boundaries = [blocks[j].first for j in range(len(blocks) - Bn - 1, Fn, -1)] + [cut_head]
-    streams = []
-    for value in handed_on:
-        if tensor_meta(value) is None:
-            raise UnsupportedGraph(f"the cached blocks hand on a non-tensor value {value.name}")
-        partner = trace_stream(value, middle_boundaries, live_at, pos)
-        if partner not in carried:
-            raise UnsupportedGraph(f"{value.name} does not continue a value carried into the cached blocks")
-        if not same_layout(value, partner):
-            raise UnsupportedGraph(f"stream {partner.name} -> {value.name} changes shape or dtype in the cached blocks")
-        streams.append(StreamPair(value.name, partner.name))
-    partners = [s.head_value for s in streams]
-    if len(set(partners)) != len(partners):
-        raise UnsupportedGraph(f"two values handed on by the cached blocks continue the same stream: {partners}")
+    streams = match_streams(handed_on, middle_boundaries, live_at, pos, "the cached blocks")
+    for stream in streams:
+        if stream.head_value not in {n.name for n in carried}:
+            raise UnsupportedGraph(f"{stream.middle_output} does not continue a value carried into the cached blocks")
 
     exit_value = hidden_exit(nodes, pos, chain_start, chain_stop)
     hidden_cut = trace_stream(

@@ -16,12 +16,11 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings, DBPruneConfig
 from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY
-from cachedit_fx.passes.dataflow import live_across, node_positions, same_layout, tensor_meta
+from cachedit_fx.passes.dataflow import live_across, node_positions
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import BlockChain
-from cachedit_fx.passes.partition import StreamPair
 from cachedit_fx.passes.split_pieces import PieceRange, split_into_pieces
-from cachedit_fx.passes.streams import hidden_exit, live_values, trace_stream
+from cachedit_fx.passes.streams import StreamPair, hidden_exit, live_values, match_streams, trace_stream
 
 
 @dataclass(frozen=True)
@@ -75,17 +74,9 @@ def plan_block_partition(
         piece = f"block_{i}"
         ranges.append(PieceRange(piece, block.first, block.last + 1))
         cursor = block.last + 1
-        streams = []
-        for value in (v for v in live_across(nodes, pos, block.last + 1) if pos[v] >= block.first):
-            if tensor_meta(value) is None:
-                raise UnsupportedGraph(f"block {i} hands on a non-tensor value {value.name}")
-            partner = trace_stream(value, [block.first], live_at, pos)
-            if not same_layout(value, partner):
-                raise UnsupportedGraph(f"block {i}: stream {partner.name} -> {value.name} changes shape or dtype")
-            streams.append(StreamPair(value.name, partner.name))
+        handed_on = [v for v in live_across(nodes, pos, block.last + 1) if pos[v] >= block.first]
+        streams = match_streams(handed_on, [block.first], live_at, pos, f"block {i}")
         partners = [s.head_value for s in streams]
-        if len(set(partners)) != len(partners):
-            raise UnsupportedGraph(f"block {i}: two outputs continue the same input: {partners}")
         hidden = trace_stream(exit_value, [blocks[j].first for j in range(n - 1, i - 1, -1)], live_at, pos)
         if hidden.name not in partners:
             raise UnsupportedGraph(f"block {i}: the hidden stream input {hidden.name} is not continued by the block")

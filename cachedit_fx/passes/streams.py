@@ -8,12 +8,43 @@ a boundary is its nearest ancestor live there; shape and dtype only break ties.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch.fx as fx
 
 from cachedit_fx.passes.dataflow import is_module_state, nearest_ancestors, same_layout, tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
+
+
+@dataclass(frozen=True)
+class StreamPair:
+    """A value a region hands on (``middle_output``) and the region input it continues
+    (``head_value``)."""
+
+    middle_output: str
+    head_value: str
+
+
+def match_streams(
+    handed_on: Iterable[fx.Node], boundaries: list[int], live_at: Callable[[int], list[fx.Node]],
+    pos: dict[fx.Node, int], where: str,
+) -> list[StreamPair]:
+    """Pair each value a region hands on with the region input it continues (traced back
+    across ``boundaries``, descending); each must keep its shape and dtype, and no input may
+    be continued twice."""
+    pairs = []
+    for value in handed_on:
+        if tensor_meta(value) is None:
+            raise UnsupportedGraph(f"{where} hands on a non-tensor value {value.name}")
+        partner = trace_stream(value, boundaries, live_at, pos)
+        if not same_layout(value, partner):
+            raise UnsupportedGraph(f"{where}: stream {partner.name} -> {value.name} changes shape or dtype")
+        pairs.append(StreamPair(value.name, partner.name))
+    partners = [p.head_value for p in pairs]
+    if len(set(partners)) != len(partners):
+        raise UnsupportedGraph(f"{where}: two values handed on continue the same input: {partners}")
+    return pairs
 
 
 def live_values(nodes: list[fx.Node], pos: dict[fx.Node, int]) -> Callable[[int], list[fx.Node]]:

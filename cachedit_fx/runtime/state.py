@@ -145,15 +145,13 @@ class ModelCacheState:
         if position == 0:
             self.first_decision = cache
         plans = value_plans(self.calibrator, len(partners), hidden_position)
+        outputs = self._region_outputs(stream.middle, cache, middle, middle_inputs, partners, plans, stream.step)
         if cache:
-            outputs = stream.middle.forecast(self.arithmetic, partners, stream.step)
             stream.cached_steps += 1
             stream.continuous_cached_steps += 1
             if diff is not None and diff > 0:
                 stream.accumulated_diff += diff
         else:
-            outputs = tuple(middle(*middle_inputs))
-            stream.middle.push(self.arithmetic, outputs, partners, plans, stream.step)
             torch.sub(hidden_cut, hidden_entry, out=prev)
             stream.fn_residual.valid = True
             stream.continuous_cached_steps = 0
@@ -200,14 +198,12 @@ class ModelCacheState:
         prune, _ = should_cache(config, counters, diff, threshold=self.pruning.threshold(config))
         self.pruning.record(index, diff, prune)
         plans = value_plans(None, len(partners), 0)
+        outputs = self._region_outputs(state.residuals, prune, block, block_inputs, partners, plans, stream.step)
         if prune:
-            outputs = state.residuals.forecast(self.arithmetic, partners, stream.step)
             state.continuous_pruned += 1
             if diff is not None and diff > 0:
                 state.accumulated_diff += diff
         else:
-            outputs = tuple(block(*block_inputs))
-            state.residuals.push(self.arithmetic, outputs, partners, plans, stream.step)
             state.input.buffer_for(hidden_input.shape, hidden_input.dtype, hidden_input.device).copy_(hidden_input)
             state.input.valid = True
             state.continuous_pruned = 0
@@ -216,6 +212,14 @@ class ModelCacheState:
             stream.stats.record(stream.step, bool(pruned), self.pruning.first_diff, pruned_blocks=pruned)
             stream.cached_steps += bool(pruned)
             stream.step += 1
+        return outputs
+
+    def _region_outputs(self, history, cache: bool, run, inputs, partners, plans, step: int):
+        """A cached region's outputs: forecast from ``history``, or ``run`` it and remember."""
+        if cache:
+            return history.forecast(self.arithmetic, partners, step)
+        outputs = tuple(run(*inputs))
+        history.push(self.arithmetic, outputs, partners, plans, step)
         return outputs
 
     def _resolve_call(
