@@ -81,7 +81,8 @@ def _state_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blo
     if anchor is None:
         raise UnsupportedGraph("the graph lifts no parameters, so its model's cache state cannot be identified")
     chain = ChainShape(num_blocks, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
-    arithmetic = cache_arithmetic(settings.cache_kernels)
+    device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), None)
+    arithmetic = cache_arithmetic(settings.cache_kernels, device)
     state = state_for_anchor(anchor)
     if state is None:
         state = ModelCacheState(settings.cache, chain, arithmetic, settings.calibrator)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 INNER_BACKENDS = ("inductor", "aot_eager", "eager")
-CACHE_KERNELS = ("triton", "torch", "inductor-fused")
+CACHE_KERNELS = ("auto", "triton", "torch", "inductor-fused")
 STEPS_COMPUTATION_POLICIES = ("dynamic", "static")
 
 
@@ -194,9 +194,10 @@ class BackendSettings:
     inductor_options: dict[str, Any] = field(default_factory=dict)
     strict: bool = False
     dump_dir: Optional[str] = None
-    cache_kernels: str = "triton"
-    """Per-step arithmetic: custom ops ("triton"), plain torch ("torch"), or the diff
-    computed inside the compiled head piece ("inductor-fused")."""
+    cache_kernels: str = "auto"
+    """Per-step arithmetic: custom ops ("triton"), plain torch ("torch"), the diff computed
+    inside the compiled head piece ("inductor-fused"), or "auto": "triton" where Triton runs
+    (CUDA, or CPU under TRITON_INTERPRET=1), else "torch"."""
     cache_state: Any = field(default=None, compare=False, repr=False)
     """Runtime handle the backend attaches before the passes run; passes only wire it in."""
 

@@ -19,13 +19,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def runs_triton(t: torch.Tensor) -> bool:
-    """Triton handles ``t``: a CUDA tensor, or any CPU tensor under ``TRITON_INTERPRET=1``."""
+def triton_runs_on(device: torch.device) -> bool:
+    """Triton runs on ``device``: CUDA, or CPU under ``TRITON_INTERPRET=1``."""
     if not TRITON_INSTALLED:
         return False
-    if t.device.type == "cuda":
-        return True
-    return t.device.type == "cpu" and interpreting()
+    return device.type == "cuda" or (device.type == "cpu" and interpreting())
+
+
+def runs_triton(t: torch.Tensor) -> bool:
+    """Triton handles ``t`` (see ``triton_runs_on``)."""
+    return triton_runs_on(t.device)
 
 
 def block_size(gpu_block: int) -> int:

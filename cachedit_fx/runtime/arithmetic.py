@@ -1,5 +1,7 @@
 """Which implementation does the per-step cache arithmetic (option ``cache_kernels``).
 
+    "auto"            "triton" where Triton runs on the model's device (CUDA, or CPU under
+                      TRITON_INTERPRET=1), else "torch" (the ops would only add dispatch cost)
     "triton"          the ``cachedit_fx::`` custom ops: Triton on CUDA (and on CPU under
                       TRITON_INTERPRET=1), the torch reference elsewhere
     "torch"           the plain-torch reference functions, called directly
@@ -23,6 +25,7 @@ from cachedit_fx.kernels import (
     taylor_update_op,
     taylor_update_reference_,
 )
+from cachedit_fx.kernels.triton_support import triton_runs_on
 
 DiffSums = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 LadderUpdate = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], float, int], None]
@@ -42,7 +45,10 @@ class CacheArithmetic:
     diff_in_head: bool
 
 
-def cache_arithmetic(name: str) -> CacheArithmetic:
+def cache_arithmetic(name: str, device: Optional[torch.device] = None) -> CacheArithmetic:
+    """The implementation called ``name`` (``device``: where the model runs, for "auto")."""
+    if name == "auto":
+        name = "triton" if device is not None and triton_runs_on(device) else "torch"
     if name == "torch":
         return CacheArithmetic(name, l1_rel_diff_reference, taylor_update_reference_, taylor_forecast_reference, False)
     if name in ("triton", "inductor-fused"):

@@ -79,3 +79,14 @@ def test_unknown_cache_kernels_value_is_rejected():
     compiled = torch.compile(model, backend="cachedit", options={"cache_kernels": "cuda"})
     with pytest.raises(Exception, match="cache_kernels must be one of"):
         run(compiled, [inputs])
+
+
+def test_auto_uses_triton_only_where_it_runs(triton_interpreter, launches, monkeypatch):
+    model, inputs = TINY_MODELS["wan"]()
+    steps = list(trajectory(inputs, 4))
+    run_with(model, steps, "wan", "auto")
+    assert launches["l1"] > 0 and launches["update"] > 0, "CPU under TRITON_INTERPRET=1: Triton"
+    before = dict(launches)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    run_with(model, steps, "wan", "auto")
+    assert launches == before, "plain CPU: plain torch, no custom-op dispatch"
