@@ -159,11 +159,6 @@ class TaylorSeerCalibratorConfig:
             raise ValueError(f"taylorseer_order must be <= {MAX_TAYLORSEER_ORDER}, got {self.taylorseer_order}")
         _validate_calibrator_switches(self)
 
-    def order_for(self, hidden: bool) -> int:
-        """Taylor order of a carried value: the hidden stream or an encoder stream."""
-        enabled = self.enable_calibrator if hidden else self.enable_encoder_calibrator
-        return self.taylorseer_order if enabled else 0
-
 
 @dataclass
 class FoCaCalibratorConfig:

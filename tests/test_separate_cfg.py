@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cachedit_fx
-from models import TINY_MODELS, run, trajectory
+from models import TINY_MODELS, trajectory
 
 STEPS = 10
 THRESHOLD = 0.15

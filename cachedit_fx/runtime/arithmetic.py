@@ -42,7 +42,6 @@ class CacheArithmetic:
     diff_sums: DiffSums
     ladder_update_: LadderUpdate
     forecast: Forecast
-    diff_in_head: bool
 
 
 def cache_arithmetic(name: str, device: Optional[torch.device] = None) -> CacheArithmetic:
@@ -50,7 +49,7 @@ def cache_arithmetic(name: str, device: Optional[torch.device] = None) -> CacheA
     if name == "auto":
         name = "triton" if device is not None and triton_runs_on(device) else "torch"
     if name == "torch":
-        return CacheArithmetic(name, l1_rel_diff_reference, taylor_update_reference_, taylor_forecast_reference, False)
+        return CacheArithmetic(name, l1_rel_diff_reference, taylor_update_reference_, taylor_forecast_reference)
     if name in ("triton", "inductor-fused"):
-        return CacheArithmetic(name, l1_rel_diff_op, taylor_update_op, taylor_forecast_op, name == "inductor-fused")
+        return CacheArithmetic(name, l1_rel_diff_op, taylor_update_op, taylor_forecast_op)
     raise ValueError(f"cache_kernels must be one of {CACHE_KERNELS}, got {name!r}")

@@ -55,6 +55,11 @@ class TaylorLadder:
         self.plan = plan
         self.ladder = torch.empty((plan.order + 1, *like.shape), dtype=like.dtype, device=like.device)
 
+    @property
+    def like(self) -> torch.Tensor:
+        """A tensor with the remembered value's shape, dtype and device."""
+        return self.ladder[0]
+
     def push(self, arith: Any, value: torch.Tensor, base: Optional[torch.Tensor], gap: float, updates: int) -> None:
         arith.ladder_update_(self.ladder, value, base, gap, min(updates + 1, self.plan.order + 1))
 
@@ -71,12 +76,20 @@ class FocaHistory:
         self.anchors = 0
         self.seen = 0
 
+    @property
+    def like(self) -> torch.Tensor:
+        """A tensor with the remembered value's shape, dtype and device."""
+        return self.full
+
     def push(self, arith: Any, value: torch.Tensor, base: Optional[torch.Tensor], gap: float, updates: int) -> None:
         if updates == 0:
             self.anchors = self.seen = 0
         self.full, self.full_prev = self.full_prev, self.full
         self.k, self.km1 = self.km1, self.k
-        torch.sub(value, base, out=self.full) if base is not None else self.full.copy_(value)
+        if base is None:
+            self.full.copy_(value)
+        else:
+            torch.sub(value, base, out=self.full)
         self.k.copy_(self.full)
         self.anchors = min(self.anchors + 1, 2)
         self.seen = min(self.seen + 1, 2)
@@ -118,7 +131,7 @@ class RegionHistory:
         """Record a computed run at ``step``; histories are reallocated (and forgotten) when a
         value's plan, shape, dtype or device changes."""
         if self.values is None or len(self.values) != len(outputs) or any(
-            h.plan != plan or not _fits(h, out) for h, out, plan in zip(self.values, outputs, plans)
+            h.plan != plan or not _same_layout(h.like, out) for h, out, plan in zip(self.values, outputs, plans)
         ):
             self.values = [(FocaHistory if p.kind == "foca" else TaylorLadder)(o, p) for o, p in zip(outputs, plans)]
             self.updates = 0
@@ -134,13 +147,12 @@ class RegionHistory:
         elapsed = float(step - self.last_computed_step)
         outputs = []
         for history, partner, strides in zip(self.values, partners, self.output_strides):
-            like = history.ladder[0] if isinstance(history, TaylorLadder) else history.full
+            like = history.like
             out = torch.empty_strided(like.shape, strides, dtype=like.dtype, device=like.device)
             history.forecast(arith, partner if history.plan.residual else None, elapsed, self.updates, out)
             outputs.append(out)
         return tuple(outputs)
 
 
-def _fits(history: History, value: torch.Tensor) -> bool:
-    like = history.ladder[0] if isinstance(history, TaylorLadder) else history.full
+def _same_layout(like: torch.Tensor, value: torch.Tensor) -> bool:
     return like.shape == value.shape and like.dtype == value.dtype and like.device == value.device

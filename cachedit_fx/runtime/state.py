@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -31,7 +32,9 @@ from cachedit_fx.runtime.cfg import DEFAULT_STREAM, UNCOND_STREAM, CfgSchedule
 from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 from cachedit_fx.runtime.histories import Calibrator, value_plans
-from cachedit_fx.runtime.stream_state import ChainShape, StreamState, log
+from cachedit_fx.runtime.stream_state import ChainShape, StreamState
+
+log = logging.getLogger("cachedit_fx")
 
 __all__ = ["ChainShape", "DEFAULT_STREAM", "ModelCacheState", "StreamState"]
 
@@ -188,9 +191,7 @@ class ModelCacheState:
             self.pruning = _CallPruning(stream)
         else:
             stream = self.pruning.stream
-            sums = block_sums(stream)
-            if sums is not None and self.sums_all_reduce is not None:
-                self.sums_all_reduce(sums)
+            sums = self._reduced(block_sums(stream))
             diff = _relative(*sums.tolist()) if sums is not None else None
         state = stream.block(index)
         counters = StepCounters(stream.step, stream.cached_steps, state.continuous_pruned,
@@ -234,9 +235,7 @@ class ModelCacheState:
         signature = tuple((tuple(t.shape), t.dtype) for t in signature_inputs)
         stream = self.upcoming_stream()
         follows_first = self._follows_first_decision()
-        sums = None if follows_first else speculative_sums(stream)
-        if sums is not None and self.sums_all_reduce is not None:
-            self.sums_all_reduce(sums)
+        sums = None if follows_first else self._reduced(speculative_sums(stream))
         readback = ([sums] if sums is not None else []) + ([timestep.reshape(-1)[:1]] if timestep is not None else [])
         host = torch.cat([v.to(torch.float64) for v in readback]).tolist() if readback else []
         t = host[-1] if timestep is not None else None
@@ -261,6 +260,12 @@ class ModelCacheState:
         position = self.cfg.position()
         self.cfg.record_call(t)
         return stream, diff, position, follows_first
+
+    def _reduced(self, sums: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``sums`` after the parallel all-reduce hook, if one is set."""
+        if sums is not None and self.sums_all_reduce is not None:
+            self.sums_all_reduce(sums)
+        return sums
 
     def _swap_cfg_streams(self) -> None:
         """The first call turned out to be the unconditional one: its stream becomes
