@@ -19,29 +19,46 @@ from cachedit_fx.config import (
     TaylorSeerCalibratorConfig,
     parse_options,
 )
+from cachedit_fx.inspection import InspectReport
+from cachedit_fx.inspection import inspect_model as inspect
 from cachedit_fx.passes.errors import UnsupportedGraph
-from cachedit_fx.runtime.registry import state_for_model
+from cachedit_fx.pipelines import compile, disable
+from cachedit_fx.runtime.contexts import CacheContext
+from cachedit_fx.runtime.registry import cache_for_model
 from cachedit_fx.runtime.stats import CacheSummary
 from cachedit_fx.runtime.step_masks import steps_mask
 
 __all__ = [
-    "BackendSettings", "CacheSummary", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
-    "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "parse_options", "refresh", "steps_mask", "summary",
+    "BackendSettings", "CacheContext", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
+    "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "cache_context", "parse_options", "refresh", "steps_mask", "summary",
 ]
 
 BACKEND_NAME = "cachedit"
 
 
-def summary(model: torch.nn.Module, stream: str = "default") -> CacheSummary:
+def summary(model: torch.nn.Module, stream: str = "default", context: Optional[str] = None) -> CacheSummary:
     """Cache statistics of ``model``'s latest generation (compiled wrapper or original module).
 
-    ``stream``: "default", or "uncond" for the unconditional calls of a separate-CFG run."""
-    return state_for_model(model).summary(stream)
+    ``stream``: "default", or "uncond" for the unconditional calls of a separate-CFG run;
+    ``context``: a ``cache_context`` name (None: the active one, else "default")."""
+    cache = cache_for_model(model)
+    return cache.summary(context or cache.active_name(), stream)
 
 
-def refresh(model: torch.nn.Module, num_inference_steps: Optional[int] = None, **config: Any) -> None:
-    """Start a new generation now, optionally changing ``num_inference_steps`` or cache options."""
-    state_for_model(model).refresh(num_inference_steps=num_inference_steps, **config)
+def refresh(model: torch.nn.Module, num_inference_steps: Optional[int] = None, context: Optional[str] = None,
+            **config: Any) -> None:
+    """Start a new generation now in the active (or the named) context, optionally changing
+    ``num_inference_steps`` or cache options. Before the model's first call, the options are
+    remembered and applied when it is compiled."""
+    cache = cache_for_model(model, create=True)
+    cache.refresh(context or cache.active_name(), num_inference_steps, **config)
+
+
+def cache_context(model: torch.nn.Module, name: str) -> CacheContext:
+    """Handle of the named cache context of ``model``: ``with cache_context(model, "req-1"):``
+    runs the calls inside against that context's own buffers, counters and statistics (per
+    thread / asyncio task). Re-enter it for every step of the request; ``close()`` frees it."""
+    return CacheContext(cache_for_model(model, create=True), name)
 
 
 def _register() -> None:

@@ -3,6 +3,7 @@
     find_block_chain     annotate the repeated block chain
     partition            DBCache: head | middle | tail pieces, carried/shared values, streams
     partition_blocks     DBPrune: one piece per prunable block, its streams
+    insert_cache_selector  the call's cache state, chosen from the parameters it receives
     insert_cache_branch  DBCache: guarded branch around the middle piece
     insert_prune_branches  DBPrune: a guarded branch around every prunable block
     fuse_diff_into_head  (cache_kernels="inductor-fused") diff sums computed by the head piece
@@ -28,20 +29,23 @@ from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import find_block_chain
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
+from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
 from cachedit_fx.passes.lower import compile_piece, lower
 from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.passes.partition_blocks import partition_blocks
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
-from cachedit_fx.runtime.registry import register_state, state_for_anchor
-from cachedit_fx.runtime.state import ChainShape, ModelCacheState
+from cachedit_fx.runtime.contexts import ModelCache
+from cachedit_fx.runtime.registry import cache_for_params
+from cachedit_fx.runtime.stream_state import ChainShape
 
 log = logging.getLogger("cachedit_fx")
 
 Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
 ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
 REWRITE_PASSES: tuple[Pass, ...] = (
-    partition, partition_blocks, insert_cache_branch, insert_prune_branches, fuse_diff_into_head, lower,
+    partition, partition_blocks, insert_cache_selector, insert_cache_branch, insert_prune_branches,
+    fuse_diff_into_head, lower,
 )
 
 
@@ -59,7 +63,7 @@ def cachedit_backend(
         for analysis in ANALYSIS_PASSES:
             gm = analysis(gm, settings)
         settings.cache.check_against_chain(len(gm.meta[CHAIN_META_KEY]))
-        settings.cache_state = _state_for(example_inputs, settings, len(gm.meta[CHAIN_META_KEY]))
+        settings.model_cache = _cache_for(example_inputs, settings, len(gm.meta[CHAIN_META_KEY]))
         for rewrite in REWRITE_PASSES:
             gm = rewrite(gm, settings)
             dump(rewrite.__name__, gm)
@@ -76,17 +80,13 @@ def cachedit_backend(
     return gm.forward
 
 
-def _state_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blocks: int) -> ModelCacheState:
-    anchor = next((t for t in example_inputs if isinstance(t, torch.nn.Parameter)), None)
-    if anchor is None:
+def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blocks: int) -> ModelCache:
+    """The model's cache (found by its lifted parameters, else created), bound to this graph's options."""
+    params = [t for t in example_inputs if isinstance(t, torch.nn.Parameter)]
+    if not params:
         raise UnsupportedGraph("the graph lifts no parameters, so its model's cache state cannot be identified")
     chain = ChainShape(num_blocks, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), None)
-    arithmetic = cache_arithmetic(settings.cache_kernels, device)
-    state = state_for_anchor(anchor)
-    if state is None:
-        state = ModelCacheState(settings.cache, chain, arithmetic, settings.calibrator)
-        register_state(anchor, state)
-    else:
-        state.rebind(settings.cache, chain, arithmetic, settings.calibrator)
-    return state
+    cache = cache_for_params(params)
+    cache.bind(settings.cache, chain, cache_arithmetic(settings.cache_kernels, device), settings.calibrator)
+    return cache

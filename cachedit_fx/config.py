@@ -193,7 +193,7 @@ class BackendSettings:
     """Per-step arithmetic: custom ops ("triton"), plain torch ("torch"), the diff computed
     inside the compiled head piece ("inductor-fused"), or "auto": "triton" where Triton runs
     (CUDA, or CPU under TRITON_INTERPRET=1), else "torch"."""
-    cache_state: Any = field(default=None, compare=False, repr=False)
+    model_cache: Any = field(default=None, compare=False, repr=False)
     """Runtime handle the backend attaches before the passes run; passes only wire it in."""
 
     def __post_init__(self) -> None:

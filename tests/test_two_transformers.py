@@ -45,3 +45,30 @@ def test_each_transformer_keeps_its_own_config_and_state():
         expected = alone["high"][0] + alone["low"][0]
         for got, want in zip(outputs, expected):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_equal_options_reuse_the_graph_but_never_the_cache():
+    """Dynamo lifts parameters as inputs, so the second expert (same class, same options) may
+    run the graph compiled for the first: the cache must still follow the parameters."""
+    high_model, inputs = tiny_wan(seed=0)
+    low_model, _ = tiny_wan(seed=1)
+    steps = list(trajectory(inputs, STEPS))
+    options = dict(HIGH, taylorseer_order=1)
+
+    alone = {}
+    for name, model, part in (("high", high_model, steps[:SWITCH]), ("low", low_model, steps[SWITCH:])):
+        torch._dynamo.reset()
+        compiled = compile_expert(model, options)
+        alone[name] = (run(compiled, part), cachedit_fx.summary(compiled).cached_steps)
+        cachedit_fx.disable(compiled)
+
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    high, low = compile_expert(high_model, options), compile_expert(low_model, options)
+    outputs = run(high, steps[:SWITCH]) + run(low, steps[SWITCH:])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1  # one graph serves both
+    assert cachedit_fx.summary(high).cached_steps == alone["high"][1]
+    assert cachedit_fx.summary(low).cached_steps == alone["low"][1]
+    assert cachedit_fx.summary(low).num_steps == STEPS - SWITCH
+    for got, want in zip(outputs, alone["high"][0] + alone["low"][0]):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

@@ -30,9 +30,9 @@ class GraphDumper:
             return
         parts = [f"# {stage}: {type(gm).__name__}", gm.print_readable(print_output=False)]
         for name, module in gm.named_modules():
-            inner = getattr(module, "middle", None)
+            inner = getattr(module, "piece", None)
             if name and isinstance(inner, fx.GraphModule):
-                parts.append(f"# {name}.middle\n" + inner.print_readable(print_output=False))
+                parts.append(f"# {name}.piece\n" + inner.print_readable(print_output=False))
         path = os.path.join(self.dump_dir, f"{self.graph_id}_{self.count}_{stage}.py")
         with open(path, "w") as f:
             f.write("\n\n".join(parts))

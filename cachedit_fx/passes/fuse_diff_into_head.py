@@ -21,6 +21,7 @@ import torch.fx as fx
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
 from cachedit_fx.passes import PARTITION_META_KEY
+from cachedit_fx.passes.insert_cache_selector import cache_state_node
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.runtime.cache_branch import PrevResidualSource
 
@@ -47,10 +48,11 @@ def fuse_diff_into_head(parent: fx.GraphModule, settings: BackendSettings) -> fx
 
     parent.add_submodule(
         "prev_residual_source",
-        PrevResidualSource(settings.cache_state, tuple(cut_meta.shape), cut_meta.dtype, cut_meta.device),
+        PrevResidualSource(tuple(cut_meta.shape), cut_meta.dtype, cut_meta.device),
     )
     with parent.graph.inserting_before(head_call):
-        prev = parent.graph.create_node("call_module", "prev_residual_source", (), name=PREV_RESIDUAL)
+        prev = parent.graph.create_node("call_module", "prev_residual_source", (cache_state_node(parent),),
+                                        name=PREV_RESIDUAL)
     head_call.args = (*head_call.args, prev)
     with parent.graph.inserting_after(head_call):
         sums = parent.graph.create_node(

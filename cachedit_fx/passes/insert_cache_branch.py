@@ -1,7 +1,7 @@
 """Replace the call of the middle piece with a guarded ``CacheBranch``.
 
 Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``) and a
-``ModelCacheState`` in ``settings.cache_state``.
+cache-state node from ``insert_cache_selector``.
 Guarantees: the branch receives x0, hF, the call's tensor inputs (for boundary detection,
 the timestep among them when the graph has one) and the middle's own inputs; its outputs
 replace the middle's outputs one for one, so the rest of the program is unchanged.
@@ -14,6 +14,7 @@ import torch.fx as fx
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import PARTITION_META_KEY
 from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
+from cachedit_fx.passes.insert_cache_selector import cache_state_node
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
 from cachedit_fx.runtime.cache_branch import BranchSpec, CacheBranch
@@ -39,11 +40,11 @@ def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx
         hidden_position=[s.head_value for s in part.streams].index(part.hidden_cut),
     )
     call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
-    parent.add_submodule("cache_branch", CacheBranch(parent.get_submodule("middle"), settings.cache_state, spec))
+    parent.add_submodule("cache_branch", CacheBranch(parent.get_submodule("middle"), spec))
     with parent.graph.inserting_before(call):
         branch = parent.graph.create_node(
             "call_module", "cache_branch",
-            (by_name[part.hidden_entry], by_name[part.hidden_cut], *signature, *call.args),
+            (cache_state_node(parent), by_name[part.hidden_entry], by_name[part.hidden_cut], *signature, *call.args),
             name="cachedit_call_cache_branch",
         )
     call.replace_all_uses_with(branch)

@@ -1,7 +1,7 @@
 """Replace the call of every prunable block piece with a guarded ``PruneBranch`` (DBPrune).
 
 Assumes: the program from ``partition_blocks`` (``meta[PARTITION_META_KEY]`` is a
-``BlockPartition``) and a ``ModelCacheState`` in ``settings.cache_state``.
+``BlockPartition``) and a cache-state node from ``insert_cache_selector``.
 Guarantees: each branch returns the block's outputs one for one; the first one in program
 order also receives the call's tensor inputs (boundary detection, the timestep among them).
 """
@@ -14,6 +14,7 @@ from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import PARTITION_META_KEY
 from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
 from cachedit_fx.passes.insert_cache_branch import find_timestep_input
+from cachedit_fx.passes.insert_cache_selector import cache_state_node
 from cachedit_fx.passes.partition_blocks import BlockPartition
 from cachedit_fx.passes.split_pieces import piece_io
 from cachedit_fx.runtime.prune_branch import PruneBranch, PruneSpec
@@ -29,6 +30,7 @@ def insert_prune_branches(parent: fx.GraphModule, settings: BackendSettings) -> 
     ]
     timestep = find_timestep_input(signature)
     calls = {n.target: n for n in parent.graph.nodes if n.op == "call_module"}
+    state = cache_state_node(parent)
     for k, block in enumerate(part.prunable):
         inputs, outputs = piece_io(parent, block.piece)
         if outputs != [s.middle_output for s in block.streams]:
@@ -43,10 +45,10 @@ def insert_prune_branches(parent: fx.GraphModule, settings: BackendSettings) -> 
         )
         call = calls[block.piece]
         name = f"prune_{block.piece}"
-        parent.add_submodule(name, PruneBranch(parent.get_submodule(block.piece), settings.cache_state, spec))
+        parent.add_submodule(name, PruneBranch(parent.get_submodule(block.piece), spec))
         with parent.graph.inserting_before(call):
             branch = parent.graph.create_node(
-                "call_module", name, (*(signature if first else ()), *call.args), name=f"cachedit_call_{name}"
+                "call_module", name, (state, *(signature if first else ()), *call.args), name=f"cachedit_call_{name}"
             )
         call.replace_all_uses_with(branch)
         parent.graph.erase_node(call)

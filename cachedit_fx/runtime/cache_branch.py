@@ -31,20 +31,19 @@ class CacheBranch(torch.nn.Module):
     """Guarded branch: runs the middle piece (``self.piece``) or applies the stored middle
     residuals."""
 
-    def __init__(self, middle: Any, state: ModelCacheState, spec: BranchSpec) -> None:
+    def __init__(self, middle: Any, spec: BranchSpec) -> None:
         super().__init__()
         self.piece = middle
-        self.state = state
         self.spec = spec
 
     def forward(
-        self, hidden_entry: torch.Tensor, hidden_cut: torch.Tensor, *rest: torch.Tensor,
+        self, state: ModelCacheState, hidden_entry: torch.Tensor, hidden_cut: torch.Tensor, *rest: torch.Tensor,
         head_sums: Optional[torch.Tensor] = None,
     ):
         spec = self.spec
         signature_inputs = rest[: spec.num_signature_inputs]
         middle_inputs = rest[spec.num_signature_inputs :]
-        return self.state.run_middle(
+        return state.run_middle(
             self.piece,
             middle_inputs,
             partners=[middle_inputs[i] for i in spec.partner_positions],
@@ -61,15 +60,13 @@ class PrevResidualSource(torch.nn.Module):
     """Returns the owned previous-Fn-residual buffer of the stream the coming call uses,
     shaped like the head's ``hF`` (a fresh, invalid buffer if the stream's does not fit)."""
 
-    def __init__(self, state: ModelCacheState, shape: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
-        self.state = state
         self.shape = torch.Size(shape)
         self.dtype = dtype
         self.device = device
 
-    def forward(self) -> torch.Tensor:
-        stream = self.state.upcoming_stream()
-        self.state.head_sums_stream = stream.name
+    def forward(self, state: ModelCacheState) -> torch.Tensor:
+        stream = state.upcoming_stream()
+        state.head_sums_stream = stream.name
         return stream.fn_residual.buffer_for(self.shape, self.dtype, self.device)

@@ -30,17 +30,16 @@ class PruneBranch(torch.nn.Module):
     """Guarded branch of one prunable block: runs the block piece (``self.piece``) or applies
     the block's stored residuals."""
 
-    def __init__(self, piece: Any, state: ModelCacheState, spec: PruneSpec) -> None:
+    def __init__(self, piece: Any, spec: PruneSpec) -> None:
         super().__init__()
         self.piece = piece
-        self.state = state
         self.spec = spec
 
-    def forward(self, *args: torch.Tensor):
+    def forward(self, state: ModelCacheState, *args: torch.Tensor):
         spec = self.spec
         signature_inputs = args[: spec.num_signature_inputs]
         block_inputs = args[spec.num_signature_inputs :]
-        return self.state.run_block(
+        return state.run_block(
             spec.index,
             self.piece,
             block_inputs,

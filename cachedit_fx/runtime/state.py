@@ -44,8 +44,10 @@ class ModelCacheState:
 
     def __init__(
         self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
-        calibrator: Optional[Calibrator] = None,
+        calibrator: Optional[Calibrator] = None, context: str = "default",
     ) -> None:
+        self.context = context
+        """The name of the cache context (``runtime/contexts.py``) this state belongs to."""
         self.compiled_config = config
         self.chain = chain
         self.arithmetic = arithmetic
@@ -99,7 +101,7 @@ class ModelCacheState:
 
     def _new_generation(self, reason: str) -> None:
         for stream in self.streams.values():
-            stream.start_generation(reason)
+            stream.start_generation(reason, self.context)
         self.cfg.restart()
         self.last_timestep = None
         self.first_decision = None
@@ -159,7 +161,7 @@ class ModelCacheState:
             stream.fn_residual.valid = True
             stream.continuous_cached_steps = 0
         stream.stats.record(stream.step, cache, diff)
-        stream.step += 1
+        self._end_step(stream)
         return outputs
 
     @torch.no_grad()
@@ -212,8 +214,14 @@ class ModelCacheState:
             pruned = self.pruning.pruned
             stream.stats.record(stream.step, bool(pruned), self.pruning.first_diff, pruned_blocks=pruned)
             stream.cached_steps += bool(pruned)
-            stream.step += 1
+            self._end_step(stream)
         return outputs
+
+    def _end_step(self, stream: StreamState) -> None:
+        stream.step += 1
+        steps = self.config.num_inference_steps
+        if steps is not None and stream.step >= steps:
+            stream.log_generation("num_inference_steps reached", self.context)
 
     def _region_outputs(self, history, cache: bool, run, inputs, partners, plans, step: int):
         """A cached region's outputs: forecast from ``history``, or ``run`` it and remember."""

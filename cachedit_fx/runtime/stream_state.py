@@ -78,6 +78,7 @@ class StreamState:
         self.blocks: dict[int, PrunedBlockState] = {}
         self.stats = GenerationStats(chain.num_blocks, chain.Fn + chain.Bn)
         self.finished: Optional[GenerationStats] = None
+        self.generation_logged = False
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -91,19 +92,31 @@ class StreamState:
             self.blocks[index] = PrunedBlockState()
         return self.blocks[index]
 
-    def start_generation(self, reason: str) -> None:
+    def start_generation(self, reason: str, context: str) -> None:
         """Invalidate every buffer and reset the counters; keep the finished generation's stats."""
         if self.stats.steps:
             self.finished = self.stats
-            log.info("cachedit_fx generation ended (%s): %s stream, %d steps, %d cached %s", reason, self.name,
-                     self.stats.steps, len(self.stats.cached_steps), self.stats.cached_steps)
+            self.log_generation(reason, context)
         self.stats = GenerationStats(self.chain.num_blocks, self.chain.Fn + self.chain.Bn)
+        self.generation_logged = False
         self.signature = None
         self.fn_residual.valid = False
         self.middle.invalidate()
         for block in self.blocks.values():
             block.invalidate()
         self._reset_counters()
+
+    def log_generation(self, reason: str, context: str) -> None:
+        """The one INFO line of a generation (written once, at its last step or boundary)."""
+        if self.generation_logged or not self.stats.steps:
+            return
+        self.generation_logged = True
+        summary = self.stats.summary()
+        total = summary.computed_blocks + summary.cached_blocks
+        p50 = "-" if summary.diff_p50 is None else f"{summary.diff_p50:.4f}"
+        log.info("cachedit_fx: generation done (%s) context=%r stream=%r: %d/%d steps cached %s, %.1f%% of blocks "
+                 "skipped, diff p50 %s", reason, context, self.name, summary.num_cached_steps, summary.num_steps,
+                 summary.cached_steps, 100.0 * summary.cached_blocks / max(total, 1), p50)
 
     def latest_stats(self) -> Optional[GenerationStats]:
         return self.stats if self.stats.steps else self.finished

@@ -1,0 +1,153 @@
+"""One call to accelerate a diffusers pipeline, or a bare transformer, with the backend.
+
+``compile(pipe, cache_config=..., calibrator_config=..., **kwargs)`` compiles every DiT
+component of the pipeline (``transformer``, ``transformer_2``, ...) with
+``backend="cachedit"`` and makes every pipeline call start a new generation on each of them
+(in the caller's active ``cache_context``). Invariants:
+  * the pipeline object stays the same object; only its class is swapped for a subclass
+    whose ``__call__`` refreshes first, and ``disable`` swaps it back;
+  * with one transformer, the refresh sets ``num_inference_steps`` to the call's step count
+    (``len(timesteps)`` / ``len(sigmas)`` when given, else ``num_inference_steps``); with
+    several (Wan 2.2's experts split the steps by a timestep boundary) each keeps its own
+    configured value and the refresh alone marks the generation start;
+  * nothing is compiled or run before the first pipeline call.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+from collections.abc import Mapping
+from typing import Any, Optional, TypeVar, Union
+
+import torch
+
+from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig
+from cachedit_fx.runtime.registry import cache_for_model, forget_model
+
+__all__ = ["compile", "disable", "transformer_components"]
+
+PerComponent = Union[Any, Mapping[str, Any]]
+Target = TypeVar("Target")
+TORCH_COMPILE_KEYS = frozenset({"fullgraph", "dynamic"})
+_COMPILED_ATTR = "_cachedit_fx_originals"
+_CLASSES: dict[type, type] = {}
+
+
+def transformer_components(pipe: Any) -> dict[str, torch.nn.Module]:
+    """The DiT components of a diffusers pipeline: ``nn.Module`` components named
+    ``transformer`` or ``transformer_<k>``, in name order."""
+    components = getattr(pipe, "components", None)
+    if not isinstance(components, dict):
+        raise TypeError(f"{type(pipe).__name__} is neither an nn.Module nor a diffusers pipeline")
+    found = {name: module for name, module in sorted(components.items())
+             if isinstance(module, torch.nn.Module) and (name == "transformer" or name.startswith("transformer_"))}
+    if not found:
+        raise ValueError(f"{type(pipe).__name__} has no transformer component to compile "
+                         f"(components: {sorted(components)})")
+    return found
+
+
+def compile(target: Target, cache_config: PerComponent = None, calibrator_config: PerComponent = None,
+            **kwargs: Any) -> Target:
+    """Compile ``target`` (a pipeline or a transformer) with the cachedit backend.
+
+    ``cache_config`` / ``calibrator_config``: one config for every transformer, or a mapping
+    from component name (``"transformer"``, ``"transformer_2"``) to its own. ``kwargs``:
+    ``fullgraph`` and ``dynamic`` go to ``torch.compile``; every other key is a backend
+    option (``residual_diff_threshold``, ``inner_backend``, ``mode``, ...). Returns the
+    pipeline itself (now caching), or the compiled transformer."""
+    compile_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in TORCH_COMPILE_KEYS}
+    known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS | PRUNE_KEYS
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"unknown cachedit_fx.compile argument(s) {unknown}; torch.compile keys: "
+                         f"{sorted(TORCH_COMPILE_KEYS)}, backend options: {sorted(known)}")
+    if isinstance(target, torch.nn.Module):
+        return _compile_module(target, _pick(cache_config, "transformer"), _pick(calibrator_config, "transformer"),
+                               kwargs, compile_kwargs)
+    if getattr(target, _COMPILED_ATTR, None):
+        raise ValueError(f"{type(target).__name__} is already compiled by cachedit_fx; call cachedit_fx.disable first")
+    components = transformer_components(target)
+    for config in (cache_config, calibrator_config):
+        if isinstance(config, Mapping):
+            foreign = sorted(set(config) - set(components))
+            if foreign:
+                raise ValueError(f"configs given for {foreign}, which are not transformer components of "
+                                 f"{type(target).__name__} ({sorted(components)})")
+    for name, module in components.items():
+        compiled = _compile_module(module, _pick(cache_config, name), _pick(calibrator_config, name), kwargs,
+                                   compile_kwargs)
+        setattr(target, name, compiled)
+    setattr(target, _COMPILED_ATTR, components)
+    target.__class__ = _refreshing_class(type(target))
+    return target
+
+
+def disable(target: Any) -> Any:
+    """Undo ``compile``: a pipeline gets its original transformer modules and class back (and is
+    returned); a compiled transformer returns its original module. The cache state is freed."""
+    if isinstance(target, torch.nn.Module):
+        original = getattr(target, "_orig_mod", target)
+        forget_model(original)
+        return original
+    originals = getattr(target, _COMPILED_ATTR, None)
+    if not originals:
+        raise ValueError(f"{type(target).__name__} was not compiled by cachedit_fx.compile")
+    for name, module in originals.items():
+        forget_model(module)
+        setattr(target, name, module)
+    delattr(target, _COMPILED_ATTR)
+    target.__class__ = type(target).__bases__[0]
+    return target
+
+
+def _pick(config: PerComponent, name: str) -> Any:
+    return config.get(name) if isinstance(config, Mapping) else config
+
+
+def _compile_module(module: torch.nn.Module, cache_config: Optional[DBCacheConfig], calibrator_config: Any,
+                    options: dict[str, Any], compile_kwargs: dict[str, Any]) -> torch.nn.Module:
+    if hasattr(module, "_orig_mod"):
+        raise ValueError(f"{type(module._orig_mod).__name__} is already compiled; pass the original module")
+    module_options = dict(options)
+    if cache_config is not None:
+        module_options["cache_config"] = cache_config
+    if calibrator_config is not None:
+        module_options["calibrator_config"] = calibrator_config
+    return torch.compile(module, backend="cachedit", options=module_options, **compile_kwargs)
+
+
+def _refreshing_class(cls: type) -> type:
+    """A subclass of pipeline class ``cls`` (same name) whose calls start a new generation."""
+    if cls not in _CLASSES:
+        signature = pyinspect.signature(cls.__call__)
+
+        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+            _start_generation(self, signature, args, kwargs)
+            return cls.__call__(self, *args, **kwargs)
+
+        _CLASSES[cls] = type(cls.__name__, (cls,), {
+            "__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__,
+            "__qualname__": cls.__qualname__})
+    return _CLASSES[cls]
+
+
+def _start_generation(pipe: Any, signature: pyinspect.Signature, args: tuple, kwargs: dict) -> None:
+    originals: dict[str, torch.nn.Module] = getattr(pipe, _COMPILED_ATTR)
+    steps = call_steps(signature, pipe, args, kwargs) if len(originals) == 1 else None
+    for module in originals.values():
+        cache = cache_for_model(module, create=True)
+        cache.refresh(cache.active_name(), num_inference_steps=steps)
+
+
+def call_steps(signature: pyinspect.Signature, pipe: Any, args: tuple, kwargs: dict) -> Optional[int]:
+    """The denoising step count of one pipeline call: the length of explicit ``timesteps`` or
+    ``sigmas``, else ``num_inference_steps`` (given or the signature's default)."""
+    bound = signature.bind_partial(pipe, *args, **kwargs)
+    bound.apply_defaults()
+    for schedule in ("timesteps", "sigmas"):
+        values = bound.arguments.get(schedule)
+        if values is not None:
+            return len(values)
+    steps = bound.arguments.get("num_inference_steps")
+    return int(steps) if isinstance(steps, int) else None

@@ -1,0 +1,40 @@
+"""``CacheSelector``: the first call of every rewritten program; picks the cache state the
+call runs against from the model parameter it receives, not from the model it was compiled
+for.
+
+Dynamo lifts parameters as graph inputs, so it may serve a second instance of the same
+model class (Wan 2.2's two experts, compiled with equal options) with the graph compiled
+for the first one. Selecting by the parameter passed at call time keeps every instance on
+its own cache: the one registered under that parameter, else a new one bound to this
+graph's options. Then the active ``cache_context`` of that cache is returned.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from cachedit_fx.config import DBCacheConfig
+from cachedit_fx.runtime.arithmetic import CacheArithmetic
+from cachedit_fx.runtime.histories import Calibrator
+from cachedit_fx.runtime.registry import cache_for_params, cache_of_param
+from cachedit_fx.runtime.state import ModelCacheState
+from cachedit_fx.runtime.stream_state import ChainShape
+
+
+class CacheSelector(torch.nn.Module):
+    """``forward(anchor)`` -> the active ``ModelCacheState`` of the model owning ``anchor``."""
+
+    def __init__(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
+                 calibrator: Optional[Calibrator]) -> None:
+        super().__init__()
+        self.binding = (config, chain, arithmetic, calibrator)
+
+    def forward(self, anchor: torch.Tensor) -> ModelCacheState:
+        cache = cache_of_param(anchor)
+        if cache is None:
+            cache = cache_for_params([anchor])
+        if cache.bound is None:
+            cache.bind(*self.binding)
+        return cache.active()

@@ -1,0 +1,124 @@
+"""Per-request cache contexts of one compiled model.
+
+A ``ModelCache`` is what the graphs compiled for one model share: the compiled options and
+one ``ModelCacheState`` per named context. Each context has its own streams, buffers,
+counters, CFG schedule and statistics, so requests interleaved step by step on one compiled
+model (a serving loop) never see each other's residuals. The active context is chosen per
+thread / asyncio task with ``cache_context`` (a ``contextvars`` variable); outside any, the
+context is ``"default"``.
+
+Invariants:
+  * a context is created lazily, from the compiled options, at its first use; options given
+    to ``refresh`` before the model was compiled are applied when its context is created;
+  * binding a new graph (a recompile) rebinds every context (``ModelCacheState.rebind``);
+  * choosing the context costs one ``ContextVar.get`` and one dict lookup per call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any, Callable, Optional
+
+import torch
+
+from cachedit_fx.config import DBCacheConfig
+from cachedit_fx.runtime.arithmetic import CacheArithmetic
+from cachedit_fx.runtime.histories import Calibrator
+from cachedit_fx.runtime.stats import CacheSummary
+from cachedit_fx.runtime.state import ModelCacheState
+from cachedit_fx.runtime.stream_state import ChainShape
+
+DEFAULT_CONTEXT = "default"
+
+_ACTIVE: contextvars.ContextVar[dict[int, str]] = contextvars.ContextVar("cachedit_fx_active_contexts", default={})
+"""id(ModelCache) -> the name of its active context (copied on every change, never mutated)."""
+
+
+class ModelCache:
+    """The compiled options of one model and its named contexts."""
+
+    def __init__(self) -> None:
+        self.bound: Optional[tuple[DBCacheConfig, ChainShape, CacheArithmetic, Optional[Calibrator]]] = None
+        self.contexts: dict[str, ModelCacheState] = {}
+        self.pending: dict[str, dict[str, Any]] = {}
+        """Context name -> ``refresh`` arguments given before the model was compiled."""
+        self.sums_all_reduce: Optional[Callable[[torch.Tensor], object]] = None
+        """Applied in place to the fp32 diff sums before they are read (parallel runs)."""
+
+    def bind(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
+             calibrator: Optional[Calibrator]) -> None:
+        """A graph of this model was compiled with these options."""
+        self.bound = (config, chain, arithmetic, calibrator)
+        for state in self.contexts.values():
+            state.rebind(config, chain, arithmetic, calibrator)
+            state.sums_all_reduce = self.sums_all_reduce
+
+    def active_name(self) -> str:
+        return _ACTIVE.get().get(id(self), DEFAULT_CONTEXT)
+
+    def active(self) -> ModelCacheState:
+        """The state of the context the current call runs in (created at its first use)."""
+        name = _ACTIVE.get().get(id(self), DEFAULT_CONTEXT)
+        state = self.contexts.get(name)
+        return state if state is not None else self.context(name)
+
+    def context(self, name: str) -> ModelCacheState:
+        if name not in self.contexts:
+            if self.bound is None:
+                raise ValueError("the model has not been compiled with backend='cachedit' and run yet")
+            config, chain, arithmetic, calibrator = self.bound
+            state = ModelCacheState(config, chain, arithmetic, calibrator, context=name)
+            state.sums_all_reduce = self.sums_all_reduce
+            pending = self.pending.pop(name, None)
+            if pending is not None:
+                state.refresh(**pending)
+            self.contexts[name] = state
+        return self.contexts[name]
+
+    def refresh(self, name: str, num_inference_steps: Optional[int] = None, **config_changes: Any) -> None:
+        """Start a new generation in context ``name``; before the first compile, remembered."""
+        if name in self.contexts or self.bound is not None:
+            self.context(name).refresh(num_inference_steps=num_inference_steps, **config_changes)
+            return
+        changes = dict(self.pending.get(name, {}), **config_changes)
+        if num_inference_steps is not None:
+            changes["num_inference_steps"] = num_inference_steps
+        self.pending[name] = changes
+
+    def summary(self, name: str, stream: str) -> CacheSummary:
+        return self.context(name).summary(stream)
+
+    def drop(self, name: str) -> None:
+        """Forget context ``name`` and free its buffers."""
+        self.contexts.pop(name, None)
+        self.pending.pop(name, None)
+
+
+class CacheContext:
+    """Handle of one named context of one model. ``with handle:`` makes it the active
+    context of the model for the calls inside (re-entrant, nestable, per thread/task);
+    ``close()`` frees its buffers."""
+
+    def __init__(self, cache: ModelCache, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a cache context needs a non-empty string name, got {name!r}")
+        self.cache = cache
+        self.name = name
+        self._tokens: list[contextvars.Token] = []
+
+    def __enter__(self) -> "CacheContext":
+        active = _ACTIVE.get()
+        self._tokens.append(_ACTIVE.set({**active, id(self.cache): self.name}))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _ACTIVE.reset(self._tokens.pop())
+
+    def refresh(self, num_inference_steps: Optional[int] = None, **config_changes: Any) -> None:
+        self.cache.refresh(self.name, num_inference_steps, **config_changes)
+
+    def summary(self, stream: str = "default") -> CacheSummary:
+        return self.cache.summary(self.name, stream)
+
+    def close(self) -> None:
+        self.cache.drop(self.name)
