@@ -85,6 +85,8 @@ class InspectReport:
     """Owned buffers per stream: the Fn residual plus ``residual_levels`` ladders per carried
     value (DBCache), or the last input plus one residual per handed-on value per prunable
     block (DBPrune); None when a shape is symbolic."""
+    problem: Optional[str] = None
+    """Why ``options`` give no cacheable region on this chain (then no cut is reported)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,6 +99,9 @@ class InspectReport:
                          f"{blocks.first_chain_index}..{blocks.first_chain_index + blocks.count - 1}, "
                          f"{'/'.join(map(str, sizes))} nodes per block")
         lines.append(f"rewrite: {self.rewrite} F{self.Fn}B{self.Bn}")
+        if self.problem is not None:
+            lines.append(f"  no cacheable region: {self.problem}")
+            return "\n".join(lines)
         if self.hidden_entry is not None:
             lines.append(f"  hidden stream: entry {self.hidden_entry}, cut {self.hidden_cut}")
         if self.carried:
@@ -118,9 +123,12 @@ class InspectReport:
 
 
 class _Captured(Exception):
-    def __init__(self, report: InspectReport) -> None:
+    """Carries the report (or the analysis error) out of Dynamo's backend call."""
+
+    def __init__(self, report: Optional[InspectReport], error: Optional[Exception] = None) -> None:
         super().__init__("captured")
         self.report = report
+        self.error = error
 
 
 def inspect_model(model: torch.nn.Module, example_inputs: Union[dict[str, Any], Sequence[Any]],
@@ -133,8 +141,11 @@ def inspect_model(model: torch.nn.Module, example_inputs: Union[dict[str, Any], 
     module = getattr(model, "_orig_mod", model)
 
     def capture(gm: fx.GraphModule, _inputs: Sequence[Any]) -> Any:
-        gm = find_block_chain(gm, settings)
-        raise _Captured(_report(gm, type(module).__name__, settings))
+        try:
+            report = _report(find_block_chain(gm, settings), type(module).__name__, settings)
+        except Exception as error:
+            raise _Captured(None, error) from error
+        raise _Captured(report)
 
     compiled = torch.compile(module, backend=capture)
     try:
@@ -147,6 +158,8 @@ def inspect_model(model: torch.nn.Module, example_inputs: Union[dict[str, Any], 
         captured = _find_captured(error)
         if captured is None:
             raise
+        if captured.error is not None:
+            raise captured.error from None
         return captured.report
     raise RuntimeError(f"{type(module).__name__}: Dynamo captured no graph to inspect")
 
@@ -197,9 +210,14 @@ def _sum_bytes(values: Sequence[ValueInfo]) -> Optional[int]:
 def _report(gm: fx.GraphModule, model_name: str, settings: Any) -> InspectReport:
     chain: BlockChain = gm.meta[CHAIN_META_KEY]
     config = settings.cache
-    config.check_against_chain(len(chain))
     common = dict(model=model_name, graph_nodes=len(gm.graph.nodes), block_lists=_block_lists(chain),
                   num_blocks=len(chain), Fn=config.Fn_compute_blocks, Bn=config.Bn_compute_blocks)
+    try:
+        config.check_against_chain(len(chain))
+    except ValueError as problem:
+        return InspectReport(
+            **common, rewrite="none", hidden_entry=None, hidden_cut=None, carried=(), shared=(), streams=(),
+            prunable_blocks=(), piece_sizes={}, residual_levels=0, cache_bytes_per_stream=None, problem=str(problem))
     if isinstance(config, DBPruneConfig):
         plan, _ = plan_block_partition(gm, chain, config)
         handed_on = [_value(gm, s.middle_output) for block in plan.prunable for s in block.streams]
