@@ -22,7 +22,7 @@ from cachedit_fx.config import (
 from cachedit_fx.inspection import InspectReport
 from cachedit_fx.inspection import inspect_model as inspect
 from cachedit_fx.passes.errors import UnsupportedGraph
-from cachedit_fx.pipelines import compile, disable
+from cachedit_fx.pipelines import cached_modules, compile, disable
 from cachedit_fx.runtime.contexts import CacheContext
 from cachedit_fx.runtime.registry import cache_for_model
 from cachedit_fx.runtime.stats import CacheSummary
@@ -36,29 +36,37 @@ __all__ = [
 BACKEND_NAME = "cachedit"
 
 
-def summary(model: torch.nn.Module, stream: str = "default", context: Optional[str] = None) -> CacheSummary:
-    """Cache statistics of ``model``'s latest generation (compiled wrapper or original module).
+def summary(model: Any, stream: str = "default", context: Optional[str] = None) -> CacheSummary:
+    """Cache statistics of the latest generation of ``model`` (a compiled transformer, its
+    original module, or a pipeline with one transformer).
 
     ``stream``: "default", or "uncond" for the unconditional calls of a separate-CFG run;
     ``context``: a ``cache_context`` name (None: the active one, else "default")."""
-    cache = cache_for_model(model)
+    modules = cached_modules(model)
+    if len(modules) != 1:
+        raise ValueError(f"{type(model).__name__} has {len(modules)} transformers; ask for one of them "
+                         "(e.g. cachedit_fx.summary(pipe.transformer_2))")
+    cache = cache_for_model(modules[0])
     return cache.summary(context or cache.active_name(), stream)
 
 
-def refresh(model: torch.nn.Module, num_inference_steps: Optional[int] = None, context: Optional[str] = None,
+def refresh(model: Any, num_inference_steps: Optional[int] = None, context: Optional[str] = None,
             **config: Any) -> None:
-    """Start a new generation now in the active (or the named) context, optionally changing
-    ``num_inference_steps`` or cache options. Before the model's first call, the options are
-    remembered and applied when it is compiled."""
-    cache = cache_for_model(model, create=True)
-    cache.refresh(context or cache.active_name(), num_inference_steps, **config)
+    """Start a new generation now in the active (or the named) context of ``model`` (a
+    transformer, or every transformer of a pipeline), optionally changing
+    ``num_inference_steps`` or cache options. Before the first call, the options are
+    remembered and applied when the model is compiled."""
+    for module in cached_modules(model):
+        cache = cache_for_model(module, create=True)
+        cache.refresh(context or cache.active_name(), num_inference_steps, **config)
 
 
-def cache_context(model: torch.nn.Module, name: str) -> CacheContext:
-    """Handle of the named cache context of ``model``: ``with cache_context(model, "req-1"):``
-    runs the calls inside against that context's own buffers, counters and statistics (per
-    thread / asyncio task). Re-enter it for every step of the request; ``close()`` frees it."""
-    return CacheContext(cache_for_model(model, create=True), name)
+def cache_context(model: Any, name: str) -> CacheContext:
+    """Handle of the named cache context of ``model`` (a transformer, or every transformer of
+    a pipeline): ``with cache_context(pipe, "req-1"):`` runs the calls inside against that
+    context's own buffers, counters and statistics (per thread / asyncio task). Re-enter it
+    for every step of the request; ``close()`` frees it."""
+    return CacheContext([cache_for_model(m, create=True) for m in cached_modules(model)], name)
 
 
 def _register() -> None:

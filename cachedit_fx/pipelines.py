@@ -24,7 +24,7 @@ import torch
 from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig
 from cachedit_fx.runtime.registry import cache_for_model, forget_model
 
-__all__ = ["compile", "disable", "transformer_components"]
+__all__ = ["cached_modules", "compile", "disable", "transformer_components"]
 
 PerComponent = Union[Any, Mapping[str, Any]]
 Target = TypeVar("Target")
@@ -45,6 +45,14 @@ def transformer_components(pipe: Any) -> dict[str, torch.nn.Module]:
         raise ValueError(f"{type(pipe).__name__} has no transformer component to compile "
                          f"(components: {sorted(components)})")
     return found
+
+
+def cached_modules(target: Any) -> list[torch.nn.Module]:
+    """The modules whose caches the public API reads for ``target``: a module itself, or the
+    transformer components of a pipeline."""
+    if isinstance(target, torch.nn.Module):
+        return [target]
+    return list(transformer_components(target).values())
 
 
 def compile(target: Target, cache_config: PerComponent = None, calibrator_config: PerComponent = None,

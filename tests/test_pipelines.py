@@ -161,3 +161,23 @@ def test_compile_rejects_unknown_arguments_and_non_pipelines():
         cachedit_fx.compile(tiny_flux_pipeline(0), not_an_option=1)
     with pytest.raises(TypeError, match="neither an nn.Module nor a diffusers pipeline"):
         cachedit_fx.compile(object())
+
+
+def test_pipeline_cache_contexts_cover_every_transformer():
+    pipe = cachedit_fx.compile(tiny_wan_pipeline(0, two_experts=True), **WAN)
+    a, b = cachedit_fx.cache_context(pipe, "a"), cachedit_fx.cache_context(pipe, "b")
+    with a:
+        want = generate(pipe, "wan", steps=8)[1][-1]
+    with b:
+        generate(pipe, "wan", steps=6, seed=1)
+    for name, steps in (("a", 8), ("b", 6)):
+        counted = sum(cachedit_fx.summary(expert, context=name).num_steps
+                      for expert in (pipe.transformer, pipe.transformer_2))
+        assert counted == steps, name
+    with pytest.raises(ValueError, match="2 transformers"):
+        cachedit_fx.summary(pipe)
+    with pytest.raises(ValueError, match="spans 2 models"):
+        a.summary()
+    with a:
+        torch.testing.assert_close(generate(pipe, "wan", steps=8)[1][-1], want, rtol=0, atol=0)
+    b.close()

@@ -95,30 +95,38 @@ class ModelCache:
 
 
 class CacheContext:
-    """Handle of one named context of one model. ``with handle:`` makes it the active
-    context of the model for the calls inside (re-entrant, nestable, per thread/task);
-    ``close()`` frees its buffers."""
+    """Handle of one named context of one or more models (a pipeline's transformers).
+    ``with handle:`` makes it their active context for the calls inside (re-entrant,
+    nestable, per thread/task); ``close()`` frees its buffers."""
 
-    def __init__(self, cache: ModelCache, name: str) -> None:
+    def __init__(self, caches: list[ModelCache], name: str) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a cache context needs a non-empty string name, got {name!r}")
-        self.cache = cache
+        self.caches = caches
         self.name = name
         self._tokens: list[contextvars.Token] = []
 
     def __enter__(self) -> "CacheContext":
-        active = _ACTIVE.get()
-        self._tokens.append(_ACTIVE.set({**active, id(self.cache): self.name}))
+        active = dict(_ACTIVE.get())
+        active.update((id(cache), self.name) for cache in self.caches)
+        self._tokens.append(_ACTIVE.set(active))
         return self
 
     def __exit__(self, *exc: object) -> None:
         _ACTIVE.reset(self._tokens.pop())
 
     def refresh(self, num_inference_steps: Optional[int] = None, **config_changes: Any) -> None:
-        self.cache.refresh(self.name, num_inference_steps, **config_changes)
+        for cache in self.caches:
+            cache.refresh(self.name, num_inference_steps, **config_changes)
 
     def summary(self, stream: str = "default") -> CacheSummary:
-        return self.cache.summary(self.name, stream)
+        """Statistics of this context (for a handle of one model; else use
+        ``cachedit_fx.summary(model, context=name)``)."""
+        if len(self.caches) != 1:
+            raise ValueError(f"context {self.name!r} spans {len(self.caches)} models; "
+                             "call cachedit_fx.summary(model, context=name) for one of them")
+        return self.caches[0].summary(self.name, stream)
 
     def close(self) -> None:
-        self.cache.drop(self.name)
+        for cache in self.caches:
+            cache.drop(self.name)
