@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-
 from cachedit_fx.backend import CacheditFallbackWarning, cachedit_backend
 from cachedit_fx.config import (
     BackendSettings,
