@@ -21,13 +21,14 @@ from cachedit_fx.inspection import InspectReport
 from cachedit_fx.inspection import inspect_model as inspect
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.pipelines import cached_modules, compile, disable
+from cachedit_fx.quantization import quantize
 from cachedit_fx.runtime.contexts import CacheContext
 from cachedit_fx.runtime.registry import cache_for_model
 from cachedit_fx.runtime.stats import CacheSummary
 from cachedit_fx.runtime.step_masks import steps_mask
 
 __all__ = [
-    "BackendSettings", "CacheContext", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
+    "BackendSettings", "CacheContext", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "quantize", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
     "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "cache_context", "parse_options", "refresh", "steps_mask", "summary",
 ]
 

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from cachedit_fx.config import FoCaCalibratorConfig, TaylorSeerCalibratorConfig
+from cachedit_fx.runtime.buffers import owned_buffer
 
 Calibrator = Union[TaylorSeerCalibratorConfig, FoCaCalibratorConfig]
 
@@ -53,7 +54,7 @@ def value_plans(calibrator: Optional[Calibrator], num_values: int, hidden_positi
 class TaylorLadder:
     def __init__(self, like: torch.Tensor, plan: ValuePlan) -> None:
         self.plan = plan
-        self.ladder = torch.empty((plan.order + 1, *like.shape), dtype=like.dtype, device=like.device)
+        self.ladder = owned_buffer((plan.order + 1, *like.shape), like.dtype, like.device)
 
     @property
     def like(self) -> torch.Tensor:
@@ -71,8 +72,7 @@ class TaylorLadder:
 class FocaHistory:
     def __init__(self, like: torch.Tensor, plan: ValuePlan) -> None:
         self.plan = plan
-        make = lambda: torch.empty(like.shape, dtype=like.dtype, device=like.device)  # noqa: E731
-        self.full, self.full_prev, self.k, self.km1 = make(), make(), make(), make()
+        self.full, self.full_prev, self.k, self.km1 = (owned_buffer(like.shape, like.dtype, like.device) for _ in range(4))
         self.anchors = 0
         self.seen = 0
 

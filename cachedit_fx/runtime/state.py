@@ -21,8 +21,9 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
 
@@ -35,6 +36,22 @@ from cachedit_fx.runtime.histories import Calibrator, value_plans
 from cachedit_fx.runtime.stream_state import ChainShape, StreamState
 
 log = logging.getLogger("cachedit_fx")
+Run = TypeVar("Run", bound=Callable[..., tuple[torch.Tensor, ...]])
+
+
+def _restart_on_error(run: Run) -> Run:
+    """A call that raises part-way (after its step was resolved) restarts the generation, so no
+    half-updated counter, CFG schedule or buffer is used by the next call."""
+
+    @functools.wraps(run)
+    def guarded(self: "ModelCacheState", *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        try:
+            return run(self, *args, **kwargs)
+        except BaseException:
+            self._new_generation("a call raised")
+            raise
+
+    return guarded  # type: ignore[return-value]
 
 __all__ = ["ChainShape", "DEFAULT_STREAM", "ModelCacheState", "StreamState"]
 
@@ -113,6 +130,7 @@ class ModelCacheState:
         return stats.summary()
 
     @torch.no_grad()
+    @_restart_on_error
     def run_middle(
         self,
         middle: Callable[..., Sequence[torch.Tensor]],
@@ -165,6 +183,7 @@ class ModelCacheState:
         return outputs
 
     @torch.no_grad()
+    @_restart_on_error
     def run_block(
         self,
         index: int,

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from cachedit_fx.runtime.buffers import owned_buffer
 from cachedit_fx.runtime.histories import RegionHistory
 from cachedit_fx.runtime.stats import GenerationStats
 
@@ -41,7 +42,7 @@ class ComparedValue:
         """The buffer, replaced by a zeroed, invalid one if shape/dtype/device differ."""
         buf = self.buffer
         if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
-            self.buffer = buf = torch.zeros(shape, dtype=dtype, device=device)
+            self.buffer = buf = owned_buffer(shape, dtype, device, zeroed=True)
             self.valid = False
         return buf
 
