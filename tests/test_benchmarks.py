@@ -14,3 +14,12 @@ def test_kernel_benchmark_writes_rows_for_every_op_and_impl(tmp_path):
                    "taylor_update_(order=2)", "taylor_forecast(order=2)"}
     assert len(saved["rows"]) == 2 * len(ops)
     assert all(r["gbps"] > 0 and r["median_us"] > 0 for r in saved["rows"])
+
+
+def test_pipeline_benchmark_runs_end_to_end():
+    from benchmarks import pipeline
+
+    result = pipeline.main(["--steps", "4", "--warmup", "1", "--inner-backend", "eager", "--repeats", "1",
+                            "--threshold", "1.0"])
+    assert result["cached_steps"] > 0 and min(result["plain_ms"], result["compiled_ms"], result["cachedit_ms"]) > 0
+    assert 0 < result["rel_l2"] < 1
