@@ -23,3 +23,23 @@ def test_pipeline_benchmark_runs_end_to_end():
                             "--threshold", "1.0"])
     assert result["cached_steps"] > 0 and min(result["plain_ms"], result["compiled_ms"], result["cachedit_ms"]) > 0
     assert 0 < result["rel_l2"] < 1
+
+
+def test_suite_ci_run_writes_every_artifact_and_consistent_rows(tmp_path):
+    """The compiled-model suite end to end (eager pieces: timings are not asserted)."""
+    from benchmarks import suite
+
+    results = suite.main(["--quick", "--ci", "--inner-backend", "eager", "--out", str(tmp_path)])
+    for name in ("results.json", "results.md", "time.png", "speedup_vs_fidelity.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    model = results["models"][0]
+    rows = {r["system"]: r for r in model["rows"]}
+    assert {"eager", "inductor", "cachedit/threshold0", "cachedit/SCM-fast", "diffusers-fbc"} <= set(rows)
+    assert rows["cachedit/threshold0"]["num_cached_steps"] == 0 and rows["cachedit/threshold0"]["rel_l2"] == 0.0
+    scm = rows["cachedit/SCM-fast"]
+    assert scm["num_cached_steps"] > 0 and scm["ideal_speedup"] > 1 and scm["rel_l2"] > 0
+    if "cache-dit/SCM-fast/compiled" in rows:  # same static mask: the same steps skipped
+        assert rows["cache-dit/SCM-fast/compiled"]["cached_steps"] == scm["cached_steps"]
+    assert all(r["recompiles_per_generation"] == 0 for r in rows.values() if r["family"] == "cachedit")
+    assert model["threshold0_overhead"]["rounds"] >= 3
+    assert json.loads((tmp_path / "results.json").read_text())["models"][0]["num_blocks"] == 8

@@ -1,0 +1,5 @@
+"""``python -m benchmarks``: the compiled-model suite (``benchmarks/suite.py``)."""
+
+from benchmarks.suite import main
+
+main()

@@ -1,0 +1,143 @@
+"""Turn suite results into files: ``results.json``, ``results.md``, PNG plots, and README's
+performance section (between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``).
+Every number in README comes from a results file; none is typed by hand."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+README_START = "<!-- benchmarks:start -->"
+README_END = "<!-- benchmarks:end -->"
+PACKAGES = ("torch", "diffusers", "triton", "cache-dit")
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for package in PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def model_table(model: dict[str, Any]) -> str:
+    header = ("| system | ms / generation | speedup | vs Inductor | realised / ideal | cached steps | "
+              "rel. L2 | PSNR dB | cold compile s | warm compile s | recompiles | graph breaks | peak GB |")
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+    for row in model["rows"]:
+        lines.append("| " + " | ".join([
+            row["system"], _fmt(row["seconds"] * 1e3, 1), _fmt(row["speedup"]), _fmt(row["speedup_vs_inductor"]),
+            _fmt(row.get("realised_over_ideal")), _fmt(row["num_cached_steps"]), _fmt(row["rel_l2"], 4),
+            _fmt(row["psnr_db"], 1), _fmt(row["cold_compile_s"], 1), _fmt(row.get("warm_compile_s"), 1),
+            _fmt(row["recompiles_per_generation"], 1), _fmt(row["graph_breaks_per_generation"], 1),
+            _fmt(row.get("peak_memory_gb")),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    parts = [f"Benchmark `{results['size']}`{' (CI smoke)' if results['ci'] else ''} on {results['device']}, "
+             f"{results['date']}, {results['dtype']}, inner backend {results['inner_backend']}, median of "
+             f"{results['repeats']} warm generations; versions: "
+             + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "."]
+    for model in results["models"]:
+        parts.append(f"#### {model['model']} ({model['class']}, {model['num_blocks']} blocks, {model['steps']} steps, "
+                     f"threshold {model['threshold']}; chain blocks are {model['block_share']:.0%} of the "
+                     f"{model['forward_gflops']:.2f} GFLOP forward)")
+        parts.append(model_table(model))
+        probe = model["threshold0_overhead"]
+        parts.append(f"Threshold-0 overhead, interleaved ({probe['rounds']} alternating generations each): plain "
+                     f"Inductor {probe['inductor_ms']:.1f} ms, cachedit threshold 0 {probe['cachedit_threshold0_ms']:.1f} ms "
+                     f"per generation: {probe['overhead_pct']:+.1f}%.")
+        parts += [f"- {note}" for note in model["notes"]]
+    parts.append("speedup: over plain Inductor for compiled systems, over eager for eager ones. "
+                 "realised / ideal: that speedup over the FLOP ratio of the uncached generation to the one "
+                 "with the skipped blocks removed. Fidelity: final latent against plain Inductor's.")
+    return "\n\n".join(parts)
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.md").write_text(markdown(results) + "\n")
+    plot(results, out)
+
+
+def plot(results: dict[str, Any], out: Path) -> None:
+    """``time.png`` (ms per generation and speedup per system) and ``speedup_vs_fidelity.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    fig, axes = plt.subplots(len(models), 2, figsize=(14, 4 + 0.25 * max(len(m["rows"]) for m in models) * len(models)),
+                             squeeze=False)
+    for (time_ax, speed_ax), model in zip(axes, models):
+        names = [r["system"] for r in model["rows"]]
+        time_ax.barh(names, [r["seconds"] * 1e3 for r in model["rows"]])
+        time_ax.set_xlabel("ms per generation")
+        time_ax.set_title(model["model"])
+        time_ax.invert_yaxis()
+        speed_ax.barh(names, [r["speedup_vs_inductor"] for r in model["rows"]])
+        speed_ax.axvline(1.0, color="black", linewidth=0.8)
+        speed_ax.set_xlabel("speedup over plain Inductor")
+        speed_ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out / "time.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for family in sorted({r["family"] for r in model["rows"]}):
+            rows = [r for r in model["rows"] if r["family"] == family and r["num_cached_steps"]]
+            if rows:
+                ax.scatter([min(r["psnr_db"], 100.0) for r in rows], [r["speedup_vs_inductor"] for r in rows],
+                           label=family)
+        ax.set_xlabel("PSNR of final latent vs plain Inductor (dB, capped at 100)")
+        ax.set_ylabel("speedup over plain Inductor")
+        ax.set_title(model["model"])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "speedup_vs_fidelity.png", dpi=110)
+    plt.close(fig)
+
+
+def update_readme(results: dict[str, Any], out: Path, readme: Path) -> None:
+    """Replace README's performance section with the tables of ``results`` (``out`` named)."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} section")
+    body = (f"{README_START}\n_Generated by `python -m benchmarks --readme` from `{out}/results.json`; "
+            f"plots: `{out}/time.png`, `{out}/speedup_vs_fidelity.png`._\n\n{markdown(results)}\n{README_END}")
+    head, rest = text.split(README_START, 1)
+    readme.write_text(head + body + rest.split(README_END, 1)[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.report RESULTS_DIR``: rewrite README's performance section."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results_dir")
+    args = parser.parse_args(argv)
+    out = Path(args.results_dir)
+    update_readme(json.loads((out / "results.json").read_text()), out,
+                  Path(__file__).resolve().parents[1] / "README.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Compiled-model benchmark: cachedit against plain Inductor, cache-dit and diffusers' hook.
+
+    python -m benchmarks --quick                     # CPU: small FLUX + Wan architectures
+    python -m benchmarks --full                      # GPU: FLUX.1-dev 1024px, Wan2.1-1.3B 480p (bf16)
+    python -m benchmarks --quick --ci                # smoke size for CI (fails only on broken runs)
+
+Every system runs the same seeded generations (an Euler flow-matching loop on its own
+output) on a fresh copy of the same model. Per system: transformer time per generation
+(median over ``--repeats`` warm generations), speedup over plain Inductor (compiled
+systems) or eager (eager systems), realised / ideal speedup (ideal: FLOPs of the uncached
+generation over FLOPs left after the skipped blocks, counted with ``FlopCounterMode``), cold
+compile (first generation minus a warm one) and warm compile (the same after
+``torch._dynamo.reset()`` with Inductor's caches warm), recompiles and graph breaks during
+warm generations, peak GPU memory, cached steps, and fidelity of the final latent against
+plain Inductor's (relative L2, PSNR). Writes ``results.json``, ``results.md`` and PNG plots to
+``--out``; ``--readme`` rewrites README's performance section from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import report
+from benchmarks.models import MODELS, BenchModel, generate
+from benchmarks.systems import (CacheSetting, System, available_peers, baselines, cache_dit_system,
+                                cachedit_system, diffusers_fbc_system)
+
+SETTINGS = {
+    "quick": {"flux": 0.3, "wan": 0.12},
+    "full": {"flux": 0.12, "wan": 0.08},
+}
+"""Residual-diff threshold per model: random weights need higher ones than trained models."""
+
+
+def cache_settings(threshold: float, num_blocks: int, warmup: int) -> list[CacheSetting]:
+    fn8 = min(8, num_blocks - 2)
+    return [
+        CacheSetting("F1B0", 1, 0, threshold, warmup),
+        CacheSetting(f"F{fn8}B0", fn8, 0, threshold, warmup),
+        CacheSetting("F1B0+TaylorSeer1", 1, 0, threshold, warmup, taylor_order=1),
+        CacheSetting("SCM-fast", 1, 0, threshold, warmup, mask_policy="fast"),
+        CacheSetting("SCM-ultra", 1, 0, threshold, warmup, mask_policy="ultra"),
+    ]
+
+
+def build_systems(model: BenchModel, num_blocks: int, steps: int, threshold: float, inner: str,
+                  ci: bool) -> tuple[list[System], list[str]]:
+    warmup = min(4, steps // 4)
+    settings = cache_settings(threshold, num_blocks, warmup)
+    zero = CacheSetting("threshold0", 1, 0, 0.0, warmup)
+    systems = baselines(inner) + [cachedit_system(zero, steps, inner)]
+    systems += [cachedit_system(s, steps, inner) for s in settings]
+    notes = []
+    if available_peers()["cache-dit"]:
+        for s in settings:
+            systems += [cache_dit_system(s, steps, False, inner), cache_dit_system(s, steps, True, inner)]
+    else:
+        notes.append("cache-dit not installed (pip install -e '.[bench]'): its rows are missing")
+    systems += [diffusers_fbc_system(threshold, model.block_lists, False, inner),
+                diffusers_fbc_system(threshold, model.block_lists, True, inner)]
+    notes.append("diffusers' FirstBlockCacheConfig has no step mask, so it runs with its threshold only")
+    if ci:
+        keep = {"eager", "inductor", "cachedit/threshold0", "cachedit/F1B0", "cachedit/SCM-fast",
+                "cache-dit/SCM-fast/compiled", "diffusers-fbc"}
+        systems = [s for s in systems if s.name in keep]
+    return systems, notes
+
+
+def block_flops(model: torch.nn.Module, bench: BenchModel, inputs: dict[str, Any]) -> tuple[float, float]:
+    """(FLOPs of one uncached forward, FLOPs of one chain block on average)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inputs, timestep=torch.ones(1, device=inputs[bench.latent_key].device) * bench.timestep_scale * 0.5,
+              return_dict=False)
+    counts = counter.get_flop_counts()
+    total = sum(counts.get("Global", {}).values())
+    per_block = []
+    for name in bench.block_lists:
+        for index in range(len(getattr(model, name))):
+            key = next((k for k in counts if k.endswith(f".{name}.{index}")), None)
+            per_block.append(sum(counts[key].values()) if key else 0.0)
+    return float(total), float(sum(per_block) / max(len(per_block), 1))
+
+
+def _counter_totals() -> tuple[int, int]:
+    counters = torch._dynamo.utils.counters
+    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_system(system: System, bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int,
+               repeats: int) -> dict[str, Any]:
+    torch._dynamo.reset()
+    model = bench.build(device, dtype)
+    inputs = bench.make_inputs(torch.Generator().manual_seed(1), device, dtype)
+    row: dict[str, Any] = {"system": system.name, "family": system.family, "compiled": system.compiled,
+                           "setting": system.setting.name if system.setting else None}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with system.config_guard(), torch.no_grad():
+        step = system.make(model)
+
+        def one_generation() -> tuple[float, torch.Tensor]:
+            system.start_generation()
+            _sync(device)
+            start = time.perf_counter()
+            latent = generate(step, bench, inputs, steps)
+            _sync(device)
+            return time.perf_counter() - start, latent
+
+        first_s, _ = one_generation()
+        graphs0, breaks0 = _counter_totals()
+        times = []
+        for _ in range(repeats):
+            seconds, latent = one_generation()
+            times.append(seconds)
+        graphs1, breaks1 = _counter_totals()
+        cached = system.cached_steps()
+        warm = statistics.median(times)
+        row.update(seconds=warm, first_generation_s=first_s, cold_compile_s=max(first_s - warm, 0.0),
+                   recompiles_per_generation=(graphs1 - graphs0) / repeats,
+                   graph_breaks_per_generation=(breaks1 - breaks0) / repeats, cached_steps=cached,
+                   num_cached_steps=None if cached is None else len(cached))
+        if device.type == "cuda":
+            row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if system.compiled:
+            torch._dynamo.reset()
+            warm_compile_s, _ = one_generation()
+            row["warm_compile_s"] = max(warm_compile_s - warm, 0.0)
+    row["_latent"] = latent.float().cpu()
+    return row
+
+
+def overhead_probe(bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int, rounds: int,
+                   inner: str) -> dict[str, float]:
+    """Threshold-0 overhead measured interleaved: plain Inductor and cachedit with threshold 0
+    alive side by side, generations alternating, so machine drift hits both alike."""
+    torch._dynamo.reset()
+    inputs = bench.make_inputs(torch.Generator().manual_seed(1), device, dtype)
+    zero = CacheSetting("threshold0", 1, 0, 0.0, 0)
+    systems = {"inductor": baselines(inner)[1], "cachedit/threshold0": cachedit_system(zero, steps, inner)}
+    steps_fns = {name: system.make(bench.build(device, dtype)) for name, system in systems.items()}
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    with torch.no_grad():
+        for name, step in steps_fns.items():
+            generate(step, bench, inputs, steps)
+        for _ in range(rounds):
+            for name, step in steps_fns.items():
+                _sync(device)
+                start = time.perf_counter()
+                generate(step, bench, inputs, steps)
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+    inductor, cachedit = (statistics.median(times[n]) for n in systems)
+    return {"inductor_ms": inductor * 1e3, "cachedit_threshold0_ms": cachedit * 1e3,
+            "overhead_pct": 100.0 * (cachedit / inductor - 1.0), "rounds": rounds}
+
+
+def fidelity(latent: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    error = (latent - reference).float()
+    rel_l2 = float(error.norm() / reference.float().norm())
+    mse = float(error.pow(2).mean())
+    data_range = float(reference.max() - reference.min())
+    psnr = math.inf if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+    return {"rel_l2": rel_l2, "psnr_db": psnr}
+
+
+def benchmark_model(bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int, repeats: int,
+                    threshold: float, inner: str, ci: bool) -> dict[str, Any]:
+    probe = bench.build(device, dtype)
+    num_blocks = sum(len(getattr(probe, name)) for name in bench.block_lists)
+    forward_flops, per_block_flops = block_flops(probe, bench, bench.make_inputs(torch.Generator().manual_seed(1),
+                                                                                 device, dtype))
+    del probe
+    systems, notes = build_systems(bench, num_blocks, steps, threshold, inner, ci)
+    rows = []
+    for system in systems:
+        print(f"[{bench.name}] {system.name} ...", flush=True)
+        try:
+            rows.append(run_system(system, bench, device, dtype, steps, repeats))
+        except Exception as error:  # a peer failing is a finding, not a crash of the suite
+            notes.append(f"{system.name} failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+            if system.family == "cachedit" or system.family in ("eager", "inductor"):
+                raise
+    by_name = {r["system"]: r for r in rows}
+    skipped_per_step = {s.name: s.skipped_per_cached_step(num_blocks) for s in systems}
+    reference = by_name["inductor"]["_latent"]
+    for row in rows:
+        baseline = by_name["inductor" if row["compiled"] else "eager"]["seconds"]
+        row["speedup"] = baseline / row["seconds"]
+        row["speedup_vs_inductor"] = by_name["inductor"]["seconds"] / row["seconds"]
+        if row["num_cached_steps"] is not None:
+            saved = row["num_cached_steps"] * skipped_per_step[row["system"]] * per_block_flops
+            ideal = steps * forward_flops / (steps * forward_flops - saved)
+            row["ideal_speedup"] = ideal
+            row["realised_over_ideal"] = row["speedup"] / ideal
+        row.update(fidelity(row.pop("_latent"), reference))
+    probe = overhead_probe(bench, device, dtype, steps, max(2 * repeats, 3), inner)
+    return {"model": bench.name, "class": bench.class_name, "config": bench.config, "steps": steps,
+            "threshold0_overhead": probe,
+            "num_blocks": num_blocks, "forward_gflops": forward_flops / 1e9,
+            "block_share": per_block_flops * num_blocks / forward_flops, "threshold": threshold,
+            "rows": rows, "notes": notes}
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="CPU size (default)")
+    size.add_argument("--full", action="store_true", help="GPU size: real FLUX.1-dev and Wan2.1-1.3B architectures")
+    parser.add_argument("--ci", action="store_true", help="smoke run: FLUX only, 6 steps, 1 repeat, fewer systems")
+    parser.add_argument("--models", default="flux,wan")
+    parser.add_argument("--steps", type=int, default=None, help="default: 28 (quick and full), 6 with --ci")
+    parser.add_argument("--repeats", type=int, default=None, help="warm generations per system (default 3; 1 with --ci)")
+    parser.add_argument("--inner-backend", default="inductor", choices=["inductor", "aot_eager", "eager"])
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier timings on shared machines)")
+    parser.add_argument("--out", default="benchmarks/results/suite")
+    parser.add_argument("--readme", action="store_true", help="rewrite README's performance section from the results")
+    args = parser.parse_args(argv)
+    size_name = "full" if args.full else "quick"
+    device = torch.device("cuda" if args.full else "cpu")
+    dtype = torch.bfloat16 if args.full else torch.float32
+    steps = args.steps or (6 if args.ci else 28)
+    repeats = args.repeats or (1 if args.ci else 3)
+    names = ["flux"] if args.ci else args.models.split(",")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    results = {
+        "date": datetime.date.today().isoformat(), "size": size_name, "ci": args.ci,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "dtype": str(dtype).replace("torch.", ""), "inner_backend": args.inner_backend, "repeats": repeats,
+        "versions": report.versions(),
+        "models": [benchmark_model(MODELS[size_name][n], device, dtype, steps, repeats, SETTINGS[size_name][n],
+                                   args.inner_backend, args.ci) for n in names],
+    }
+    out = Path(args.out)
+    report.write(results, out)
+    print(report.markdown(results))
+    if args.readme:
+        report.update_readme(results, out, Path(__file__).resolve().parents[1] / "README.md")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The systems the suite compares, each built on a fresh copy of the same model.
+
+A ``System`` turns a model into a step function and reports, after a generation, which
+steps it cached and how many chain blocks it skipped. Names: ``eager``, ``inductor``,
+``cachedit/<config>``, ``cache-dit/<config>`` (+ ``/compiled``), ``diffusers-fbc``
+(+ ``/compiled``). Peers that are not installed are left out with a note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+import cachedit_fx
+
+
+@dataclass(frozen=True)
+class CacheSetting:
+    """One cache configuration, given to every system that supports it."""
+
+    name: str
+    Fn: int
+    Bn: int
+    threshold: float
+    warmup: int
+    taylor_order: int = 0
+    mask_policy: Optional[str] = None
+    """A ``steps_mask`` preset used with ``steps_computation_policy="static"``."""
+
+
+@dataclass
+class System:
+    name: str
+    family: str
+    compiled: bool
+    make: Callable[[torch.nn.Module], Callable[..., torch.Tensor]]
+    start_generation: Callable[[], None] = lambda: None
+    cached_steps: Callable[[], Optional[list[int]]] = lambda: []
+    skipped_per_cached_step: Callable[[int], int] = lambda num_blocks: 0
+    setting: Optional[CacheSetting] = None
+    config_guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    notes: list[str] = field(default_factory=list)
+
+
+def _call(module: Callable[..., Any]) -> Callable[..., torch.Tensor]:
+    def step(**inputs: Any) -> torch.Tensor:
+        return module(**inputs, return_dict=False)[0]
+
+    return step
+
+
+def cachedit_options(setting: CacheSetting, steps: int, inner_backend: str) -> dict[str, Any]:
+    options: dict[str, Any] = dict(Fn_compute_blocks=setting.Fn, Bn_compute_blocks=setting.Bn,
+                                   residual_diff_threshold=setting.threshold, max_warmup_steps=setting.warmup,
+                                   num_inference_steps=steps, inner_backend=inner_backend)
+    if setting.taylor_order:
+        options["taylorseer_order"] = setting.taylor_order
+    if setting.mask_policy:
+        options.update(steps_computation_mask=cachedit_fx.steps_mask(mask_policy=setting.mask_policy,
+                                                                      total_steps=steps),
+                       steps_computation_policy="static")
+    return options
+
+
+def baselines(inner_backend: str) -> list[System]:
+    return [
+        System("eager", "eager", False, _call),
+        System("inductor", "inductor", True, lambda m: _call(torch.compile(m, backend=inner_backend))),
+    ]
+
+
+def cachedit_system(setting: CacheSetting, steps: int, inner_backend: str) -> System:
+    holder: dict[str, Any] = {}
+
+    def make(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+        holder["model"] = torch.compile(model, backend="cachedit",
+                                        options=cachedit_options(setting, steps, inner_backend))
+        return _call(holder["model"])
+
+    return System(f"cachedit/{setting.name}", "cachedit", True, make,
+                  cached_steps=lambda: cachedit_fx.summary(holder["model"]).cached_steps,
+                  skipped_per_cached_step=lambda n: n - setting.Fn - setting.Bn, setting=setting)
+
+
+@contextlib.contextmanager
+def _restored_compile_configs() -> Iterator[None]:
+    """cache-dit's recommended compile settings are process-wide: confine them to its run."""
+    inductor, dynamo = torch._inductor.config.save_config(), torch._dynamo.config.save_config()
+    try:
+        yield
+    finally:
+        torch._inductor.config.load_config(inductor)
+        torch._dynamo.config.load_config(dynamo)
+
+
+def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_backend: str) -> System:
+    import cache_dit
+
+    holder: dict[str, Any] = {}
+
+    def make(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+        config = dict(Fn_compute_blocks=setting.Fn, Bn_compute_blocks=setting.Bn,
+                      residual_diff_threshold=setting.threshold, max_warmup_steps=setting.warmup,
+                      num_inference_steps=steps)
+        if setting.mask_policy:
+            config.update(steps_computation_mask=cache_dit.steps_mask(mask_policy=setting.mask_policy,
+                                                                      total_steps=steps),
+                          steps_computation_policy="static")
+        calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=setting.taylor_order) \
+            if setting.taylor_order else None
+        cache_dit.enable_cache(model, cache_config=cache_dit.DBCacheConfig(**config), calibrator_config=calibrator)
+        holder["model"] = model
+        if compiled:
+            cache_dit.set_compile_configs()  # the documented recipe: its configs, then torch.compile
+            return _call(torch.compile(model, backend=inner_backend))
+        return _call(model)
+
+    def cached() -> Optional[list[int]]:
+        stats = cache_dit.summary(holder["model"])
+        return sorted(stats[0].cached_steps) if stats else None
+
+    suffix = "/compiled" if compiled else ""
+    return System(f"cache-dit/{setting.name}{suffix}", "cache-dit", compiled, make,
+                  start_generation=lambda: cache_dit.refresh_context(holder["model"], num_inference_steps=steps),
+                  cached_steps=cached, skipped_per_cached_step=lambda n: n - setting.Fn - setting.Bn,
+                  setting=setting, config_guard=_restored_compile_configs)
+
+
+def diffusers_fbc_system(threshold: float, block_lists: tuple[str, ...], compiled: bool,
+                         inner_backend: str) -> System:
+    """diffusers' own First-Block Cache hook; cached steps counted by whether block 1 ran."""
+    from diffusers import FirstBlockCacheConfig
+
+    runs: list[int] = []
+    state: dict[str, Any] = {"step": 0}
+
+    def make(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+        model.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+        state["model"] = model
+        second = [b for name in block_lists for b in getattr(model, name)][1]
+        second.register_forward_pre_hook(lambda *_: runs.append(state["step"]))
+        step = _call(torch.compile(model, backend=inner_backend) if compiled else model)
+
+        def counted(**inputs: Any) -> torch.Tensor:
+            with model.cache_context("cond"):  # diffusers' hooks need a named context per call
+                out = step(**inputs)
+            state["step"] += 1
+            return out
+
+        return counted
+
+    def start() -> None:
+        runs.clear()
+        state["step"] = 0
+        state["model"]._reset_stateful_cache()
+
+    def cached() -> Optional[list[int]]:
+        return sorted(set(range(state["step"])) - set(runs))
+
+    suffix = "/compiled" if compiled else ""
+    return System(f"diffusers-fbc{suffix}", "diffusers-fbc", compiled, make, start_generation=start,
+                  cached_steps=cached, skipped_per_cached_step=lambda n: n - 1,
+                  setting=CacheSetting("fbc", 1, 0, threshold, 0))
+
+
+def available_peers() -> dict[str, bool]:
+    return {"cache-dit": importlib.util.find_spec("cache_dit") is not None}
