@@ -51,7 +51,8 @@ def model_table(model: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     parts = [f"Benchmark `{results['size']}`{' (CI smoke)' if results['ci'] else ''} on {results['device']}, "
              f"{results['date']}, {results['dtype']}, inner backend {results['inner_backend']}, median of "
-             f"{results['repeats']} warm generations; versions: "
+             f"{results['repeats']} warm generations"
+             f"{' (systems interleaved round by round)' if results.get('interleaved') else ' (one system at a time)'}; versions: "
              + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "."]
     for model in results["models"]:
         parts.append(f"#### {model['model']} ({model['class']}, {model['num_blocks']} blocks, {model['steps']} steps, "

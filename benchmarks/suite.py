@@ -5,7 +5,8 @@
     python -m benchmarks --quick --ci                # smoke size for CI (fails only on broken runs)
 
 Every system runs the same seeded generations (an Euler flow-matching loop on its own
-output) on a fresh copy of the same model. Per system: transformer time per generation
+output) on a fresh copy of the same model; on CPU all systems stay alive and their warm
+generations alternate round by round, on a GPU they run one at a time. Per system: transformer time per generation
 (median over ``--repeats`` warm generations), speedup over plain Inductor (compiled
 systems) or eager (eager systems), realised / ideal speedup (ideal: FLOPs of the uncached
 generation over FLOPs left after the skipped blocks, counted with ``FlopCounterMode``), cold
@@ -101,47 +102,77 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_system(system: System, bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int,
-               repeats: int) -> dict[str, Any]:
-    torch._dynamo.reset()
-    model = bench.build(device, dtype)
-    inputs = bench.make_inputs(torch.Generator().manual_seed(1), device, dtype)
-    row: dict[str, Any] = {"system": system.name, "family": system.family, "compiled": system.compiled,
-                           "setting": system.setting.name if system.setting else None}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with system.config_guard(), torch.no_grad():
-        step = system.make(model)
+class _Live:
+    """One system set up on its own model copy, with its timings so far."""
 
-        def one_generation() -> tuple[float, torch.Tensor]:
-            system.start_generation()
+    def __init__(self, system: System, bench: BenchModel, device: torch.device, dtype: torch.dtype) -> None:
+        self.system = system
+        self.inputs = bench.make_inputs(torch.Generator().manual_seed(1), device, dtype)
+        with system.config_guard():
+            self.step = system.make(bench.build(device, dtype))
+        self.times: list[float] = []
+        self.graphs = self.breaks = 0
+        self.first_s = 0.0
+        self.latent: Optional[torch.Tensor] = None
+
+    def generation(self, bench: BenchModel, device: torch.device, steps: int) -> float:
+        graphs0, breaks0 = _counter_totals()
+        with self.system.config_guard(), torch.no_grad():
+            self.system.start_generation()
             _sync(device)
             start = time.perf_counter()
-            latent = generate(step, bench, inputs, steps)
+            self.latent = generate(self.step, bench, self.inputs, steps)
             _sync(device)
-            return time.perf_counter() - start, latent
-
-        first_s, _ = one_generation()
-        graphs0, breaks0 = _counter_totals()
-        times = []
-        for _ in range(repeats):
-            seconds, latent = one_generation()
-            times.append(seconds)
+            seconds = time.perf_counter() - start
         graphs1, breaks1 = _counter_totals()
-        cached = system.cached_steps()
-        warm = statistics.median(times)
-        row.update(seconds=warm, first_generation_s=first_s, cold_compile_s=max(first_s - warm, 0.0),
-                   recompiles_per_generation=(graphs1 - graphs0) / repeats,
-                   graph_breaks_per_generation=(breaks1 - breaks0) / repeats, cached_steps=cached,
-                   num_cached_steps=None if cached is None else len(cached))
-        if device.type == "cuda":
-            row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        if system.compiled:
+        self.graphs += graphs1 - graphs0
+        self.breaks += breaks1 - breaks0
+        return seconds
+
+
+def run_systems(systems: list[System], bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int,
+                repeats: int, interleave: bool) -> list[dict[str, Any]]:
+    """Time every system. ``interleave``: all systems alive at once and their warm generations
+    alternate round by round (CPU: drift hits all alike); else one system at a time (GPU:
+    one model copy in memory at a time)."""
+    torch._dynamo.reset()
+    rows = []
+    groups = [systems] if interleave else [[s] for s in systems]
+    for group in groups:
+        if not interleave:
             torch._dynamo.reset()
-            warm_compile_s, _ = one_generation()
-            row["warm_compile_s"] = max(warm_compile_s - warm, 0.0)
-    row["_latent"] = latent.float().cpu()
-    return row
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+        live = []
+        for system in group:
+            print(f"[{bench.name}] {system.name} ...", flush=True)
+            entry = _Live(system, bench, device, dtype)
+            entry.first_s = entry.generation(bench, device, steps)
+            entry.graphs = entry.breaks = 0
+            live.append(entry)
+        for _ in range(repeats):
+            for entry in live:
+                entry.times.append(entry.generation(bench, device, steps))
+        for entry in live:
+            system, warm = entry.system, statistics.median(entry.times)
+            cached = system.cached_steps()
+            row: dict[str, Any] = {
+                "system": system.name, "family": system.family, "compiled": system.compiled,
+                "setting": system.setting.name if system.setting else None, "seconds": warm,
+                "first_generation_s": entry.first_s, "cold_compile_s": max(entry.first_s - warm, 0.0),
+                "recompiles_per_generation": entry.graphs / repeats, "graph_breaks_per_generation": entry.breaks / repeats,
+                "cached_steps": cached, "num_cached_steps": None if cached is None else len(cached),
+                "_latent": entry.latent.float().cpu(),
+            }
+            if device.type == "cuda" and not interleave:
+                row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            rows.append(row)
+        for entry, row in zip(live, rows[-len(live):]):
+            if entry.system.compiled:  # Inductor's on-disk caches are warm now; Dynamo's are not
+                torch._dynamo.reset()
+                row["warm_compile_s"] = max(entry.generation(bench, device, steps) - row["seconds"], 0.0)
+    return rows
 
 
 def overhead_probe(bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int, rounds: int,
@@ -179,22 +210,14 @@ def fidelity(latent: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
 
 
 def benchmark_model(bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int, repeats: int,
-                    threshold: float, inner: str, ci: bool) -> dict[str, Any]:
+                    threshold: float, inner: str, ci: bool, interleave: bool) -> dict[str, Any]:
     probe = bench.build(device, dtype)
     num_blocks = sum(len(getattr(probe, name)) for name in bench.block_lists)
     forward_flops, per_block_flops = block_flops(probe, bench, bench.make_inputs(torch.Generator().manual_seed(1),
                                                                                  device, dtype))
     del probe
     systems, notes = build_systems(bench, num_blocks, steps, threshold, inner, ci)
-    rows = []
-    for system in systems:
-        print(f"[{bench.name}] {system.name} ...", flush=True)
-        try:
-            rows.append(run_system(system, bench, device, dtype, steps, repeats))
-        except Exception as error:  # a peer failing is a finding, not a crash of the suite
-            notes.append(f"{system.name} failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
-            if system.family == "cachedit" or system.family in ("eager", "inductor"):
-                raise
+    rows = run_systems(systems, bench, device, dtype, steps, repeats, interleave)
     by_name = {r["system"]: r for r in rows}
     skipped_per_step = {s.name: s.skipped_per_cached_step(num_blocks) for s in systems}
     reference = by_name["inductor"]["_latent"]
@@ -242,9 +265,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "date": datetime.date.today().isoformat(), "size": size_name, "ci": args.ci,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "dtype": str(dtype).replace("torch.", ""), "inner_backend": args.inner_backend, "repeats": repeats,
+        "interleaved": not args.full,
         "versions": report.versions(),
         "models": [benchmark_model(MODELS[size_name][n], device, dtype, steps, repeats, SETTINGS[size_name][n],
-                                   args.inner_backend, args.ci) for n in names],
+                                   args.inner_backend, args.ci, not args.full) for n in names],
     }
     out = Path(args.out)
     report.write(results, out)

@@ -105,7 +105,7 @@ def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_ba
     def make(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
         config = dict(Fn_compute_blocks=setting.Fn, Bn_compute_blocks=setting.Bn,
                       residual_diff_threshold=setting.threshold, max_warmup_steps=setting.warmup,
-                      num_inference_steps=steps)
+                      num_inference_steps=steps, enable_separate_cfg=False)  # one call per step here
         if setting.mask_policy:
             config.update(steps_computation_mask=cache_dit.steps_mask(mask_policy=setting.mask_policy,
                                                                       total_steps=steps),
@@ -132,38 +132,39 @@ def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_ba
 
 def diffusers_fbc_system(threshold: float, block_lists: tuple[str, ...], compiled: bool,
                          inner_backend: str) -> System:
-    """diffusers' own First-Block Cache hook; cached steps counted by whether block 1 ran."""
+    """diffusers' own First-Block Cache hook; a step is cached when the hook's shared state
+    says the remaining blocks were not computed."""
     from diffusers import FirstBlockCacheConfig
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK
 
-    runs: list[int] = []
-    state: dict[str, Any] = {"step": 0}
+    state: dict[str, Any] = {"step": 0, "cached": []}
 
     def make(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
         model.enable_cache(FirstBlockCacheConfig(threshold=threshold))
         state["model"] = model
-        second = [b for name in block_lists for b in getattr(model, name)][1]
-        second.register_forward_pre_hook(lambda *_: runs.append(state["step"]))
+        head = [b for name in block_lists for b in getattr(model, name)][0]
+        leader = HookRegistry.check_if_exists_or_initialize(head).get_hook(_FBC_LEADER_BLOCK_HOOK)
         step = _call(torch.compile(model, backend=inner_backend) if compiled else model)
 
         def counted(**inputs: Any) -> torch.Tensor:
             with model.cache_context("cond"):  # diffusers' hooks need a named context per call
                 out = step(**inputs)
+                if not leader.state_manager.get_state().should_compute:
+                    state["cached"].append(state["step"])
             state["step"] += 1
             return out
 
         return counted
 
     def start() -> None:
-        runs.clear()
+        state["cached"] = []
         state["step"] = 0
         state["model"]._reset_stateful_cache()
 
-    def cached() -> Optional[list[int]]:
-        return sorted(set(range(state["step"])) - set(runs))
-
     suffix = "/compiled" if compiled else ""
     return System(f"diffusers-fbc{suffix}", "diffusers-fbc", compiled, make, start_generation=start,
-                  cached_steps=cached, skipped_per_cached_step=lambda n: n - 1,
+                  cached_steps=lambda: list(state["cached"]), skipped_per_cached_step=lambda n: n - 1,
                   setting=CacheSetting("fbc", 1, 0, threshold, 0))
 
 
