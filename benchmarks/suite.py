@@ -138,6 +138,24 @@ def run_systems(systems: list[System], bench: BenchModel, device: torch.device, 
     torch._dynamo.reset()
     rows = []
     groups = [systems] if interleave else [[s] for s in systems]
+    limit = max(8, 4 * len(systems))  # every system compiles the same forward: room for all of them
+    with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=limit * 8):
+        _run_groups(groups, rows, bench, device, dtype, steps, repeats, interleave)
+    _check_consistent(rows)
+    return rows
+
+
+def _check_consistent(rows: list[dict[str, Any]]) -> None:
+    """A broken run fails loudly: a system that reports cached steps must have changed the result."""
+    reference = next(r["_latent"] for r in rows if r["system"] == "inductor")
+    for row in rows:
+        if row["num_cached_steps"] and torch.equal(row["_latent"], reference):
+            raise RuntimeError(f"{row['system']} reports {row['num_cached_steps']} cached steps but its final "
+                               "latent equals plain Inductor's: the run did not measure what it names")
+
+
+def _run_groups(groups: list[list[System]], rows: list[dict[str, Any]], bench: BenchModel, device: torch.device,
+                dtype: torch.dtype, steps: int, repeats: int, interleave: bool) -> None:
     for group in groups:
         if not interleave:
             torch._dynamo.reset()
@@ -172,7 +190,6 @@ def run_systems(systems: list[System], bench: BenchModel, device: torch.device, 
             if entry.system.compiled:  # Inductor's on-disk caches are warm now; Dynamo's are not
                 torch._dynamo.reset()
                 row["warm_compile_s"] = max(entry.generation(bench, device, steps) - row["seconds"], 0.0)
-    return rows
 
 
 def overhead_probe(bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int, rounds: int,

@@ -43,3 +43,18 @@ def test_suite_ci_run_writes_every_artifact_and_consistent_rows(tmp_path):
     assert all(r["recompiles_per_generation"] == 0 for r in rows.values() if r["family"] == "cachedit")
     assert model["threshold0_overhead"]["rounds"] >= 3
     assert json.loads((tmp_path / "results.json").read_text())["models"][0]["num_blocks"] == 8
+
+
+def test_a_run_whose_cached_system_equals_inductor_is_rejected():
+    import pytest
+    import torch
+
+    from benchmarks import suite
+
+    latent = torch.ones(2)
+    rows = [{"system": "inductor", "num_cached_steps": 0, "_latent": latent},
+            {"system": "cachedit/F1B0", "num_cached_steps": 3, "_latent": latent.clone()}]
+    with pytest.raises(RuntimeError, match="did not measure what it names"):
+        suite._check_consistent(rows)
+    rows[1]["_latent"] = latent + 1
+    suite._check_consistent(rows)
