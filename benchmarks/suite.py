@@ -24,6 +24,9 @@ import datetime
 import math
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -54,27 +57,31 @@ def cache_settings(threshold: float, num_blocks: int, warmup: int) -> list[Cache
     ]
 
 
-def build_systems(model: BenchModel, num_blocks: int, steps: int, threshold: float, inner: str,
-                  ci: bool) -> tuple[list[System], list[str]]:
+FAMILIES = ("cachedit", "cache-dit", "diffusers-fbc")
+"""Each family runs in its own process, beside its own eager and Inductor baselines: peers
+install hooks and patches, and Dynamo's per-code-object caches are shared by every model of
+a class in a process, so one family's compiled frames must never meet another's."""
+
+
+def build_systems(model: BenchModel, num_blocks: int, steps: int, threshold: float, inner: str, ci: bool,
+                  family: str) -> list[System]:
     warmup = min(4, steps // 4)
     settings = cache_settings(threshold, num_blocks, warmup)
-    zero = CacheSetting("threshold0", 1, 0, 0.0, warmup)
-    systems = baselines(inner) + [cachedit_system(zero, steps, inner)]
-    systems += [cachedit_system(s, steps, inner) for s in settings]
-    notes = []
-    if available_peers()["cache-dit"]:
+    systems = baselines(inner)
+    if family == "cachedit":
+        zero = CacheSetting("threshold0", 1, 0, 0.0, warmup)
+        systems += [cachedit_system(s, steps, inner) for s in [zero] + settings]
+    elif family == "cache-dit":
         for s in settings:
             systems += [cache_dit_system(s, steps, False, inner), cache_dit_system(s, steps, True, inner)]
     else:
-        notes.append("cache-dit not installed (pip install -e '.[bench]'): its rows are missing")
-    systems += [diffusers_fbc_system(threshold, model.block_lists, False, inner),
-                diffusers_fbc_system(threshold, model.block_lists, True, inner)]
-    notes.append("diffusers' FirstBlockCacheConfig has no step mask, so it runs with its threshold only")
+        systems += [diffusers_fbc_system(threshold, model.block_lists, False, inner),
+                    diffusers_fbc_system(threshold, model.block_lists, True, inner)]
     if ci:
         keep = {"eager", "inductor", "cachedit/threshold0", "cachedit/F1B0", "cachedit/SCM-fast",
                 "cache-dit/SCM-fast/compiled", "diffusers-fbc"}
         systems = [s for s in systems if s.name in keep]
-    return systems, notes
+    return systems
 
 
 def block_flops(model: torch.nn.Module, bench: BenchModel, inputs: dict[str, Any]) -> tuple[float, float]:
@@ -226,34 +233,71 @@ def fidelity(latent: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     return {"rel_l2": rel_l2, "psnr_db": psnr}
 
 
-def benchmark_model(bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int, repeats: int,
-                    threshold: float, inner: str, ci: bool, interleave: bool) -> dict[str, Any]:
-    probe = bench.build(device, dtype)
-    num_blocks = sum(len(getattr(probe, name)) for name in bench.block_lists)
-    forward_flops, per_block_flops = block_flops(probe, bench, bench.make_inputs(torch.Generator().manual_seed(1),
-                                                                                 device, dtype))
-    del probe
-    systems, notes = build_systems(bench, num_blocks, steps, threshold, inner, ci)
-    rows = run_systems(systems, bench, device, dtype, steps, repeats, interleave)
-    by_name = {r["system"]: r for r in rows}
-    skipped_per_step = {s.name: s.skipped_per_cached_step(num_blocks) for s in systems}
-    reference = by_name["inductor"]["_latent"]
+def run_family_in_child(args: argparse.Namespace, name: str, family: str) -> list[dict[str, Any]]:
+    """Run one family in a fresh interpreter; its rows (latents included) come back by file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.pt"
+        command = [sys.executable, "-m", "benchmarks.suite", "--child-family", family, "--child-model", name,
+                   "--child-out", str(out), "--steps", str(args.steps), "--repeats", str(args.repeats),
+                   "--inner-backend", args.inner_backend, "--threads", str(args.threads)]
+        command += ["--full"] if args.full else ["--quick"]
+        command += ["--ci"] if args.ci else []
+        subprocess.run(command, check=True)
+        return torch.load(out, weights_only=False)
+
+
+def child_main(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
+    bench = MODELS["full" if args.full else "quick"][args.child_model]
+    num_blocks = sum(len(getattr(bench.build(device, dtype), name)) for name in bench.block_lists)
+    threshold = SETTINGS["full" if args.full else "quick"][args.child_model]
+    systems = build_systems(bench, num_blocks, args.steps, threshold, args.inner_backend, args.ci, args.child_family)
+    rows = run_systems(systems, bench, device, dtype, args.steps, args.repeats, not args.full)
+    for row, system in zip(rows, systems):
+        row["skipped_per_cached_step"] = system.skipped_per_cached_step(num_blocks)
+        row["run"] = args.child_family
+    probe = overhead_probe(bench, device, dtype, args.steps, max(2 * args.repeats, 3), args.inner_backend) \
+        if args.child_family == "cachedit" else None
+    torch.save({"rows": rows, "probe": probe}, args.child_out)
+
+
+def benchmark_model(args: argparse.Namespace, name: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    bench = MODELS["full" if args.full else "quick"][name]
+    probe_model = bench.build(device, dtype)
+    num_blocks = sum(len(getattr(probe_model, n)) for n in bench.block_lists)
+    forward_flops, per_block_flops = block_flops(probe_model, bench, bench.make_inputs(
+        torch.Generator().manual_seed(1), device, dtype))
+    del probe_model
+    notes = ["diffusers' FirstBlockCacheConfig has no step mask, so it runs with its threshold only",
+             "each family ran in its own process beside its own eager and Inductor baselines; "
+             "its speedups are against those"]
+    families = [f for f in FAMILIES if f != "cache-dit" or available_peers()["cache-dit"]]
+    if "cache-dit" not in families:
+        notes.append("cache-dit not installed (pip install -e '.[bench]'): its rows are missing")
+    rows, probe, reference = [], None, None
+    for family in families:
+        child = run_family_in_child(args, name, family)
+        family_rows = {r["system"]: r for r in child["rows"]}
+        if family == "cachedit":
+            probe, reference = child["probe"], family_rows["inductor"]["_latent"]
+        for row in child["rows"]:
+            if family != "cachedit" and row["family"] in ("eager", "inductor"):
+                continue
+            baseline = family_rows["inductor" if row["compiled"] else "eager"]["seconds"]
+            row["speedup"] = baseline / row["seconds"]
+            row["speedup_vs_inductor"] = family_rows["inductor"]["seconds"] / row["seconds"]
+            skipped = row.pop("skipped_per_cached_step")
+            if row["num_cached_steps"] is not None:
+                saved = row["num_cached_steps"] * skipped * per_block_flops
+                ideal = args.steps * forward_flops / (args.steps * forward_flops - saved)
+                row["ideal_speedup"] = ideal
+                row["realised_over_ideal"] = row["speedup"] / ideal
+            rows.append(row)
     for row in rows:
-        baseline = by_name["inductor" if row["compiled"] else "eager"]["seconds"]
-        row["speedup"] = baseline / row["seconds"]
-        row["speedup_vs_inductor"] = by_name["inductor"]["seconds"] / row["seconds"]
-        if row["num_cached_steps"] is not None:
-            saved = row["num_cached_steps"] * skipped_per_step[row["system"]] * per_block_flops
-            ideal = steps * forward_flops / (steps * forward_flops - saved)
-            row["ideal_speedup"] = ideal
-            row["realised_over_ideal"] = row["speedup"] / ideal
         row.update(fidelity(row.pop("_latent"), reference))
-    probe = overhead_probe(bench, device, dtype, steps, max(2 * repeats, 3), inner)
-    return {"model": bench.name, "class": bench.class_name, "config": bench.config, "steps": steps,
-            "threshold0_overhead": probe,
-            "num_blocks": num_blocks, "forward_gflops": forward_flops / 1e9,
-            "block_share": per_block_flops * num_blocks / forward_flops, "threshold": threshold,
-            "rows": rows, "notes": notes}
+    return {"model": bench.name, "class": bench.class_name, "config": bench.config, "steps": args.steps,
+            "threshold0_overhead": probe, "num_blocks": num_blocks, "forward_gflops": forward_flops / 1e9,
+            "block_share": per_block_flops * num_blocks / forward_flops,
+            "threshold": SETTINGS["full" if args.full else "quick"][name], "rows": rows, "notes": notes}
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
@@ -269,23 +313,28 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier timings on shared machines)")
     parser.add_argument("--out", default="benchmarks/results/suite")
     parser.add_argument("--readme", action="store_true", help="rewrite README's performance section from the results")
+    parser.add_argument("--child-family", choices=FAMILIES, help=argparse.SUPPRESS)
+    parser.add_argument("--child-model", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     size_name = "full" if args.full else "quick"
     device = torch.device("cuda" if args.full else "cpu")
     dtype = torch.bfloat16 if args.full else torch.float32
-    steps = args.steps or (6 if args.ci else 28)
-    repeats = args.repeats or (1 if args.ci else 3)
+    args.steps = args.steps or (6 if args.ci else 28)
+    args.repeats = args.repeats or (1 if args.ci else 3)
     names = ["flux"] if args.ci else args.models.split(",")
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
+    if args.child_family:
+        child_main(args, device, dtype)
+        return {}
     results = {
         "date": datetime.date.today().isoformat(), "size": size_name, "ci": args.ci,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "dtype": str(dtype).replace("torch.", ""), "inner_backend": args.inner_backend, "repeats": repeats,
+        "dtype": str(dtype).replace("torch.", ""), "inner_backend": args.inner_backend, "repeats": args.repeats,
         "interleaved": not args.full,
         "versions": report.versions(),
-        "models": [benchmark_model(MODELS[size_name][n], device, dtype, steps, repeats, SETTINGS[size_name][n],
-                                   args.inner_backend, args.ci, not args.full) for n in names],
+        "models": [benchmark_model(args, n, device, dtype) for n in names],
     }
     out = Path(args.out)
     report.write(results, out)
