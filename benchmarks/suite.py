@@ -138,16 +138,17 @@ class _Live:
 
 
 def run_systems(systems: list[System], bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int,
-                repeats: int, interleave: bool) -> list[dict[str, Any]]:
+                repeats: int, interleave: bool, warm_compile: bool = True) -> list[dict[str, Any]]:
     """Time every system. ``interleave``: all systems alive at once and their warm generations
     alternate round by round (CPU: drift hits all alike); else one system at a time (GPU:
-    one model copy in memory at a time)."""
+    one model copy in memory at a time). ``warm_compile``: also time a generation after
+    ``torch._dynamo.reset()`` with Inductor's caches warm."""
     torch._dynamo.reset()
     rows = []
     groups = [systems] if interleave else [[s] for s in systems]
     limit = max(8, 4 * len(systems))  # every system compiles the same forward: room for all of them
     with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=limit * 8):
-        _run_groups(groups, rows, bench, device, dtype, steps, repeats, interleave)
+        _run_groups(groups, rows, bench, device, dtype, steps, repeats, interleave, warm_compile)
     _check_consistent(rows)
     return rows
 
@@ -162,7 +163,7 @@ def _check_consistent(rows: list[dict[str, Any]]) -> None:
 
 
 def _run_groups(groups: list[list[System]], rows: list[dict[str, Any]], bench: BenchModel, device: torch.device,
-                dtype: torch.dtype, steps: int, repeats: int, interleave: bool) -> None:
+                dtype: torch.dtype, steps: int, repeats: int, interleave: bool, warm_compile: bool) -> None:
     for group in groups:
         if not interleave:
             torch._dynamo.reset()
@@ -194,7 +195,7 @@ def _run_groups(groups: list[list[System]], rows: list[dict[str, Any]], bench: B
                 row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             rows.append(row)
         for entry, row in zip(live, rows[-len(live):]):
-            if entry.system.compiled:  # Inductor's on-disk caches are warm now; Dynamo's are not
+            if warm_compile and entry.system.compiled:  # Inductor's on-disk caches are warm now; Dynamo's are not
                 torch._dynamo.reset()
                 row["warm_compile_s"] = max(entry.generation(bench, device, steps) - row["seconds"], 0.0)
 
@@ -253,7 +254,7 @@ def child_main(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
     systems = build_systems(bench, num_blocks, args.steps, threshold, args.inner_backend, args.ci, args.child_family)
     rows = run_systems(systems, bench, device, dtype, args.steps, args.repeats, not args.full)
     for row, system in zip(rows, systems):
-        row["skipped_per_cached_step"] = system.skipped_per_cached_step(num_blocks)
+        row["skipped_blocks"] = system.skipped_blocks(num_blocks)
         row["run"] = args.child_family
     probe = overhead_probe(bench, device, dtype, args.steps, max(2 * args.repeats, 3), args.inner_backend) \
         if args.child_family == "cachedit" else None
@@ -285,9 +286,9 @@ def benchmark_model(args: argparse.Namespace, name: str, device: torch.device, d
             baseline = family_rows["inductor" if row["compiled"] else "eager"]["seconds"]
             row["speedup"] = baseline / row["seconds"]
             row["speedup_vs_inductor"] = family_rows["inductor"]["seconds"] / row["seconds"]
-            skipped = row.pop("skipped_per_cached_step")
-            if row["num_cached_steps"] is not None:
-                saved = row["num_cached_steps"] * skipped * per_block_flops
+            skipped = row.pop("skipped_blocks")
+            if skipped is not None:
+                saved = skipped * per_block_flops
                 ideal = args.steps * forward_flops / (args.steps * forward_flops - saved)
                 row["ideal_speedup"] = ideal
                 row["realised_over_ideal"] = row["speedup"] / ideal

@@ -30,6 +30,10 @@ class CacheSetting:
     taylor_order: int = 0
     mask_policy: Optional[str] = None
     """A ``steps_mask`` preset used with ``steps_computation_policy="static"``."""
+    foca: bool = False
+    """FoCa calibrator instead of plain residual reuse (cachedit only)."""
+    prune: bool = False
+    """DBPrune (per-block guards) instead of DBCache (cachedit only)."""
 
 
 @dataclass
@@ -40,7 +44,8 @@ class System:
     make: Callable[[torch.nn.Module], Callable[..., torch.Tensor]]
     start_generation: Callable[[], None] = lambda: None
     cached_steps: Callable[[], Optional[list[int]]] = lambda: []
-    skipped_per_cached_step: Callable[[int], int] = lambda num_blocks: 0
+    skipped_blocks: Callable[[int], Optional[int]] = lambda num_blocks: 0
+    """Chain blocks skipped in the latest generation, given the chain length (None: unknown)."""
     setting: Optional[CacheSetting] = None
     config_guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     notes: list[str] = field(default_factory=list)
@@ -53,16 +58,31 @@ def _call(module: Callable[..., Any]) -> Callable[..., torch.Tensor]:
     return step
 
 
+def _middle_skipped(setting: CacheSetting, cached_steps: Callable[[], Optional[list[int]]]) -> Callable[[int], Optional[int]]:
+    """``skipped_blocks`` of a DBCache-style system: every cached step skips the middle blocks."""
+    def skipped(num_blocks: int) -> Optional[int]:
+        steps = cached_steps()
+        return None if steps is None else len(steps) * (num_blocks - setting.Fn - setting.Bn)
+
+    return skipped
+
+
 def cachedit_options(setting: CacheSetting, steps: int, inner_backend: str) -> dict[str, Any]:
-    options: dict[str, Any] = dict(Fn_compute_blocks=setting.Fn, Bn_compute_blocks=setting.Bn,
-                                   residual_diff_threshold=setting.threshold, max_warmup_steps=setting.warmup,
-                                   num_inference_steps=steps, inner_backend=inner_backend)
+    keys: dict[str, Any] = dict(Fn_compute_blocks=setting.Fn, Bn_compute_blocks=setting.Bn,
+                                residual_diff_threshold=setting.threshold, max_warmup_steps=setting.warmup,
+                                num_inference_steps=steps)
+    if setting.mask_policy:
+        keys.update(steps_computation_mask=cachedit_fx.steps_mask(mask_policy=setting.mask_policy, total_steps=steps),
+                    steps_computation_policy="static")
+    options: dict[str, Any] = dict(inner_backend=inner_backend)
+    if setting.prune:
+        options["cache_config"] = cachedit_fx.DBPruneConfig(**keys)
+    else:
+        options.update(keys)
     if setting.taylor_order:
         options["taylorseer_order"] = setting.taylor_order
-    if setting.mask_policy:
-        options.update(steps_computation_mask=cachedit_fx.steps_mask(mask_policy=setting.mask_policy,
-                                                                      total_steps=steps),
-                       steps_computation_policy="static")
+    if setting.foca:
+        options["calibrator_config"] = cachedit_fx.FoCaCalibratorConfig()
     return options
 
 
@@ -83,7 +103,7 @@ def cachedit_system(setting: CacheSetting, steps: int, inner_backend: str) -> Sy
 
     return System(f"cachedit/{setting.name}", "cachedit", True, make,
                   cached_steps=lambda: cachedit_fx.summary(holder["model"]).cached_steps,
-                  skipped_per_cached_step=lambda n: n - setting.Fn - setting.Bn, setting=setting)
+                  skipped_blocks=lambda n: cachedit_fx.summary(holder["model"]).cached_blocks, setting=setting)
 
 
 @contextlib.contextmanager
@@ -123,15 +143,17 @@ def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_ba
         stats = cache_dit.summary(holder["model"])
         return sorted(stats[0].cached_steps) if stats else None
 
+    if setting.foca or setting.prune:
+        raise ValueError(f"{setting.name}: the cache-dit system runs DBCache with TaylorSeer or residual reuse only")
     suffix = "/compiled" if compiled else ""
     return System(f"cache-dit/{setting.name}{suffix}", "cache-dit", compiled, make,
                   start_generation=lambda: cache_dit.refresh_context(holder["model"], num_inference_steps=steps),
-                  cached_steps=cached, skipped_per_cached_step=lambda n: n - setting.Fn - setting.Bn,
+                  cached_steps=cached, skipped_blocks=_middle_skipped(setting, cached),
                   setting=setting, config_guard=_restored_compile_configs)
 
 
 def diffusers_fbc_system(threshold: float, block_lists: tuple[str, ...], compiled: bool,
-                         inner_backend: str) -> System:
+                         inner_backend: str, name: str = "diffusers-fbc") -> System:
     """diffusers' own First-Block Cache hook; a step is cached when the hook's shared state
     says the remaining blocks were not computed."""
     from diffusers import FirstBlockCacheConfig
@@ -162,10 +184,11 @@ def diffusers_fbc_system(threshold: float, block_lists: tuple[str, ...], compile
         state["step"] = 0
         state["model"]._reset_stateful_cache()
 
+    setting = CacheSetting("fbc", 1, 0, threshold, 0)
+    cached = lambda: list(state["cached"])  # noqa: E731
     suffix = "/compiled" if compiled else ""
-    return System(f"diffusers-fbc{suffix}", "diffusers-fbc", compiled, make, start_generation=start,
-                  cached_steps=lambda: list(state["cached"]), skipped_per_cached_step=lambda n: n - 1,
-                  setting=CacheSetting("fbc", 1, 0, threshold, 0))
+    return System(f"{name}{suffix}", "diffusers-fbc", compiled, make, start_generation=start, cached_steps=cached,
+                  skipped_blocks=_middle_skipped(setting, cached), setting=setting)
 
 
 def available_peers() -> dict[str, bool]:
