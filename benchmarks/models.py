@@ -9,7 +9,7 @@ sees the same seeded start and step count, and the final latent measures fidelit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -26,10 +26,14 @@ class BenchModel:
     latent_key: str = "hidden_states"
     timestep_scale: float = 1.0
     """The model's timestep input is ``sigma * timestep_scale`` (FLUX: sigma, Wan: 1000 sigma)."""
+    builder: Optional[Callable[[torch.device, torch.dtype], torch.nn.Module]] = None
+    """Builds a trained model (weights loaded) instead of a random-init one from ``config``."""
 
     def build(self, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
         import diffusers
 
+        if self.builder is not None:
+            return self.builder(device, dtype).eval().requires_grad_(False)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             with torch.device(device):
@@ -76,6 +80,12 @@ MODELS: dict[str, dict[str, BenchModel]] = {
                  num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=True,
                  axes_dims_rope=[8, 12, 12]),
             FLUX_BLOCKS, _flux_inputs(256, 32, 16, 64, 64, True)),
+        "flux-deep": BenchModel(
+            "flux-deep", "FluxTransformer2DModel",
+            dict(patch_size=1, in_channels=16, num_layers=8, num_single_layers=16, attention_head_dim=16,
+                 num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                 axes_dims_rope=[4, 6, 6]),
+            FLUX_BLOCKS, _flux_inputs(64, 16, 16, 32, 32, True)),
         "wan": BenchModel(
             "wan-small", "WanTransformer3DModel",
             dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16, out_channels=16,
