@@ -70,7 +70,9 @@ def build_systems(model: BenchModel, num_blocks: int, steps: int, threshold: flo
     systems = baselines(inner)
     if family == "cachedit":
         zero = CacheSetting("threshold0", 1, 0, 0.0, warmup)
-        systems += [cachedit_system(s, steps, inner) for s in [zero] + settings]
+        regional = [CacheSetting("F1B0-regional", 1, 0, threshold, warmup, regional=True),
+                    CacheSetting("SCM-fast-regional", 1, 0, threshold, warmup, mask_policy="fast", regional=True)]
+        systems += [cachedit_system(s, steps, inner) for s in [zero] + settings + regional]
     elif family == "cache-dit":
         for s in settings:
             systems += [cache_dit_system(s, steps, False, inner), cache_dit_system(s, steps, True, inner)]

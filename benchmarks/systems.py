@@ -34,6 +34,8 @@ class CacheSetting:
     """FoCa calibrator instead of plain residual reuse (cachedit only)."""
     prune: bool = False
     """DBPrune (per-block guards) instead of DBCache (cachedit only)."""
+    regional: bool = False
+    """``regional_compile=True``: each distinct block compiled once (cachedit only)."""
 
 
 @dataclass
@@ -74,7 +76,7 @@ def cachedit_options(setting: CacheSetting, steps: int, inner_backend: str) -> d
     if setting.mask_policy:
         keys.update(steps_computation_mask=cachedit_fx.steps_mask(mask_policy=setting.mask_policy, total_steps=steps),
                     steps_computation_policy="static")
-    options: dict[str, Any] = dict(inner_backend=inner_backend)
+    options: dict[str, Any] = dict(inner_backend=inner_backend, regional_compile=setting.regional)
     if setting.prune:
         options["cache_config"] = cachedit_fx.DBPruneConfig(**keys)
     else:
@@ -143,8 +145,8 @@ def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_ba
         stats = cache_dit.summary(holder["model"])
         return sorted(stats[0].cached_steps) if stats else None
 
-    if setting.foca or setting.prune:
-        raise ValueError(f"{setting.name}: the cache-dit system runs DBCache with TaylorSeer or residual reuse only")
+    if setting.foca or setting.prune or setting.regional:
+        raise ValueError(f"{setting.name}: the cache-dit system runs DBCache (residual reuse or TaylorSeer) only")
     suffix = "/compiled" if compiled else ""
     return System(f"cache-dit/{setting.name}{suffix}", "cache-dit", compiled, make,
                   start_generation=lambda: cache_dit.refresh_context(holder["model"], num_inference_steps=steps),

@@ -7,7 +7,8 @@
     insert_cache_branch  DBCache: guarded branch around the middle piece
     insert_prune_branches  DBPrune: a guarded branch around every prunable block
     fuse_diff_into_head  (cache_kernels="inductor-fused") diff sums computed by the head piece
-    lower                compile each piece with the inner backend
+    split_blocks         (regional_compile=True) one sub-piece per chain block
+    lower                compile each distinct piece once with the inner backend
 
 Graphs that cannot be cached (no repeated blocks, a graph break in the chain, ambiguous
 streams) are compiled whole by the inner backend after one warning; ``strict=True`` raises.
@@ -34,6 +35,7 @@ from cachedit_fx.passes.lower import compile_piece, lower
 from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.passes.partition_blocks import partition_blocks
+from cachedit_fx.passes.split_blocks import split_blocks
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.contexts import ModelCache
 from cachedit_fx.runtime.registry import cache_for_params
@@ -45,7 +47,7 @@ Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
 ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
 REWRITE_PASSES: tuple[Pass, ...] = (
     partition, partition_blocks, insert_cache_selector, insert_cache_branch, insert_prune_branches,
-    fuse_diff_into_head, lower,
+    fuse_diff_into_head, split_blocks, lower,
 )
 
 

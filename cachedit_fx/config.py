@@ -193,6 +193,9 @@ class BackendSettings:
     """Per-step arithmetic: custom ops ("triton"), plain torch ("torch"), the diff computed
     inside the compiled head piece ("inductor-fused"), or "auto": "triton" where Triton runs
     (CUDA, or CPU under TRITON_INTERPRET=1), else "torch"."""
+    regional_compile: bool = False
+    """Split the pieces per chain block and compile each distinct block once (cold compile
+    time stops growing with depth; costs one call per block at run time)."""
     model_cache: Any = field(default=None, compare=False, repr=False)
     """Runtime handle the backend attaches before the passes run; passes only wire it in."""
 
@@ -203,13 +206,14 @@ class BackendSettings:
             raise ValueError("mode / inductor_options only apply with inner_backend='inductor'")
         if self.cache_kernels not in CACHE_KERNELS:
             raise ValueError(f"cache_kernels must be one of {CACHE_KERNELS}, got {self.cache_kernels!r}")
-        if not isinstance(self.strict, bool):
-            raise ValueError(f"strict must be a bool, got {self.strict!r}")
+        for name in ("strict", "regional_compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
 
 BACKEND_KEYS = frozenset(
     {"cache_config", "calibrator_config", "inner_backend", "mode", "inductor_options", "strict", "dump_dir",
-     "cache_kernels"}
+     "cache_kernels", "regional_compile"}
 )
 
 

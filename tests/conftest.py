@@ -24,3 +24,22 @@ def triton_interpreter():
 
     assert TRITON_INSTALLED, "triton is a test dependency: pip install -e '.[test]'"
     assert runs_triton(torch.empty(1)), "TRITON_INTERPRET=1 must be set before triton is imported"
+
+
+@pytest.fixture
+def compile_reports(monkeypatch):
+    """The ``CompileReport`` (pieces, distinct compiles) of every program the backend lowers."""
+    import cachedit_fx.backend as backend
+    from cachedit_fx.passes import COMPILE_REPORT_META_KEY
+    from cachedit_fx.passes.lower import lower
+
+    reports = []
+
+    def recording_lower(parent, settings):
+        lowered = lower(parent, settings)
+        reports.append(lowered.meta[COMPILE_REPORT_META_KEY])
+        return lowered
+
+    monkeypatch.setattr(backend, "REWRITE_PASSES",
+                        tuple(recording_lower if p is lower else p for p in backend.REWRITE_PASSES))
+    return reports

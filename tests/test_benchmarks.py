@@ -58,3 +58,15 @@ def test_a_run_whose_cached_system_equals_inductor_is_rejected():
         suite._check_consistent(rows)
     rows[1]["_latent"] = latent + 1
     suite._check_consistent(rows)
+
+
+def test_compile_time_benchmark_measures_every_system_cold_and_warm(tmp_path):
+    from benchmarks import compile_time
+
+    results = compile_time.main(["--inner-backend", "aot_eager", "--models", "flux", "--systems",
+                                 "inductor,cachedit-regional", "--out", str(tmp_path)])
+    (model,) = results["models"]
+    assert model["num_blocks"] == 8 and set(model["systems"]) == {"inductor", "cachedit-regional"}
+    for row in model["systems"].values():
+        assert all(row[phase]["first_s"] > 0 and row[phase]["second_s"] > 0 for phase in ("cold", "warm"))
+    assert "cachedit-regional" in (tmp_path / "results.md").read_text()

@@ -1,6 +1,7 @@
-"""The one Inductor test: tiny FLUX pieces compiled by Inductor (cache shared via
+"""The Inductor tests: tiny FLUX pieces compiled by Inductor (cache shared via
 TORCHINDUCTOR_CACHE_DIR), threshold 0 against plain Inductor, a caching run against the
-eager-piece run, and the diff fused into the Inductor head piece against the separate op."""
+eager-piece run, the diff fused into the Inductor head piece against the separate op, and
+regional compilation (one compiled block serving every equal block)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,17 @@ def test_inductor_pieces_match_plain_inductor_and_cache():
         list(separate_summary.residual_diffs.values()), rel=1e-4)
     for a, b in zip(fused_out, separate_out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_regional_compile_reuses_inductor_blocks_across_weights(compile_reports):
+    """One compiled Inductor block runs every equal block with that block's own weights."""
+    model, inputs = TINY_MODELS["flux"]()
+    steps = list(trajectory(inputs, 4))
+    plain = run(torch.compile(model), steps)
+    torch._dynamo.reset()
+    regional = torch.compile(model, backend="cachedit", options={
+        "Fn_compute_blocks": 1, "residual_diff_threshold": 0.0, "regional_compile": True})
+    zero = run(regional, steps)
+    assert (compile_reports[-1].pieces, compile_reports[-1].compiles) == (10, 6)
+    for a, b in zip(zero, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

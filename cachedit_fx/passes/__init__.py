@@ -6,3 +6,5 @@ runtime state.
 
 CHAIN_META_KEY = "cachedit_fx.block_chain"
 PARTITION_META_KEY = "cachedit_fx.partition"
+BLOCKWISE_META_KEY = "cachedit_fx.blockwise"
+COMPILE_REPORT_META_KEY = "cachedit_fx.compile_report"

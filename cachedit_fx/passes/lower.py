@@ -1,20 +1,29 @@
 """Compile every piece of the piecewise program with the inner backend.
 
-Assumes: a parent graph whose ``call_module`` targets are pieces (``GraphModule``s whose
-placeholders carry Dynamo's fake ``example_value``), possibly wrapped in a branch module
-(``CacheBranch``, ``PruneBranch``: its ``piece`` is compiled in place).
-Guarantees: each piece is compiled once, from fake inputs in Dynamo's fake mode (nothing runs);
-the parent graph and the branch keep their structure.
+Assumes: a parent graph whose pieces (``split_pieces.piece_modules``) are ``GraphModule``s
+whose placeholders carry Dynamo's fake ``example_value``; a piece marked
+``meta[BLOCKWISE_META_KEY]`` (``split_blocks``) has its sub-pieces compiled instead.
+Guarantees: pieces with equal ``graph_signature`` (same nodes, same constants, same input
+shapes, strides and dtypes) are compiled once and share the compiled callable, which is sound
+because every parameter is a graph input; everything is compiled from fake inputs in Dynamo's
+fake mode (nothing runs); the parent graph and the branch modules keep their structure.
+``meta[COMPILE_REPORT_META_KEY]`` records pieces and distinct compiles.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
 
 import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
+from cachedit_fx.passes import BLOCKWISE_META_KEY, COMPILE_REPORT_META_KEY
+from cachedit_fx.passes.split_pieces import piece_modules
+
+log = logging.getLogger("cachedit_fx")
 
 
 class CompiledPiece(torch.nn.Module):
@@ -29,9 +38,27 @@ class CompiledPiece(torch.nn.Module):
         return self.compiled(*args)
 
 
+@dataclass(frozen=True)
+class CompileReport:
+    """``pieces`` compiled units of the program, ``compiles`` distinct compilations among them."""
+
+    pieces: int
+    compiles: int
+
+
 def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    for owner, name, piece in _pieces(parent):
-        setattr(owner, name, CompiledPiece(name, compile_piece(piece, settings)))
+    compiled: dict[Hashable, Callable[..., Any]] = {}
+    units = 0
+    for owner, name, piece in piece_modules(parent):
+        targets = piece_modules(piece) if piece.meta.get(BLOCKWISE_META_KEY) else [(owner, name, piece)]
+        for unit_owner, unit_name, unit in targets:
+            signature = graph_signature(unit)
+            if signature not in compiled:
+                compiled[signature] = compile_piece(unit, settings)
+            setattr(unit_owner, unit_name, CompiledPiece(unit_name, compiled[signature]))
+            units += 1
+    parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(units, len(compiled))
+    log.info("cachedit: %d pieces, %d distinct compiles", units, len(compiled))
     return parent
 
 
@@ -51,17 +78,39 @@ def compile_piece(piece: fx.GraphModule, settings: BackendSettings) -> Callable[
     return compile_fx(piece, example_inputs, config_patches=patches or None)
 
 
-def _pieces(parent: fx.GraphModule) -> list[tuple[torch.nn.Module, str, fx.GraphModule]]:
-    found = []
-    for node in parent.graph.nodes:
-        if node.op != "call_module":
-            continue
-        module = parent.get_submodule(node.target)
-        if isinstance(module, fx.GraphModule):
-            found.append((parent, node.target, module))
-        elif isinstance(getattr(module, "piece", None), fx.GraphModule):
-            found.append((module, "piece", module.piece))
-    return found
+def graph_signature(piece: fx.GraphModule) -> Hashable:
+    """What makes two pieces interchangeable: each node's op, target and arguments (other nodes
+    by position, constants by value and type), and each input's shape, stride, dtype and device.
+    ``get_attr`` nodes keep their attribute name, so pieces reading different constants differ."""
+    position: dict[fx.Node, int] = {}
+    entries: list[Hashable] = []
+    for index, node in enumerate(piece.graph.nodes):
+        position[node] = index
+        if node.op == "placeholder":
+            entries.append(("placeholder", _value_signature(_example(node))))
+        else:
+            entries.append((node.op, node.target, _argument_signature(node.args, position),
+                            _argument_signature(node.kwargs, position)))
+    return tuple(entries)
+
+
+def _argument_signature(value: Any, position: dict[fx.Node, int]) -> Hashable:
+    if isinstance(value, fx.Node):
+        return ("node", position[value])
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_argument_signature(v, position) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _argument_signature(v, position)) for k, v in value.items()))
+    if isinstance(value, slice):
+        return ("slice", _argument_signature((value.start, value.stop, value.step), position))
+    return (type(value).__qualname__, repr(value))
+
+
+def _value_signature(value: Any) -> Hashable:
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(tuple(value.shape)), str(value.stride()), value.dtype, value.device.type,
+                value.requires_grad, isinstance(value, torch.nn.Parameter))
+    return (type(value).__qualname__, str(value))
 
 
 def _example(node: fx.Node) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 
 
@@ -89,3 +90,19 @@ def piece_io(parent: fx.GraphModule, piece: str) -> tuple[list[str], list[str]]:
     call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == piece)
     outs = sorted((u for u in call.users if u.target is operator.getitem), key=lambda u: u.args[1])
     return [a.name for a in call.args], [u.name for u in outs]
+
+
+def piece_modules(parent: fx.GraphModule) -> list[tuple[torch.nn.Module, str, fx.GraphModule]]:
+    """Every piece of a piecewise program as ``(owner, attribute, piece)``: the parent's
+    ``GraphModule`` submodules, and the ``piece`` of branch modules (``CacheBranch``,
+    ``PruneBranch``) that wrap one."""
+    found = []
+    for node in parent.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = parent.get_submodule(node.target)
+        if isinstance(module, fx.GraphModule):
+            found.append((parent, node.target, module))
+        elif isinstance(getattr(module, "piece", None), fx.GraphModule):
+            found.append((module, "piece", module.piece))
+    return found

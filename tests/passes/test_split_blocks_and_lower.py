@@ -1,0 +1,100 @@
+"""Regional compilation (``split_blocks``) and compile reuse in ``lower``: equal block graphs
+are compiled once and shared, and the result equals the program compiled piece by piece."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+
+import cachedit_fx
+from cachedit_fx.passes.lower import graph_signature
+from models import MODEL_NAMES, TINY_MODELS, run, trajectory
+
+STEPS = 6
+
+
+def _options(**extra):
+    return {"inner_backend": "aot_eager", "Fn_compute_blocks": 1, "max_warmup_steps": 1, **extra}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_regional_threshold_zero_equals_plain_compiled_model(name, compile_reports):
+    model, inputs = TINY_MODELS[name]()
+    steps = list(trajectory(inputs, STEPS))
+    plain = run(torch.compile(model, backend="aot_eager"), steps)
+    torch._dynamo.reset()
+    regional = torch.compile(model, backend="cachedit", options=_options(residual_diff_threshold=0.0,
+                                                                         regional_compile=True))
+    for got, want in zip(run(regional, steps), plain):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert compile_reports[-1].pieces > 3  # head, middle and tail were split per block
+
+
+@pytest.mark.parametrize("name, pieces, compiles", [("flux", 10, 6), ("wan", 6, 3), ("pixart", 6, 4)])
+def test_equal_blocks_compile_once(name, pieces, compiles, compile_reports):
+    """Tiny FLUX: prologue, one double block (blocks 0-2), the last double block, one single
+    block (4-6), the last single block, epilogue; Wan and PixArt: every block but the last
+    stack member shares one compile."""
+    model, inputs = TINY_MODELS[name]()
+    compiled = torch.compile(model, backend="cachedit", options=_options(residual_diff_threshold=0.0,
+                                                                         regional_compile=True))
+    run(compiled, list(trajectory(inputs, 1)))
+    assert (compile_reports[-1].pieces, compile_reports[-1].compiles) == (pieces, compiles)
+
+
+@pytest.mark.parametrize("name, threshold", [("flux", 0.33), ("wan", 0.11)])
+def test_regional_caching_equals_whole_piece_caching(name, threshold):
+    model, inputs = TINY_MODELS[name]()
+    steps = list(trajectory(inputs, 10))
+    results = {}
+    for regional in (False, True):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="cachedit", options=_options(
+            residual_diff_threshold=threshold, regional_compile=regional, Bn_compute_blocks=1))
+        results[regional] = (run(compiled, steps), cachedit_fx.summary(compiled))
+    (whole, whole_summary), (regional, regional_summary) = results[False], results[True]
+    assert 0 < regional_summary.num_cached_steps < 9
+    assert regional_summary.cached_steps == whole_summary.cached_steps
+    for a, b in zip(regional, whole):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dbprune_block_pieces_share_compiles(compile_reports):
+    model, inputs = TINY_MODELS["wan"]()
+    steps = list(trajectory(inputs, 8))
+    outputs = {}
+    for regional in (False, True):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="cachedit", options={
+            "inner_backend": "aot_eager", "regional_compile": regional,
+            "cache_config": cachedit_fx.DBPruneConfig(Fn_compute_blocks=1, residual_diff_threshold=0.2,
+                                                      max_warmup_steps=1)})
+        outputs[regional] = (run(compiled, steps), cachedit_fx.summary(compiled).pruned_blocks)
+    # blocks 1 and 2 are equal graphs: one compile serves both, with or without regional_compile
+    assert compile_reports[0].compiles < compile_reports[0].pieces
+    assert outputs[True][1] == outputs[False][1] and outputs[True][1]
+    for a, b in zip(outputs[True][0], outputs[False][0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _linear_piece(scale: float, shape=(2, 3)) -> fx.GraphModule:
+    graph = fx.Graph()
+    x, w = graph.placeholder("x"), graph.placeholder("w")
+    for node, size in ((x, shape), (w, (shape[-1], shape[-1]))):
+        node.meta["example_value"] = torch.empty(size)
+    y = graph.call_function(torch.nn.functional.linear, (x, w))
+    graph.output((graph.call_function(torch.mul, (y, scale)),))
+    return fx.GraphModule(torch.nn.Module(), graph)
+
+
+def test_graph_signature_tells_constants_and_input_layouts_apart():
+    assert graph_signature(_linear_piece(0.5)) == graph_signature(_linear_piece(0.5))
+    assert graph_signature(_linear_piece(0.5)) != graph_signature(_linear_piece(0.25))
+    assert graph_signature(_linear_piece(1.0)) != graph_signature(_linear_piece(1))  # float vs int constant
+    assert graph_signature(_linear_piece(0.5)) != graph_signature(_linear_piece(0.5, shape=(4, 3)))
+
+
+def test_regional_compile_must_be_a_bool():
+    with pytest.raises(ValueError, match="regional_compile must be a bool"):
+        cachedit_fx.parse_options({"regional_compile": "yes"})
