@@ -120,6 +120,8 @@ def _restored_compile_configs() -> Iterator[None]:
 
 
 def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_backend: str) -> System:
+    if setting.foca or setting.prune or setting.regional:
+        raise ValueError(f"{setting.name}: the cache-dit system runs DBCache (residual reuse or TaylorSeer) only")
     import cache_dit
 
     holder: dict[str, Any] = {}
@@ -145,8 +147,6 @@ def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_ba
         stats = cache_dit.summary(holder["model"])
         return sorted(stats[0].cached_steps) if stats else None
 
-    if setting.foca or setting.prune or setting.regional:
-        raise ValueError(f"{setting.name}: the cache-dit system runs DBCache (residual reuse or TaylorSeer) only")
     suffix = "/compiled" if compiled else ""
     return System(f"cache-dit/{setting.name}{suffix}", "cache-dit", compiled, make,
                   start_generation=lambda: cache_dit.refresh_context(holder["model"], num_inference_steps=steps),
