@@ -92,11 +92,10 @@ def digits_bench_model(per_class: int, noise_seed: int = 1, weights: Optional[Pa
     generation samples ``per_class`` images of every digit from seeded noise."""
     path = weights or MODEL_WEIGHTS
     labels = balanced_labels(per_class)
+    with torch.no_grad():
+        tokens, pooled = load_trained(path)[1](labels)
 
     def make_inputs(gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-        _, conditioner = load_trained(path)
-        with torch.no_grad():
-            tokens, pooled = conditioner(labels)
         noise = torch.randn(len(labels), GRID * GRID, PATCH * PATCH, generator=torch.Generator().manual_seed(noise_seed))
         img_ids, txt_ids = position_ids(device, dtype)
         return dict(hidden_states=noise.to(device, dtype), encoder_hidden_states=tokens.to(device, dtype),
