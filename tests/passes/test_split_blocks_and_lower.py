@@ -98,3 +98,21 @@ def test_graph_signature_tells_constants_and_input_layouts_apart():
 def test_regional_compile_must_be_a_bool():
     with pytest.raises(ValueError, match="regional_compile must be a bool"):
         cachedit_fx.parse_options({"regional_compile": "yes"})
+
+
+def test_regional_compile_keeps_the_diff_computed_in_the_head():
+    """With ``cache_kernels="inductor-fused"`` the head's diff sums land in a span sub-piece of
+    their own; decisions and outputs stay those of the whole head."""
+    model, inputs = TINY_MODELS["flux"]()
+    steps = list(trajectory(inputs, 8))
+    results = {}
+    for regional in (False, True):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="cachedit", options=_options(
+            residual_diff_threshold=0.33, cache_kernels="inductor-fused", regional_compile=regional))
+        results[regional] = (run(compiled, steps), cachedit_fx.summary(compiled))
+    assert 0 < results[True][1].num_cached_steps < 7
+    assert results[True][1].cached_steps == results[False][1].cached_steps
+    assert results[True][1].residual_diffs == results[False][1].residual_diffs
+    for a, b in zip(results[True][0], results[False][0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
