@@ -1,6 +1,8 @@
 """The ``cachedit`` Dynamo backend: the pass pipeline, read top to bottom.
 
     find_block_chain     annotate the repeated block chain
+    tensor_parallel      (tp_size > 1) attention heads and MLPs sharded, row-parallel all-reduce
+    context_parallel     (ulysses_size > 1) sequence sharded at the chain entry, all-to-all attention
     partition            DBCache: head | middle | tail pieces, carried/shared values, streams
     partition_blocks     DBPrune: one piece per prunable block, its streams
     insert_cache_selector  the call's cache state, chosen from the parameters it receives
@@ -24,7 +26,7 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings, parse_options
-from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY
+from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
 from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import find_block_chain
@@ -36,6 +38,10 @@ from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.passes.partition_blocks import partition_blocks
 from cachedit_fx.passes.split_blocks import split_blocks
+from cachedit_fx.passes.tensor_parallel import tensor_parallel
+from cachedit_fx.passes.context_parallel import context_parallel
+from cachedit_fx.parallelism import ParallelRun, bind_parallel_run
+from cachedit_fx.runtime.weight_shards import release_full_storage
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.contexts import ModelCache
 from cachedit_fx.runtime.registry import cache_for_params
@@ -46,7 +52,7 @@ log = logging.getLogger("cachedit_fx")
 Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
 ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
 REWRITE_PASSES: tuple[Pass, ...] = (
-    partition, partition_blocks, insert_cache_selector, insert_cache_branch, insert_prune_branches,
+    tensor_parallel, context_parallel, partition, partition_blocks, insert_cache_selector, insert_cache_branch, insert_prune_branches,
     fuse_diff_into_head, split_blocks, lower,
 )
 
@@ -61,6 +67,11 @@ def cachedit_backend(
     settings = parse_options(options)
     dump = GraphDumper(settings.dump_dir)
     dump("dynamo", gm)
+    original = gm
+    settings.parallel_run = run = bind_parallel_run(settings.parallelism)
+    if run is not None:
+        placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        run.inputs = dict(zip(placeholders, example_inputs))
     try:
         for analysis in ANALYSIS_PASSES:
             gm = analysis(gm, settings)
@@ -75,11 +86,30 @@ def cachedit_backend(
         message = f"cachedit: compiling without cache ({reason}); inner backend {settings.inner_backend!r}"
         warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
         log.info(message)
-        return compile_piece(gm, settings)
+        return compile_piece(original, settings)
     log.info("cachedit: chain %s, %s F%dB%d, pieces %s", gm.meta[CHAIN_META_KEY].describe(),
              type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
              gm.meta[PARTITION_META_KEY].piece_sizes)
-    return gm.forward
+    if run is None:
+        return gm.forward
+    settings.model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
+    return _with_weight_shards(gm.forward, run)
+
+
+def _with_weight_shards(program: Callable[..., Any], run: ParallelRun) -> Callable[..., Any]:
+    """``program`` fed this rank's weight shards after Dynamo's inputs; with
+    ``release_full_weights``, the parameters it no longer reads give up their storage."""
+    if run.config.release_full_weights:
+        freed = sum(release_full_storage(p) for p in run.releasable)
+        log.info("cachedit: released %.1f MB of full weights now held as shards", freed / 2**20)
+    shards = tuple(run.shard_inputs)
+    if not shards:
+        return program
+
+    def run_with_shards(*args: Any) -> Any:
+        return program(*args, *shards)
+
+    return run_with_shards
 
 
 def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blocks: int) -> ModelCache:
@@ -90,5 +120,6 @@ def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blo
     chain = ChainShape(num_blocks, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), None)
     cache = cache_for_params(params)
+    cache.sums_all_reduce = settings.parallel_run.all_reduce_sums if settings.parallel_run is not None else None
     cache.bind(settings.cache, chain, cache_arithmetic(settings.cache_kernels, device), settings.calibrator)
     return cache

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from cachedit_fx.parallelism import ParallelismConfig
+
 INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 CACHE_KERNELS = ("auto", "triton", "torch", "inductor-fused")
 STEPS_COMPUTATION_POLICIES = ("dynamic", "static")
@@ -196,6 +198,11 @@ class BackendSettings:
     regional_compile: bool = False
     """Split the pieces per chain block and compile each distinct block once (cold compile
     time stops growing with depth; costs one call per block at run time)."""
+    parallelism: Optional[ParallelismConfig] = None
+    """Tensor- or context-parallel execution (``parallelism_config``, or ``tp_size`` /
+    ``ulysses_size`` as plain keys)."""
+    parallel_run: Any = field(default=None, compare=False, repr=False)
+    """The ``ParallelRun`` the backend binds for this compile when ``parallelism`` is enabled."""
     model_cache: Any = field(default=None, compare=False, repr=False)
     """Runtime handle the backend attaches before the passes run; passes only wire it in."""
 
@@ -206,6 +213,8 @@ class BackendSettings:
             raise ValueError("mode / inductor_options only apply with inner_backend='inductor'")
         if self.cache_kernels not in CACHE_KERNELS:
             raise ValueError(f"cache_kernels must be one of {CACHE_KERNELS}, got {self.cache_kernels!r}")
+        if self.parallelism is not None and not isinstance(self.parallelism, ParallelismConfig):
+            raise ValueError(f"parallelism_config must be a ParallelismConfig, got {type(self.parallelism).__name__}")
         for name in ("strict", "regional_compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -213,8 +222,9 @@ class BackendSettings:
 
 BACKEND_KEYS = frozenset(
     {"cache_config", "calibrator_config", "inner_backend", "mode", "inductor_options", "strict", "dump_dir",
-     "cache_kernels", "regional_compile"}
+     "cache_kernels", "regional_compile", "parallelism_config"}
 )
+PARALLELISM_KEYS = frozenset({"tp_size", "ulysses_size"})
 
 
 def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
@@ -225,7 +235,7 @@ def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
     defaults to the ``CACHEDIT_FX_DUMP`` environment variable.
     """
     options = dict(options or {})
-    known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS | PRUNE_KEYS
+    known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS | PRUNE_KEYS | PARALLELISM_KEYS
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown cachedit option(s) {unknown}; known keys: {sorted(known)}")
@@ -249,6 +259,13 @@ def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
     if any(k in PRUNE_KEYS for k in flat) and not isinstance(base, DBPruneConfig):
         raise ValueError(f"{sorted(set(flat) & PRUNE_KEYS)} need cache_config=DBPruneConfig(...)")
     cache = base.replace(**flat) if flat else base
+    parallelism = options.pop("parallelism_config", None)
+    flat_parallel = {k: options.pop(k) for k in list(options) if k in PARALLELISM_KEYS}
+    if flat_parallel:
+        if parallelism is not None and not isinstance(parallelism, ParallelismConfig):
+            raise ValueError(f"parallelism_config must be a ParallelismConfig, got {type(parallelism).__name__}")
+        parallelism = dataclasses.replace(parallelism or ParallelismConfig(), **flat_parallel)
+    options["parallelism"] = parallelism
     options.setdefault("dump_dir", os.environ.get("CACHEDIT_FX_DUMP") or None)
     if calibrator is not None and isinstance(cache, DBPruneConfig):
         raise ValueError("calibrator_config is not supported with DBPrune: pruned blocks reuse their last residual")

@@ -44,6 +44,8 @@ class ModelCache:
         """Context name -> ``refresh`` arguments given before the model was compiled."""
         self.sums_all_reduce: Optional[Callable[[torch.Tensor], object]] = None
         """Applied in place to the fp32 diff sums before they are read (parallel runs)."""
+        self.sharding: Optional[Any] = None
+        """The ``ShardingReport`` of the latest parallel compile of this model."""
 
     def bind(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
              calibrator: Optional[Calibrator]) -> None:

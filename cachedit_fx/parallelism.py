@@ -1,0 +1,88 @@
+"""``ParallelismConfig``: tensor- or context-parallel execution over ``torch.distributed``.
+
+``ParallelRun`` binds a config to the live process group when a graph is compiled: the
+rank, the group's name for the functional collectives in the graph, and the all-reduce that
+makes every rank's cache decision identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from cachedit_fx.passes.shard_propagation import ParallelismError
+
+
+@dataclass(frozen=True)
+class ParallelismConfig:
+    """``tp_size``: ranks sharing each block's attention heads and MLP (tensor parallel);
+    ``ulysses_size``: ranks sharing the sequence (Ulysses context parallel). One of them may
+    exceed 1, and it must equal the world size. ``release_full_weights``: after the first
+    compile, free the storage of parameters that every rank now holds only as shards (the
+    module then cannot run outside the compiled program)."""
+
+    tp_size: int = 1
+    ulysses_size: int = 1
+    release_full_weights: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("tp_size", "ulysses_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.release_full_weights, bool):
+            raise ValueError(f"release_full_weights must be a bool, got {self.release_full_weights!r}")
+        if self.tp_size > 1 and self.ulysses_size > 1:
+            raise ValueError("tp_size and ulysses_size > 1 together (a 2-D mesh) are not supported yet; use one")
+
+    @property
+    def enabled(self) -> bool:
+        return self.tp_size > 1 or self.ulysses_size > 1
+
+    @property
+    def kind(self) -> str:
+        return "tp" if self.tp_size > 1 else "cp"
+
+    @property
+    def size(self) -> int:
+        return max(self.tp_size, self.ulysses_size)
+
+
+@dataclass
+class ParallelRun:
+    """One compile's binding of a ``ParallelismConfig`` to the default process group."""
+
+    config: ParallelismConfig
+    rank: int
+    world: int
+    group_name: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """Placeholder name -> the real tensor Dynamo passed (parameters are sharded from these)."""
+    shard_inputs: list[torch.Tensor] = field(default_factory=list)
+    """Weight shards the rewritten graph takes after Dynamo's inputs, in placeholder order."""
+    releasable: list[torch.Tensor] = field(default_factory=list)
+    """Parameters the rewritten graph no longer reads (only their shards)."""
+
+    def all_reduce_sums(self, sums: torch.Tensor) -> None:
+        """Sum the diff sums over the ranks in place: every rank then takes the same decision."""
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+
+
+def bind_parallel_run(config: Optional[ParallelismConfig]) -> Optional[ParallelRun]:
+    """``None`` when the config asks for no parallelism; else the run on the default group."""
+    if config is None or not config.enabled:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise ParallelismError(f"{config.kind} size {config.size} needs torch.distributed initialised "
+                               "(run under torchrun and call torch.distributed.init_process_group)")
+    world = dist.get_world_size()
+    if world != config.size:
+        raise ParallelismError(f"{'tp_size' if config.kind == 'tp' else 'ulysses_size'}={config.size} "
+                               f"must equal the world size {world}")
+    return ParallelRun(config, dist.get_rank(), world, dist.group.WORLD.group_name)
