@@ -71,7 +71,11 @@ class ShardingReport:
     gathers: list[str] = field(default_factory=list)
     """Ops that ran on gathered (full) inputs because no rule sharded them."""
     weight_bytes_full: int = 0
+    """Bytes of every parameter the graph reads, unsharded."""
     weight_bytes_local: int = 0
+    """Bytes of the parameters this rank reads: its shards and the unsharded rest."""
+    released_bytes: int = 0
+    """Bytes of full parameters the graph no longer reads (freed with ``release_full_weights``)."""
 
 
 _POINTWISE_FUNCTIONS = {

@@ -61,7 +61,8 @@ def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphMo
     unused = [n.name for n in new.graph.nodes if n.op == "placeholder" and n.name in sharded and not n.users]
     run.releasable.extend(run.inputs[name] for name in unused)
     report.weight_bytes_full = sum(t.nbytes for t in run.inputs.values() if isinstance(t, torch.nn.Parameter))
-    report.weight_bytes_local += report.weight_bytes_full - sum(run.inputs[name].nbytes for name in unused)
+    report.released_bytes = sum(run.inputs[name].nbytes for name in unused)
+    report.weight_bytes_local += report.weight_bytes_full - report.released_bytes
     new.meta[CHAIN_META_KEY] = analyze_block_chain(new)
     new.meta[SHARDING_META_KEY] = report
     return new

@@ -1,0 +1,52 @@
+"""What each rank runs in the parallel tests: the single-process compiled model and the
+parallel one on the same inputs, with caching off (threshold 0) and on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import cachedit_fx
+from cachedit_fx.runtime.registry import cache_for_model
+from models import run, trajectory
+from cachedit_fx.tiny_models import TINY_MODELS
+
+STEPS = 8
+THRESHOLDS = {"flux": 0.33, "flux_uneven": 0.33, "qwen_image": 0.5, "wan": 0.11}
+
+
+def build(name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A tiny model; ``flux_uneven`` has 15 image and 23 text tokens (odd on 2 ranks)."""
+    if name != "flux_uneven":
+        return TINY_MODELS[name]()
+    model, inputs = TINY_MODELS["flux"]()
+    cut = {"hidden_states": (1, 15), "img_ids": (0, 15), "encoder_hidden_states": (1, 23), "txt_ids": (0, 23)}
+    return model, {**inputs, **{key: inputs[key].narrow(dim, 0, n) for key, (dim, n) in cut.items()}}
+
+
+def _generations(model: torch.nn.Module, inputs: dict[str, Any], options: dict[str, Any], threshold: float):
+    compiled = torch.compile(model, backend="cachedit", options={
+        "inner_backend": "eager", "Fn_compute_blocks": 1, "residual_diff_threshold": 0.0,
+        "max_warmup_steps": 1, "strict": True, **options})
+    steps = list(trajectory(inputs, STEPS))
+    exact = run(compiled, steps)
+    cachedit_fx.refresh(compiled, residual_diff_threshold=threshold)
+    cached = run(compiled, steps)
+    return exact, cached, cachedit_fx.summary(compiled).cached_steps
+
+
+def compare(rank: int, world: int, kind: str, names: list[str]) -> dict:
+    """Per model: outputs and cached steps of the single-process and the parallel run, the
+    sharding report, and the storage each parameter of the parallel model still holds."""
+    results = {}
+    for name in names:
+        torch._dynamo.reset()
+        reference_model, inputs = build(name)
+        parallel_model, _ = build(name)
+        want = _generations(reference_model, inputs, {}, THRESHOLDS[name])
+        got = _generations(parallel_model, inputs, {kind: world}, THRESHOLDS[name])
+        report = cache_for_model(parallel_model).sharding
+        results[name] = {"want": want, "got": got, "report": report,
+                         "storage": [p.untyped_storage().nbytes() for p in parallel_model.parameters()]}
+    return results
