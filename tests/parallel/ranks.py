@@ -8,12 +8,19 @@ from typing import Any
 import torch
 
 import cachedit_fx
+from cachedit_fx import DBPruneConfig
 from cachedit_fx.runtime.registry import cache_for_model
-from models import run, trajectory
 from cachedit_fx.tiny_models import TINY_MODELS
+from models import run, trajectory
 
 STEPS = 8
 THRESHOLDS = {"flux": 0.33, "flux_uneven": 0.33, "qwen_image": 0.5, "wan": 0.11}
+POLICIES: dict[str, dict[str, Any]] = {
+    "dbcache": {},
+    "taylorseer": {"taylorseer_order": 1},
+    "dbprune": {"cache_config": DBPruneConfig(Fn_compute_blocks=1, max_warmup_steps=1)},
+}
+"""Cache policies by case suffix (``flux/dbprune``); no suffix is DBCache."""
 
 
 def build(name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -26,27 +33,32 @@ def build(name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def _generations(model: torch.nn.Module, inputs: dict[str, Any], options: dict[str, Any], threshold: float):
-    compiled = torch.compile(model, backend="cachedit", options={
-        "inner_backend": "eager", "Fn_compute_blocks": 1, "residual_diff_threshold": 0.0,
-        "max_warmup_steps": 1, "strict": True, **options})
+    """Outputs at threshold 0, then outputs and the summary of a generation that caches."""
+    base = {"inner_backend": "eager", "residual_diff_threshold": 0.0, "max_warmup_steps": 1, "strict": True}
+    if "cache_config" not in options:
+        base["Fn_compute_blocks"] = 1
+    compiled = torch.compile(model, backend="cachedit", options={**base, **options})
     steps = list(trajectory(inputs, STEPS))
     exact = run(compiled, steps)
     cachedit_fx.refresh(compiled, residual_diff_threshold=threshold)
     cached = run(compiled, steps)
-    return exact, cached, cachedit_fx.summary(compiled).cached_steps
+    summary = cachedit_fx.summary(compiled)
+    return exact, cached, summary.cached_steps, summary.pruned_blocks
 
 
-def compare(rank: int, world: int, kind: str, names: list[str]) -> dict:
-    """Per model: outputs and cached steps of the single-process and the parallel run, the
-    sharding report, and the storage each parameter of the parallel model still holds."""
+def compare(rank: int, world: int, kind: str, cases: list[str]) -> dict:
+    """Per case (``model`` or ``model/policy``): outputs and cache decisions of the
+    single-process and the parallel run, the sharding report, and the storage each parameter
+    of the parallel model still holds."""
     results = {}
-    for name in names:
+    for case in cases:
+        name, _, policy = case.partition("/")
+        options = POLICIES[policy or "dbcache"]
         torch._dynamo.reset()
         reference_model, inputs = build(name)
         parallel_model, _ = build(name)
-        want = _generations(reference_model, inputs, {}, THRESHOLDS[name])
-        got = _generations(parallel_model, inputs, {kind: world}, THRESHOLDS[name])
-        report = cache_for_model(parallel_model).sharding
-        results[name] = {"want": want, "got": got, "report": report,
+        want = _generations(reference_model, inputs, options, THRESHOLDS[name])
+        got = _generations(parallel_model, inputs, {**options, kind: world}, THRESHOLDS[name])
+        results[case] = {"want": want, "got": got, "report": cache_for_model(parallel_model).sharding,
                          "storage": [p.untyped_storage().nbytes() for p in parallel_model.parameters()]}
     return results

@@ -9,6 +9,7 @@ import torch
 from distributed_harness import run_on_ranks
 
 NAMES = ["flux", "wan", "qwen_image"]
+POLICY_CASES = ["flux/taylorseer", "flux/dbprune"]
 RMS_NORMS_ACROSS_HEADS = {"flux": 0, "qwen_image": 0, "wan": 4 * 4}
 """Wan normalises q and k over all heads in both attentions of its 4 blocks: each such norm
 needs one all-reduce of the sum of squares under TP."""
@@ -20,11 +21,12 @@ def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _check(results: list[dict], names: list[str]) -> None:
     for name in names:
-        want_exact, want_cached, want_steps = results[0][name]["want"]
+        want_exact, want_cached, want_steps, want_pruned = results[0][name]["want"]
         assert 0 < len(want_steps) < 7, f"{name}: the threshold must mix cached and computed steps"
         for rank, per_rank in enumerate(results):
-            got_exact, got_cached, got_steps = per_rank[name]["got"]
+            got_exact, got_cached, got_steps, got_pruned = per_rank[name]["got"]
             assert got_steps == want_steps, f"{name} rank {rank}: cached steps differ from the single-process run"
+            assert got_pruned == want_pruned, f"{name} rank {rank}: pruned blocks differ"
             for k, (g, w) in enumerate(zip(got_exact + got_cached, want_exact + want_cached)):
                 assert g.shape == w.shape
                 assert max_rel_err(g, w) <= 1e-5, f"{name} rank {rank} output {k}"
@@ -33,17 +35,21 @@ def _check(results: list[dict], names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def tp_results(tmp_path_factory):
-    return run_on_ranks(tmp_path_factory.mktemp("tp"), "parallel.ranks", "compare", "tp_size", NAMES)
+    return run_on_ranks(tmp_path_factory.mktemp("tp"), "parallel.ranks", "compare", "tp_size", NAMES + POLICY_CASES)
 
 
 @pytest.fixture(scope="module")
 def cp_results(tmp_path_factory):
     return run_on_ranks(tmp_path_factory.mktemp("cp"), "parallel.ranks", "compare", "ulysses_size",
-                        NAMES + ["flux_uneven"])
+                        NAMES + ["flux_uneven"] + POLICY_CASES)
 
 
 def test_tensor_parallel_equals_single_process(tp_results):
     _check(tp_results, NAMES)
+
+
+def test_tensor_parallel_taylorseer_and_dbprune_decide_alike_on_every_rank(tp_results):
+    _check(tp_results, POLICY_CASES)
 
 
 def test_tensor_parallel_all_reduces_once_per_row_linear(tp_results):
@@ -73,3 +79,7 @@ def test_context_parallel_all_to_all_around_each_attention(cp_results):
     wan = cp_results[0]["wan"]["report"]
     assert wan.collectives == {"all_to_all_single": 4 * (4 + 2), "all_gather_into_tensor": 1}, \
         "Wan: self-attention moves q, k, v and out; cross-attention only q and out (text stays whole)"
+
+
+def test_context_parallel_taylorseer_and_dbprune_decide_alike_on_every_rank(cp_results):
+    _check(cp_results, POLICY_CASES)
