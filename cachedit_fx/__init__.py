@@ -18,6 +18,8 @@ from cachedit_fx.config import (
     parse_options,
 )
 from cachedit_fx.inspection import InspectReport
+from cachedit_fx.parallelism import ParallelismConfig
+from cachedit_fx.passes.shard_propagation import ParallelismError, ShardingReport
 from cachedit_fx.inspection import inspect_model as inspect
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.pipelines import cached_modules, compile, disable
@@ -28,7 +30,7 @@ from cachedit_fx.runtime.stats import CacheSummary
 from cachedit_fx.runtime.step_masks import steps_mask
 
 __all__ = [
-    "BackendSettings", "CacheContext", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "quantize", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
+    "BackendSettings", "CacheContext", "ParallelismConfig", "ParallelismError", "ShardingReport", "sharding_report", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "quantize", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
     "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "cache_context", "parse_options", "refresh", "steps_mask", "summary",
 ]
 
@@ -47,6 +49,15 @@ def summary(model: Any, stream: str = "default", context: Optional[str] = None) 
                          "(e.g. cachedit_fx.summary(pipe.transformer_2))")
     cache = cache_for_model(modules[0])
     return cache.summary(context or cache.active_name(), stream)
+
+
+def sharding_report(model: Any) -> Optional[ShardingReport]:
+    """What the tensor- or context-parallel pass did in the latest parallel compile of
+    ``model`` (sharded linears, collectives, weight bytes per rank); None if it ran unsharded."""
+    modules = cached_modules(model)
+    if len(modules) != 1:
+        raise ValueError(f"{type(model).__name__} has {len(modules)} transformers; ask for one of them")
+    return cache_for_model(modules[0]).sharding
 
 
 def refresh(model: Any, num_inference_steps: Optional[int] = None, context: Optional[str] = None,

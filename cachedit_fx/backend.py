@@ -41,6 +41,7 @@ from cachedit_fx.passes.split_blocks import split_blocks
 from cachedit_fx.passes.tensor_parallel import tensor_parallel
 from cachedit_fx.passes.context_parallel import context_parallel
 from cachedit_fx.parallelism import ParallelRun, bind_parallel_run
+from cachedit_fx.passes.shard_propagation import ParallelismError
 from cachedit_fx.runtime.weight_shards import release_full_storage
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.contexts import ModelCache
@@ -72,6 +73,9 @@ def cachedit_backend(
     if run is not None:
         placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         run.inputs = dict(zip(placeholders, example_inputs))
+        if any(not isinstance(v, torch.Tensor) or not all(isinstance(s, int) for s in v.shape) for v in example_inputs):
+            raise ParallelismError("tensor- and context-parallel compiles need static shapes; this graph has "
+                                   "symbolic ones (compile with dynamic=False, or mark_static the inputs)")
     try:
         for analysis in ANALYSIS_PASSES:
             gm = analysis(gm, settings)

@@ -23,7 +23,7 @@ _C10D = torch.ops._c10d_functional
 
 @dataclass
 class CollectiveEmitter:
-    """Appends nodes to ``graph``; ``meta`` (e.g. the consumer's ``nn_module_stack``) is copied
+    """Appends nodes (named ``cachedit_*``) to ``graph``; ``meta`` (e.g. the consumer's ``nn_module_stack``) is copied
     onto each, so inserted nodes stay inside the block that needs them."""
 
     graph: fx.Graph
@@ -34,12 +34,13 @@ class CollectiveEmitter:
     counts: dict[str, int]
 
     def call(self, target: Any, *args: Any, **kwargs: Any) -> fx.Node:
-        node = self.graph.call_function(target, args, kwargs)
+        name = getattr(target, "__name__", "op").split(".")[0]
+        node = self.graph.create_node("call_function", target, args, kwargs, name=f"cachedit_{name}")
         node.meta.update(self.meta)
         return node
 
     def method(self, name: str, *args: Any) -> fx.Node:
-        node = self.graph.call_method(name, args)
+        node = self.graph.create_node("call_method", name, args, {}, name=f"cachedit_{name}")
         node.meta.update(self.meta)
         return node
 

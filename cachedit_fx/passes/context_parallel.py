@@ -13,6 +13,8 @@ rewritten graph computes the original function; the ``ShardingReport`` lands in
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.fx as fx
 
@@ -21,7 +23,9 @@ from cachedit_fx.passes import CHAIN_META_KEY, SHARDING_META_KEY
 from cachedit_fx.passes.find_block_chain import BlockChain, analyze_block_chain
 from cachedit_fx.passes.shard_layout import Sharded
 from cachedit_fx.passes.shard_propagation import ParallelismError, ShardPlan, ShardRewriter, ShardingReport
-from cachedit_fx.passes.tensor_parallel import chain_node_names
+from cachedit_fx.passes.tensor_parallel import chain_node_names, check_heads_divide
+
+log = logging.getLogger("cachedit_fx")
 
 SEQUENCE_DIM = 1
 
@@ -35,9 +39,13 @@ def context_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphM
     entry = find_entry_values(gm, chain, parameters)
     if not entry:
         raise ParallelismError("no [B, L, C] value enters the block chain, so there is no sequence to split")
+    check_heads_divide(gm, chain_node_names(chain), run.world, "ulysses_size")
     plan = ShardPlan("cp", run.world, run.rank, run.group_name, chain_node_names(chain), entry=entry)
     report = ShardingReport("cp", run.world)
     new = ShardRewriter(gm, plan, lambda *_: None, report).run()
+    if report.gathers:
+        log.warning("cachedit: context parallel left %d ops on gathered values (first: %s)",
+                    len(report.gathers), report.gathers[0])
     new.meta[CHAIN_META_KEY] = analyze_block_chain(new)
     new.meta[SHARDING_META_KEY] = report
     return new

@@ -226,7 +226,9 @@ class ShardRewriter:
         return self.emitter.local_slice(self.local(old), spec)
 
     def _copy(self, old: fx.Node, args: Any, kwargs: Any, target: Any = None) -> fx.Node:
-        new = self.graph.create_node(old.op, target if target is not None else old.target, args, kwargs)
+        """``old`` re-emitted (same name) on new arguments."""
+        new = self.graph.create_node(old.op, target if target is not None else old.target, args, kwargs,
+                                     name=old.name)
         new.meta.update(_inherited_meta(old))
         return new
 
@@ -330,6 +332,9 @@ class ShardRewriter:
         out_features = shape_of(weight)[0]
         if spec is None and old.name in self.plan.columns:
             segments = (out_features,)
+            if out_features % self.plan.world:
+                raise ParallelismError(f"{old.name}: {out_features} output features do not divide over "
+                                       f"tp_size {self.plan.world}")
             w = self._weight(weight, 0, segments)
             b = self._weight(bias, 0, segments) if bias is not None else None
             self.report.columns.append(old.name)
@@ -362,6 +367,9 @@ class ShardRewriter:
         mask = call.get("attn_mask")
         rest = {name: value for name, value in call.items() if name not in ("query", "key", "value", "attn_mask")}
         if self.plan.kind == "tp":
+            heads = shape_of(q)[1]
+            if heads % self.plan.world:
+                raise ParallelismError(f"{old.name}: {heads} attention heads do not divide over tp_size {self.plan.world}")
             spec = specs[0]
             if not isinstance(spec, Sharded) or spec.dim != 1 or specs.count(spec) != 3:
                 raise _NoRule(f"attention inputs not all split by heads: {specs}")

@@ -13,6 +13,7 @@ in ``meta[SHARDING_META_KEY]`` and the chain is re-analysed on the new graph.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -24,9 +25,11 @@ from cachedit_fx.passes.fake_values import fake_mode_of
 from cachedit_fx.passes.find_block_chain import BlockChain, analyze_block_chain
 from cachedit_fx.passes.shard_layout import Sharded, map_view
 from cachedit_fx.passes.shard_propagation import (
-    LIKE_FUNCTIONS, UNARY_METHODS, ShardPlan, ShardRewriter, ShardingReport, is_attention, is_linear, is_pointwise,
+    LIKE_FUNCTIONS, UNARY_METHODS, ParallelismError, ShardPlan, ShardRewriter, ShardingReport, is_attention, is_linear, is_pointwise,
 )
 from cachedit_fx.runtime.weight_shards import weight_shard
+
+log = logging.getLogger("cachedit_fx")
 
 
 def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
@@ -34,6 +37,7 @@ def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphMo
     if run is None or run.config.kind != "tp":
         return gm
     chain_names = chain_node_names(gm.meta[CHAIN_META_KEY])
+    check_heads_divide(gm, chain_names, run.world, "tp_size")
     columns = find_column_linears(gm, chain_names)
     plan = ShardPlan("tp", run.world, run.rank, run.group_name, chain_names, columns=frozenset(columns))
     report = ShardingReport("tp", run.world)
@@ -63,6 +67,9 @@ def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphMo
     report.weight_bytes_full = sum(t.nbytes for t in run.inputs.values() if isinstance(t, torch.nn.Parameter))
     report.released_bytes = sum(run.inputs[name].nbytes for name in unused)
     report.weight_bytes_local += report.weight_bytes_full - report.released_bytes
+    if report.gathers:
+        log.warning("cachedit: tensor parallel left %d ops on gathered values (first: %s)",
+                    len(report.gathers), report.gathers[0])
     new.meta[CHAIN_META_KEY] = analyze_block_chain(new)
     new.meta[SHARDING_META_KEY] = report
     return new
@@ -70,6 +77,16 @@ def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphMo
 
 def chain_node_names(chain: BlockChain) -> frozenset[str]:
     return frozenset(name for block in chain.blocks for name in block.node_names)
+
+
+def check_heads_divide(gm: fx.GraphModule, chain: frozenset[str], world: int, option: str) -> None:
+    """Every attention in the chain splits its heads evenly over ``world`` ranks."""
+    for node in gm.graph.nodes:
+        if node.name in chain and is_attention(node):
+            query = node.kwargs.get("query", node.args[0] if node.args else None)
+            heads = _shape(query)[1]
+            if heads % world:
+                raise ParallelismError(f"{node.name}: {heads} attention heads do not divide over {option} {world}")
 
 
 def find_column_linears(gm: fx.GraphModule, chain: frozenset[str]) -> set[str]:
