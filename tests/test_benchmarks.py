@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import kernels
 
 
@@ -70,3 +72,18 @@ def test_compile_time_benchmark_measures_every_system_cold_and_warm(tmp_path):
     for row in model["systems"].values():
         assert all(row[phase]["first_s"] > 0 and row[phase]["second_s"] > 0 for phase in ("cold", "warm"))
     assert "cachedit-regional" in (tmp_path / "results.md").read_text()
+
+
+def test_communication_benchmark_counts_the_analytic_minimum_on_tiny_flux(tmp_path):
+    from benchmarks import communication
+
+    results = communication.main(["--models", "tiny flux", "--out", str(tmp_path)])
+    rows = {row["kind"]: row for row in results["rows"]}
+    assert set(rows) == {"tp", "cp"}
+    for row in rows.values():
+        assert row["total"] == pytest.approx(row["minimum"]), row
+        assert row["gathers"] == 0
+    assert set(rows["tp"]["bytes"]) == {"all_reduce"}
+    assert set(rows["cp"]["bytes"]) == {"all_to_all_single", "all_gather_into_tensor"}
+    assert rows["tp"]["weights_local"] < rows["tp"]["weights_full"]
+    assert (tmp_path / "results.md").read_text().count("| tiny flux |") == 2
