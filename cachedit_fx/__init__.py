@@ -19,7 +19,8 @@ from cachedit_fx.config import (
 )
 from cachedit_fx.inspection import InspectReport
 from cachedit_fx.parallelism import ParallelismConfig
-from cachedit_fx.passes.shard_propagation import ParallelismError, ShardingReport
+from cachedit_fx.passes.errors import ParallelismError
+from cachedit_fx.passes.shard_propagation import ShardingReport
 from cachedit_fx.inspection import inspect_model as inspect
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.pipelines import cached_modules, compile, disable

@@ -41,7 +41,7 @@ from cachedit_fx.passes.split_blocks import split_blocks
 from cachedit_fx.passes.tensor_parallel import tensor_parallel
 from cachedit_fx.passes.context_parallel import context_parallel
 from cachedit_fx.parallelism import ParallelRun, bind_parallel_run
-from cachedit_fx.passes.shard_propagation import ParallelismError
+from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.runtime.weight_shards import release_full_storage
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.contexts import ModelCache

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from cachedit_fx.passes.shard_propagation import ParallelismError
+from cachedit_fx.passes.errors import ParallelismError
 
 
 @dataclass(frozen=True)

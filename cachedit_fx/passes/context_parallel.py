@@ -13,19 +13,18 @@ rewritten graph computes the original function; the ``ShardingReport`` lands in
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import CHAIN_META_KEY, SHARDING_META_KEY
-from cachedit_fx.passes.find_block_chain import BlockChain, analyze_block_chain
+from cachedit_fx.passes import CHAIN_META_KEY
+from cachedit_fx.passes.errors import ParallelismError
+from cachedit_fx.passes.find_block_chain import BlockChain
 from cachedit_fx.passes.shard_layout import Sharded
-from cachedit_fx.passes.shard_propagation import ParallelismError, ShardPlan, ShardRewriter, ShardingReport
+from cachedit_fx.passes.shard_propagation import (
+    ShardPlan, ShardRewriter, ShardingReport, record_sharding,
+)
 from cachedit_fx.passes.tensor_parallel import chain_node_names, check_heads_divide
-
-log = logging.getLogger("cachedit_fx")
 
 SEQUENCE_DIM = 1
 
@@ -43,12 +42,7 @@ def context_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphM
     plan = ShardPlan("cp", run.world, run.rank, run.group_name, chain_node_names(chain), entry=entry)
     report = ShardingReport("cp", run.world)
     new = ShardRewriter(gm, plan, lambda *_: None, report).run()
-    if report.gathers:
-        log.warning("cachedit: context parallel left %d ops on gathered values (first: %s)",
-                    len(report.gathers), report.gathers[0])
-    new.meta[CHAIN_META_KEY] = analyze_block_chain(new)
-    new.meta[SHARDING_META_KEY] = report
-    return new
+    return record_sharding(new, report)
 
 
 def find_entry_values(gm: fx.GraphModule, chain: BlockChain, parameters: set[str]) -> dict[str, Sharded]:

@@ -4,3 +4,7 @@
 class UnsupportedGraph(Exception):
     """The graph cannot be cached safely; the backend falls back to plain compilation
     (or re-raises with ``strict=True``)."""
+
+
+class ParallelismError(ValueError):
+    """A graph or configuration that the parallel passes cannot shard correctly (never a fallback)."""

@@ -24,15 +24,14 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
+from cachedit_fx.passes import CHAIN_META_KEY, SHARDING_META_KEY
 from cachedit_fx.passes.collective_nodes import CollectiveEmitter
+from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.fake_values import refresh_example_values
+from cachedit_fx.passes.find_block_chain import analyze_block_chain
 from cachedit_fx.passes.shard_layout import Sharded, local_length, map_view, split_segments
 
 log = logging.getLogger("cachedit_fx")
-
-
-class ParallelismError(ValueError):
-    """A graph or configuration that the parallel passes cannot shard correctly."""
 
 
 class _NoRule(Exception):
@@ -168,10 +167,12 @@ class ShardRewriter:
         return new_gm
 
     def _enter(self, node: fx.Node) -> None:
-        """Cut a chain entry value to this rank's chunks, right after it is defined (placeholders:
-        after the last placeholder); uses before the chain keep the full value."""
+        """Cut a chain entry value to this rank's chunks (a copy with canonical strides, so the
+        first block sees the same input layout as the others), right after it is defined (placeholders: after the last
+        placeholder); uses before the chain keep the full value."""
         self.emitter.meta = _inherited_meta(node)
-        self.entry_local[node] = self.emitter.local_slice(self.env[node], self.plan.entry[node.name])
+        local = self.emitter.local_slice(self.env[node], self.plan.entry[node.name])
+        self.entry_local[node] = self.emitter.call(torch.clone, local, memory_format=torch.contiguous_format)
         self.layout[node] = None
 
     def new_placeholder(self, name: str, meta: dict[str, Any]) -> fx.Node:
@@ -639,6 +640,17 @@ class ShardRewriter:
         if not isinstance(spec, Sharded) or spec.dim >= len(shape_of(x)) - len(normalized_shape):
             raise _NoRule("layer_norm over the sharded dim")
         return self._copy(old, fx.map_arg(old.args, self.local), fx.map_arg(old.kwargs, self.local)), spec
+
+
+def record_sharding(gm: fx.GraphModule, report: ShardingReport) -> fx.GraphModule:
+    """Finish a parallel pass: log ops left on gathered values, re-analyse the chain of the
+    rewritten graph and store ``report`` in ``meta[SHARDING_META_KEY]``."""
+    if report.gathers:
+        log.warning("cachedit: %s left %d ops on gathered values (first: %s)", report.kind, len(report.gathers),
+                    report.gathers[0])
+    gm.meta[CHAIN_META_KEY] = analyze_block_chain(gm)
+    gm.meta[SHARDING_META_KEY] = report
+    return gm
 
 
 def _mutates(node: fx.Node) -> bool:

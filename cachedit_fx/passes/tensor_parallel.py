@@ -13,23 +13,21 @@ in ``meta[SHARDING_META_KEY]`` and the chain is re-analysed on the new graph.
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import CHAIN_META_KEY, SHARDING_META_KEY
+from cachedit_fx.passes import CHAIN_META_KEY
+from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.fake_values import fake_mode_of
-from cachedit_fx.passes.find_block_chain import BlockChain, analyze_block_chain
+from cachedit_fx.passes.find_block_chain import BlockChain
 from cachedit_fx.passes.shard_layout import Sharded, map_view
 from cachedit_fx.passes.shard_propagation import (
-    LIKE_FUNCTIONS, UNARY_METHODS, ParallelismError, ShardPlan, ShardRewriter, ShardingReport, is_attention, is_linear, is_pointwise,
+    LIKE_FUNCTIONS, UNARY_METHODS, ShardPlan, ShardRewriter, ShardingReport, record_sharding, is_attention, is_linear, is_pointwise,
 )
 from cachedit_fx.runtime.weight_shards import weight_shard
-
-log = logging.getLogger("cachedit_fx")
 
 
 def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
@@ -67,12 +65,7 @@ def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphMo
     report.weight_bytes_full = sum(t.nbytes for t in run.inputs.values() if isinstance(t, torch.nn.Parameter))
     report.released_bytes = sum(run.inputs[name].nbytes for name in unused)
     report.weight_bytes_local += report.weight_bytes_full - report.released_bytes
-    if report.gathers:
-        log.warning("cachedit: tensor parallel left %d ops on gathered values (first: %s)",
-                    len(report.gathers), report.gathers[0])
-    new.meta[CHAIN_META_KEY] = analyze_block_chain(new)
-    new.meta[SHARDING_META_KEY] = report
-    return new
+    return record_sharding(new, report)
 
 
 def chain_node_names(chain: BlockChain) -> frozenset[str]:

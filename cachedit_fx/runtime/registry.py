@@ -23,7 +23,7 @@ _CACHES: dict[int, tuple[weakref.ref, ModelCache]] = {}
 def _register(params: Iterable[torch.Tensor], cache: ModelCache) -> None:
     for param in params:
         key = id(param)
-        _CACHES[key] = (weakref.ref(param, lambda _, key=key: _CACHES.pop(key, None)), cache)
+        _CACHES[key] = (weakref.ref(param, lambda _, key=key, caches=_CACHES: caches.pop(key, None)), cache)
 
 
 def cache_of_param(param: torch.Tensor) -> Optional[ModelCache]:

@@ -15,7 +15,7 @@ from cachedit_fx import ParallelismConfig
 from cachedit_fx.parallelism import bind_parallel_run
 from cachedit_fx.passes.context_parallel import context_parallel
 from cachedit_fx.passes.find_block_chain import find_block_chain
-from cachedit_fx.passes.shard_propagation import ParallelismError
+from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.tensor_parallel import tensor_parallel
 from cachedit_fx.tiny_models import TINY_MODELS
 
@@ -141,3 +141,15 @@ def test_dynamic_shapes_are_refused(fake_group):
         "inner_backend": "eager", "Fn_compute_blocks": 1, "tp_size": 2})
     with pytest.raises(Exception, match="static shapes"), torch.no_grad():
         compiled(**inputs, return_dict=False)
+
+
+@pytest.mark.parametrize("option", ["tp_size", "ulysses_size"])
+def test_sharded_blocks_stay_equal_so_regional_compile_reuses_them(fake_group, compile_reports, option):
+    model, inputs = TINY_MODELS["flux"]()
+    compiled = torch.compile(model, backend="cachedit", options={
+        "inner_backend": "eager", "Fn_compute_blocks": 1, "regional_compile": True, "strict": True, option: 2})
+    with torch.no_grad():
+        out = compiled(**inputs, return_dict=False)[0]
+    assert out.shape == inputs["hidden_states"].shape
+    (report,) = compile_reports
+    assert (report.pieces, report.compiles) == (10, 6)  # as unsharded: equal blocks share one compile
