@@ -41,6 +41,7 @@ def context_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphM
     check_heads_divide(gm, chain_node_names(chain), run.world, "ulysses_size")
     plan = ShardPlan("cp", run.world, run.rank, run.group_name, chain_node_names(chain), entry=entry)
     report = ShardingReport("cp", run.world)
+    report.weight_bytes_full = report.weight_bytes_local = sum(run.inputs[name].nbytes for name in parameters)
     new = ShardRewriter(gm, plan, lambda *_: None, report).run()
     return record_sharding(new, report)
 
