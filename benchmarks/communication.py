@@ -117,13 +117,13 @@ def minimum_bytes(original: fx.GraphModule, kind: str, world: int) -> float:
     """The analytic minimum one rank sends per call (see the module docstring)."""
     from cachedit_fx.passes import CHAIN_META_KEY
     from cachedit_fx.passes.dataflow import node_positions
+    from cachedit_fx.passes.shard_propagation import attention_call
     from cachedit_fx.passes.streams import hidden_exit
 
     total = 0.0
     blocks_with_mlp: set[int] = set()
     for attention, block_kind in _attentions(original):
-        call = dict(zip(("query", "key", "value"), attention.args))
-        call.update(attention.kwargs)
+        call = attention_call(attention)
         q, k = (call[name].meta["example_value"] for name in ("query", "key"))
         out = _nbytes(attention)
         if kind == "cp":

@@ -9,8 +9,8 @@ over a sharded dim are all-reduced, row-parallel linears all-reduce their partia
 attention follows the plan's kind (heads already split for TP; Ulysses all-to-all for CP).
 Guarantees: any op without a sharding rule, and every use outside the chain, gets the
 full value back through an all-gather (counted in the report), so the rewritten program
-computes the same function as the original; an in-place op on a sharded value or a
-symbolic shape raises ``ParallelismError``. The new graph's example values are refreshed.
+computes the same function as the original; an in-place op on a sharded value raises
+``ParallelismError`` (symbolic shapes are refused by the backend before any pass). The new graph's example values are refreshed.
 """
 
 from __future__ import annotations
@@ -102,6 +102,16 @@ def is_attention(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _SDPA
 
 
+_ATTENTION_ARGUMENTS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def attention_call(node: fx.Node) -> dict[str, Any]:
+    """The arguments of a scaled_dot_product_attention node by name."""
+    call = dict(zip(_ATTENTION_ARGUMENTS, node.args))
+    call.update(node.kwargs)
+    return call
+
+
 def is_pointwise(node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in _POINTWISE_FUNCTIONS
@@ -137,10 +147,6 @@ class ShardRewriter:
                 for entry in deferred:
                     self._enter(entry)
                 deferred.clear()
-            value = node.meta.get("example_value")
-            if isinstance(value, torch.Tensor) and not all(isinstance(s, int) for s in value.shape):
-                raise ParallelismError(f"{node.name} has a symbolic shape: parallel passes need static shapes "
-                                       "(compile with dynamic=False)")
             self.emitter.meta = _inherited_meta(node)
             if node.op == "placeholder":
                 new = self.graph.placeholder(node.name, type_expr=node.type)
@@ -167,16 +173,16 @@ class ShardRewriter:
         return new_gm
 
     def _enter(self, node: fx.Node) -> None:
-        """Cut a chain entry value to this rank's chunks (a copy with canonical strides, so the
-        first block sees the same input layout as the others), right after it is defined (placeholders: after the last
-        placeholder); uses before the chain keep the full value."""
+        """Cut a chain entry value to this rank's chunks right after it is defined (placeholders:
+        after the last placeholder), as a copy with canonical strides so the first block sees
+        the same input layout as the others; uses before the chain keep the full value."""
         self.emitter.meta = _inherited_meta(node)
         local = self.emitter.local_slice(self.env[node], self.plan.entry[node.name])
         self.entry_local[node] = self.emitter.call(torch.clone, local, memory_format=torch.contiguous_format)
         self.layout[node] = None
 
     def new_placeholder(self, name: str, meta: dict[str, Any]) -> fx.Node:
-        anchor = self.first_body or next(iter(n for n in self.graph.nodes if n.op != "placeholder"), None)
+        anchor = self.first_body or next((n for n in self.graph.nodes if n.op != "placeholder"), None)
         if anchor is None:
             node = self.graph.placeholder(name)
         else:
@@ -204,7 +210,7 @@ class ShardRewriter:
         spec = self.layout.get(old)
         if not isinstance(spec, Sharded):
             if isinstance(spec, tuple) and any(isinstance(s, Sharded) for s in spec):
-                raise _NoRule(f"{old.name} is a sharded tuple")
+                raise ParallelismError(f"{old.name} is a tuple of sharded values used where the full value is needed")
             return self.env[old]
         if old not in self.gathered:
             self.gathered[old] = self.emitter.all_gather(self.env[old], spec, shape_of(old))
@@ -242,7 +248,7 @@ class ShardRewriter:
             self.env[old] = self._copy(old, fx.map_arg(old.args, self.local), fx.map_arg(old.kwargs, self.local))
             self.layout[old] = None
             return
-        if _mutates(old) and any(self._holds_shards(self.spec(a)) for a in inputs) and old.target is not operator.setitem:
+        if sharded_in and _mutates(old) and old.target is not operator.setitem:
             raise ParallelismError(f"in-place op {old.name} ({old.target}) on a sharded value")
         try:
             self.env[old], self.layout[old] = self._apply_rule(old)
@@ -304,6 +310,13 @@ class ShardRewriter:
         raise _NoRule(f"no sharding rule for {old.op} {getattr(old.target, '__name__', old.target)}")
 
     # ------------------------------------------------------------------ rules
+    def _sharded_source(self, old: fx.Node) -> tuple[fx.Node, Sharded]:
+        """``old``'s first argument and its layout, which must be a single ``Sharded``."""
+        source, spec = old.args[0], self.spec(old.args[0])
+        if not isinstance(spec, Sharded):
+            raise _NoRule(f"{old.target} of a tuple")
+        return source, spec
+
     def _pointwise(self, old: fx.Node) -> tuple[Any, Any]:
         out_rank = len(shape_of(old))
         operands = old.args[:1] if old.op == "call_method" and old.target in UNARY_METHODS else old.all_input_nodes
@@ -358,9 +371,7 @@ class ShardRewriter:
         return self.emitter.local_slice(self.local(old), Sharded(dim, segments))
 
     def _attention(self, old: fx.Node) -> tuple[Any, Any]:
-        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-        call = dict(zip(names, old.args))
-        call.update(old.kwargs)
+        call = attention_call(old)
         q, k, v = call["query"], call["key"], call["value"]
         if len(shape_of(q)) != 4 or call.get("is_causal"):
             raise _NoRule("attention that is causal or not [B, H, L, D]")
@@ -368,9 +379,6 @@ class ShardRewriter:
         mask = call.get("attn_mask")
         rest = {name: value for name, value in call.items() if name not in ("query", "key", "value", "attn_mask")}
         if self.plan.kind == "tp":
-            heads = shape_of(q)[1]
-            if heads % self.plan.world:
-                raise ParallelismError(f"{old.name}: {heads} attention heads do not divide over tp_size {self.plan.world}")
             spec = specs[0]
             if not isinstance(spec, Sharded) or spec.dim != 1 or specs.count(spec) != 3:
                 raise _NoRule(f"attention inputs not all split by heads: {specs}")
@@ -389,13 +397,11 @@ class ShardRewriter:
     def _ulysses_attention(self, old: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, specs: list[Any],
                            mask: Any, rest: dict[str, Any]) -> tuple[Any, Any]:
         q_spec, k_spec, v_spec = specs
-        batch, heads, _, _ = shape_of(q)
+        heads = shape_of(q)[1]
         if not isinstance(q_spec, Sharded) or q_spec.dim != 2 or k_spec != v_spec:
             raise _NoRule(f"Ulysses attention needs the query split along the sequence and equal key/value layouts: {specs}")
         if k_spec is not None and (not isinstance(k_spec, Sharded) or k_spec.dim != 2):
             raise _NoRule(f"key layout {k_spec}")
-        if heads % self.plan.world:
-            raise ParallelismError(f"{old.name}: {heads} attention heads do not divide over ulysses_size {self.plan.world}")
         head_spec = Sharded(1, (heads,))
         em = self.emitter
         q_h = em.sequence_to_heads(self.local(q), q_spec, shape_of(q))
@@ -505,9 +511,7 @@ class ShardRewriter:
         return self._copy(old, (parts, dim), {}), out_spec
 
     def _reshape(self, old: fx.Node) -> tuple[Any, Any]:
-        source, spec = old.args[0], self.spec(old.args[0])
-        if not isinstance(spec, Sharded):
-            raise _NoRule("reshape of a tuple")
+        source, spec = self._sharded_source(old)
         out_shape = shape_of(old)
         out_spec = map_view(spec, shape_of(source), out_shape, self.plan.world)
         if out_spec is None:
@@ -519,8 +523,7 @@ class ShardRewriter:
         return self._copy(old, (self.local(source), *sizes), {}), out_spec
 
     def _unflatten(self, old: fx.Node) -> tuple[Any, Any]:
-        source, dim, sizes = old.args
-        spec = self.spec(source)
+        (source, spec), (_, dim, sizes) = self._sharded_source(old), old.args
         out_spec = map_view(spec, shape_of(source), shape_of(old), self.plan.world)
         if out_spec is None:
             raise _NoRule("unflatten mixes the sharded dim")
@@ -532,16 +535,14 @@ class ShardRewriter:
         return self._copy(old, (self.local(source), dim, tuple(sizes)), {}), out_spec
 
     def _plain_view(self, old: fx.Node) -> tuple[Any, Any]:
-        source, spec = old.args[0], self.spec(old.args[0])
-        out_spec = map_view(spec, shape_of(source), shape_of(old), self.plan.world) if isinstance(spec, Sharded) else None
+        source, spec = self._sharded_source(old)
+        out_spec = map_view(spec, shape_of(source), shape_of(old), self.plan.world)
         if out_spec is None:
             raise _NoRule("flatten mixes the sharded dim")
         return self._copy(old, fx.map_arg(old.args, self.local), fx.map_arg(old.kwargs, self.local)), out_spec
 
     def _dim_view(self, old: fx.Node) -> tuple[Any, Any]:
-        source, spec = old.args[0], self.spec(old.args[0])
-        if not isinstance(spec, Sharded):
-            raise _NoRule("view of a tuple")
+        source, spec = self._sharded_source(old)
         rank = len(shape_of(source))
         name = old.target
         if name == "permute":
@@ -561,15 +562,13 @@ class ShardRewriter:
         return self._copy(old, fx.map_arg(old.args, self.local), fx.map_arg(old.kwargs, self.local)), spec.moved(new_dim)
 
     def _complex_view(self, old: fx.Node) -> tuple[Any, Any]:
-        spec = self.spec(old.args[0])
-        if not isinstance(spec, Sharded) or spec.dim >= len(shape_of(old.args[0])) - 1:
+        source, spec = self._sharded_source(old)
+        if spec.dim >= len(shape_of(source)) - 1:
             raise _NoRule("complex view over the sharded dim")
-        return self._copy(old, (self.local(old.args[0]),), {}), spec
+        return self._copy(old, (self.local(source),), {}), spec
 
     def _split(self, old: fx.Node) -> tuple[Any, Any]:
-        source, spec = old.args[0], self.spec(old.args[0])
-        if not isinstance(spec, Sharded):
-            raise _NoRule("split of a tuple")
+        source, spec = self._sharded_source(old)
         rank = len(shape_of(source))
         name = old.target
         default_dim = {"chunk": 1, "split": 1, "split_with_sizes": 1, "tensor_split": 1, "unbind": 0}
@@ -591,9 +590,7 @@ class ShardRewriter:
         return new, tuple(Sharded(dim, p) for p in parts)
 
     def _reduction(self, old: fx.Node) -> tuple[Any, Any]:
-        source, spec = old.args[0], self.spec(old.args[0])
-        if not isinstance(spec, Sharded):
-            raise _NoRule("reduction of a tuple")
+        source, spec = self._sharded_source(old)
         rank = len(shape_of(source))
         dims = old.args[1] if len(old.args) > 1 else old.kwargs.get("dim")
         keepdim = old.args[2] if len(old.args) > 2 else old.kwargs.get("keepdim", False)

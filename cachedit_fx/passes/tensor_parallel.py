@@ -25,7 +25,8 @@ from cachedit_fx.passes.fake_values import fake_mode_of
 from cachedit_fx.passes.find_block_chain import BlockChain
 from cachedit_fx.passes.shard_layout import Sharded, map_view
 from cachedit_fx.passes.shard_propagation import (
-    LIKE_FUNCTIONS, UNARY_METHODS, ShardPlan, ShardRewriter, ShardingReport, record_sharding, is_attention, is_linear, is_pointwise,
+    LIKE_FUNCTIONS, UNARY_METHODS, ShardPlan, ShardRewriter, ShardingReport, attention_call, is_attention,
+    is_linear, is_pointwise, record_sharding,
 )
 from cachedit_fx.runtime.weight_shards import weight_shard
 
@@ -76,8 +77,7 @@ def check_heads_divide(gm: fx.GraphModule, chain: frozenset[str], world: int, op
     """Every attention in the chain splits its heads evenly over ``world`` ranks."""
     for node in gm.graph.nodes:
         if node.name in chain and is_attention(node):
-            query = node.kwargs.get("query", node.args[0] if node.args else None)
-            heads = _shape(query)[1]
+            heads = _shape(attention_call(node)["query"])[1]
             if heads % world:
                 raise ParallelismError(f"{node.name}: {heads} attention heads do not divide over {option} {world}")
 
@@ -90,8 +90,7 @@ def find_column_linears(gm: fx.GraphModule, chain: frozenset[str]) -> set[str]:
     nodes = [n for n in gm.graph.nodes if n.name in chain]
     for node in nodes:
         if is_attention(node):
-            call = dict(zip(("query", "key", "value"), node.args))
-            call.update(node.kwargs)
+            call = attention_call(node)
             for name in ("query", "key", "value"):
                 _demand_split(call[name], 1, chain, columns, visited)
     for node in nodes:

@@ -2,7 +2,7 @@
 
 A shard is cut once from the full parameter and reused by every later compile of the same
 model (a recompile sees the parameter after its full storage may have been released).
-Invariant: a shard is a contiguous copy of rank ``rank``'s chunks of ``(dim, segments)``.
+Invariant: a shard is a contiguous copy (``torch.cat`` always allocates) of rank ``rank``'s chunks of ``(dim, segments)``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def weight_shard(param: torch.Tensor, dim: int, segments: Sequence[int], world: 
                                f"{key}; compile with release_full_weights=False")
         with torch.no_grad():
             parts = [param.detach().narrow(dim, start, size) for start, size in local_pieces(segments, world, rank)]
-            shards[key] = torch.cat(parts, dim).contiguous().clone()
+            shards[key] = torch.cat(parts, dim)
     return shards[key]
 
 
