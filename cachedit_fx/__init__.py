@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from cachedit_fx.backend import CacheditFallbackWarning, cachedit_backend
+from cachedit_fx.block_regions import trace_blocks_once
 from cachedit_fx.config import (
     BackendSettings,
     DBCacheConfig,
@@ -33,6 +34,7 @@ from cachedit_fx.runtime.step_masks import steps_mask
 __all__ = [
     "BackendSettings", "CacheContext", "ParallelismConfig", "ParallelismError", "ShardingReport", "sharding_report", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "quantize", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
     "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "cache_context", "parse_options", "refresh", "steps_mask", "summary",
+    "trace_blocks_once",
 ]
 
 BACKEND_NAME = "cachedit"

@@ -1,5 +1,6 @@
 """The ``cachedit`` Dynamo backend: the pass pipeline, read top to bottom.
 
+    inline_block_regions  block regions Dynamo traced once (``trace_blocks_once``) inlined again
     find_block_chain     annotate the repeated block chain
     tensor_parallel      (tp_size > 1) attention heads and MLPs sharded, row-parallel all-reduce
     context_parallel     (ulysses_size > 1) sequence sharded at the chain entry, all-to-all attention
@@ -30,6 +31,7 @@ from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY, SHARDING_META
 from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import find_block_chain
+from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
@@ -51,6 +53,7 @@ from cachedit_fx.runtime.stream_state import ChainShape
 log = logging.getLogger("cachedit_fx")
 
 Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
+NORMALIZE_PASSES: tuple[Pass, ...] = (inline_block_regions,)
 ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
 REWRITE_PASSES: tuple[Pass, ...] = (
     tensor_parallel, context_parallel, partition, partition_blocks, insert_cache_selector, insert_cache_branch, insert_prune_branches,
@@ -77,6 +80,9 @@ def cachedit_backend(
             raise ParallelismError("tensor- and context-parallel compiles need static shapes; this graph has "
                                    "symbolic ones (compile with dynamic=False, or mark_static the inputs)")
     try:
+        for normalize in NORMALIZE_PASSES:
+            gm = normalize(gm, settings)
+            dump(normalize.__name__, gm)
         for analysis in ANALYSIS_PASSES:
             gm = analysis(gm, settings)
         settings.cache.check_against_chain(len(gm.meta[CHAIN_META_KEY]))

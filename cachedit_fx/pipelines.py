@@ -21,6 +21,7 @@ from typing import Any, Optional, TypeVar, Union
 
 import torch
 
+from cachedit_fx.block_regions import restore_block_classes, trace_blocks_once
 from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig
 from cachedit_fx.runtime.registry import cache_for_model, forget_model
 
@@ -29,6 +30,8 @@ __all__ = ["cached_modules", "compile", "disable", "transformer_components"]
 PerComponent = Union[Any, Mapping[str, Any]]
 Target = TypeVar("Target")
 TORCH_COMPILE_KEYS = frozenset({"fullgraph", "dynamic"})
+MODULE_KEYS = frozenset({"trace_blocks_once"})
+"""Keys that prepare the module before ``torch.compile`` traces it."""
 _COMPILED_ATTR = "_cachedit_fx_originals"
 _CLASSES: dict[type, type] = {}
 
@@ -61,15 +64,17 @@ def compile(target: Target, cache_config: PerComponent = None, calibrator_config
 
     ``cache_config`` / ``calibrator_config``: one config for every transformer, or a mapping
     from component name (``"transformer"``, ``"transformer_2"``) to its own. ``kwargs``:
-    ``fullgraph`` and ``dynamic`` go to ``torch.compile``; every other key is a backend
+    ``fullgraph`` and ``dynamic`` go to ``torch.compile``; ``trace_blocks_once=True`` applies
+    ``cachedit_fx.trace_blocks_once`` to each transformer first; every other key is a backend
     option (``residual_diff_threshold``, ``inner_backend``, ``mode``, ...). Returns the
     pipeline itself (now caching), or the compiled transformer."""
-    compile_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in TORCH_COMPILE_KEYS}
+    compile_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in TORCH_COMPILE_KEYS | MODULE_KEYS}
     known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS | PRUNE_KEYS
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ValueError(f"unknown cachedit_fx.compile argument(s) {unknown}; torch.compile keys: "
-                         f"{sorted(TORCH_COMPILE_KEYS)}, backend options: {sorted(known)}")
+                         f"{sorted(TORCH_COMPILE_KEYS)}, module keys: {sorted(MODULE_KEYS)}, "
+                         f"backend options: {sorted(known)}")
     if isinstance(target, torch.nn.Module):
         return _compile_module(target, _pick(cache_config, "transformer"), _pick(calibrator_config, "transformer"),
                                kwargs, compile_kwargs)
@@ -93,17 +98,18 @@ def compile(target: Target, cache_config: PerComponent = None, calibrator_config
 
 def disable(target: Any) -> Any:
     """Undo ``compile``: a pipeline gets its original transformer modules and class back (and is
-    returned); a compiled transformer returns its original module. The cache state is freed."""
+    returned); a compiled transformer returns its original module. The cache state is freed and
+    ``trace_blocks_once`` undone."""
     if isinstance(target, torch.nn.Module):
         original = getattr(target, "_orig_mod", target)
         forget_model(original)
-        return original
+        return restore_block_classes(original)
     originals = getattr(target, _COMPILED_ATTR, None)
     if not originals:
         raise ValueError(f"{type(target).__name__} was not compiled by cachedit_fx.compile")
     for name, module in originals.items():
         forget_model(module)
-        setattr(target, name, module)
+        setattr(target, name, restore_block_classes(module))
     delattr(target, _COMPILED_ATTR)
     target.__class__ = type(target).__bases__[0]
     return target
@@ -122,7 +128,10 @@ def _compile_module(module: torch.nn.Module, cache_config: Optional[DBCacheConfi
         module_options["cache_config"] = cache_config
     if calibrator_config is not None:
         module_options["calibrator_config"] = calibrator_config
-    return torch.compile(module, backend="cachedit", options=module_options, **compile_kwargs)
+    torch_kwargs = {k: v for k, v in compile_kwargs.items() if k in TORCH_COMPILE_KEYS}
+    if compile_kwargs.get("trace_blocks_once"):
+        trace_blocks_once(module)
+    return torch.compile(module, backend="cachedit", options=module_options, **torch_kwargs)
 
 
 def _refreshing_class(cls: type) -> type:
