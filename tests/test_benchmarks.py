@@ -87,3 +87,16 @@ def test_communication_benchmark_counts_the_analytic_minimum_on_tiny_flux(tmp_pa
     assert set(rows["cp"]["bytes"]) == {"all_to_all_single", "all_gather_into_tensor"}
     assert rows["tp"]["weights_local"] < rows["tp"]["weights_full"]
     assert (tmp_path / "results.md").read_text().count("| tiny flux |") == 2
+
+
+def test_memory_benchmark_counts_each_policy_against_its_bound(tmp_path):
+    from benchmarks import memory
+
+    results = memory.main(["--models", "flux", "--policies", "DBCache F1B0,FoCa", "--out", str(tmp_path)])
+    rows = {row["policy"]: row for row in results["rows"]}
+    assert rows["DBCache F1B0"]["bound"] == 2 and rows["FoCa"]["bound"] == 4
+    for row in rows.values():
+        (stream,) = row["streams"]
+        assert stream["carried_bytes"] > 0 and stream["held_bytes"] == stream["ratio"] * stream["carried_bytes"]
+    assert rows["FoCa"]["streams"][0]["held_bytes"] > rows["DBCache F1B0"]["streams"][0]["held_bytes"]
+    assert "| flux-small | FoCa |" in (tmp_path / "results.md").read_text()
