@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 
 from benchmarks import report
+from cachedit_fx import FoCaCalibratorConfig
 from benchmarks.models import MODELS, sigmas
 
 README_START = "<!-- memory:start -->"
@@ -30,7 +31,7 @@ STEPS = 6
 POLICIES: dict[str, tuple[int, dict[str, Any]]] = {
     "DBCache F1B0": (0, {}),
     **{f"TaylorSeer order {k}": (k, {"taylorseer_order": k}) for k in (1, 2, 3, 4)},
-    "FoCa": (2, {"calibrator_config": "foca"}),
+    "FoCa": (2, {"calibrator_config": FoCaCalibratorConfig()}),
     "DBCache separate CFG": (0, {"enable_separate_cfg": True}),
 }
 """Name -> (calibrator order of the bound, options)."""
@@ -38,15 +39,12 @@ POLICIES: dict[str, tuple[int, dict[str, Any]]] = {
 
 def measure(model_key: str, size: str, policy: str, device: torch.device, dtype: torch.dtype,
             inner_backend: str) -> dict[str, Any]:
-    import cachedit_fx
     from cachedit_fx.runtime.memory import stream_memory
     from cachedit_fx.runtime.registry import cache_for_model
 
     order, extra = POLICIES[policy]
     options = {"Fn_compute_blocks": 1, "residual_diff_threshold": 0.0, "max_warmup_steps": STEPS,
                "num_inference_steps": STEPS, "inner_backend": inner_backend, **extra}
-    if options.get("calibrator_config") == "foca":
-        options["calibrator_config"] = cachedit_fx.FoCaCalibratorConfig()
     bench = MODELS[size][model_key]
     torch._dynamo.reset()
     model = bench.build(device, dtype)

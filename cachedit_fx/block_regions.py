@@ -88,8 +88,9 @@ def trace_blocks_once(model: Model) -> Model:
 def restore_block_classes(model: Model) -> Model:
     """Undo ``trace_blocks_once``; returns ``model``."""
     for module in model.modules():
-        if getattr(type(module), REGION_ATTR, False):
-            module.__class__ = type(module).__mro__[1]
+        unmarked = _unmarked_class(module)
+        if unmarked is not type(module):
+            module.__class__ = unmarked
     return model
 
 

@@ -30,8 +30,6 @@ __all__ = ["cached_modules", "compile", "disable", "transformer_components"]
 PerComponent = Union[Any, Mapping[str, Any]]
 Target = TypeVar("Target")
 TORCH_COMPILE_KEYS = frozenset({"fullgraph", "dynamic"})
-MODULE_KEYS = frozenset({"trace_blocks_once"})
-"""Keys that prepare the module before ``torch.compile`` traces it."""
 _COMPILED_ATTR = "_cachedit_fx_originals"
 _CLASSES: dict[type, type] = {}
 
@@ -68,16 +66,16 @@ def compile(target: Target, cache_config: PerComponent = None, calibrator_config
     ``cachedit_fx.trace_blocks_once`` to each transformer first; every other key is a backend
     option (``residual_diff_threshold``, ``inner_backend``, ``mode``, ...). Returns the
     pipeline itself (now caching), or the compiled transformer."""
-    compile_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in TORCH_COMPILE_KEYS | MODULE_KEYS}
+    compile_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in TORCH_COMPILE_KEYS}
+    mark_blocks = kwargs.pop("trace_blocks_once", False)
     known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS | PRUNE_KEYS
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ValueError(f"unknown cachedit_fx.compile argument(s) {unknown}; torch.compile keys: "
-                         f"{sorted(TORCH_COMPILE_KEYS)}, module keys: {sorted(MODULE_KEYS)}, "
-                         f"backend options: {sorted(known)}")
+                         f"{sorted(TORCH_COMPILE_KEYS)}, trace_blocks_once, backend options: {sorted(known)}")
     if isinstance(target, torch.nn.Module):
         return _compile_module(target, _pick(cache_config, "transformer"), _pick(calibrator_config, "transformer"),
-                               kwargs, compile_kwargs)
+                               kwargs, compile_kwargs, mark_blocks)
     if getattr(target, _COMPILED_ATTR, None):
         raise ValueError(f"{type(target).__name__} is already compiled by cachedit_fx; call cachedit_fx.disable first")
     components = transformer_components(target)
@@ -89,7 +87,7 @@ def compile(target: Target, cache_config: PerComponent = None, calibrator_config
                                  f"{type(target).__name__} ({sorted(components)})")
     for name, module in components.items():
         compiled = _compile_module(module, _pick(cache_config, name), _pick(calibrator_config, name), kwargs,
-                                   compile_kwargs)
+                                   compile_kwargs, mark_blocks)
         setattr(target, name, compiled)
     setattr(target, _COMPILED_ATTR, components)
     target.__class__ = _refreshing_class(type(target))
@@ -120,7 +118,7 @@ def _pick(config: PerComponent, name: str) -> Any:
 
 
 def _compile_module(module: torch.nn.Module, cache_config: Optional[DBCacheConfig], calibrator_config: Any,
-                    options: dict[str, Any], compile_kwargs: dict[str, Any]) -> torch.nn.Module:
+                    options: dict[str, Any], compile_kwargs: dict[str, Any], mark_blocks: bool) -> torch.nn.Module:
     if hasattr(module, "_orig_mod"):
         raise ValueError(f"{type(module._orig_mod).__name__} is already compiled; pass the original module")
     module_options = dict(options)
@@ -128,10 +126,9 @@ def _compile_module(module: torch.nn.Module, cache_config: Optional[DBCacheConfi
         module_options["cache_config"] = cache_config
     if calibrator_config is not None:
         module_options["calibrator_config"] = calibrator_config
-    torch_kwargs = {k: v for k, v in compile_kwargs.items() if k in TORCH_COMPILE_KEYS}
-    if compile_kwargs.get("trace_blocks_once"):
+    if mark_blocks:
         trace_blocks_once(module)
-    return torch.compile(module, backend="cachedit", options=module_options, **torch_kwargs)
+    return torch.compile(module, backend="cachedit", options=module_options, **compile_kwargs)
 
 
 def _refreshing_class(cls: type) -> type:

@@ -38,10 +38,10 @@ def op_name(node: fx.Node) -> str:
 def writes_in_place(node: fx.Node) -> bool:
     if node.op not in ("call_function", "call_method"):
         return False
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    name = op_name(node)
     schema = getattr(node.target, "_schema", None)
     return (node.target in _INPLACE_OPERATORS or "out" in node.kwargs
-            or (name.split(".")[0].endswith("_") and not name.startswith("__"))
+            or (name.endswith("_") and not name.startswith("__"))
             or (schema is not None and schema.is_mutable))
 
 

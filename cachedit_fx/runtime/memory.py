@@ -34,9 +34,13 @@ def stream_memory(stream: StreamState) -> StreamMemory:
     for tensor in _held_tensors(stream):
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
-    regions = [stream.middle] + [block.residuals for block in stream.blocks.values()]
-    carried = max((_carried(region) for region in regions), default=0)
+    carried = max((_carried(region) for region in _regions(stream)), default=0)
     return StreamMemory(stream.name, sum(storages.values()), carried)
+
+
+def _regions(stream: StreamState) -> list[RegionHistory]:
+    """The middle's history and every pruned block's."""
+    return [stream.middle] + [block.residuals for block in stream.blocks.values()]
 
 
 def _held_tensors(stream: StreamState) -> Iterator[torch.Tensor]:
@@ -44,7 +48,7 @@ def _held_tensors(stream: StreamState) -> Iterator[torch.Tensor]:
     for value in compared:
         if value.buffer is not None:
             yield value.buffer
-    for region in [stream.middle] + [block.residuals for block in stream.blocks.values()]:
+    for region in _regions(stream):
         for history in region.values or ():
             yield from _history_tensors(history)
 
