@@ -68,6 +68,8 @@ def compile(target: Target, cache_config: PerComponent = None, calibrator_config
     pipeline itself (now caching), or the compiled transformer."""
     compile_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in TORCH_COMPILE_KEYS}
     mark_blocks = kwargs.pop("trace_blocks_once", False)
+    if not isinstance(mark_blocks, bool):
+        raise ValueError(f"trace_blocks_once must be True or False, got {mark_blocks!r}")
     known = BACKEND_KEYS | CACHE_KEYS | CALIBRATOR_KEYS | PRUNE_KEYS
     unknown = sorted(set(kwargs) - known)
     if unknown:

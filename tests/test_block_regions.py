@@ -63,6 +63,13 @@ def test_caching_through_marked_blocks_equals_caching_unmarked():
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
+def test_trace_blocks_once_flag_must_be_a_bool():
+    model, _ = TINY_MODELS["flux"]()
+    with pytest.raises(ValueError, match="trace_blocks_once must be True or False"):
+        cachedit_fx.compile(model, trace_blocks_once="yes")
+    assert not any(getattr(type(m), REGION_ATTR, False) for m in model.modules())
+
+
 def test_pipeline_compile_marks_and_disable_restores():
     from cachedit_fx.tiny_pipelines import tiny_flux_pipeline
 
