@@ -15,6 +15,8 @@
 
 Graphs that cannot be cached (no repeated blocks, a graph break in the chain, ambiguous
 streams) are compiled whole by the inner backend after one warning; ``strict=True`` raises.
+A graph holding no block at all between graph breaks (a prologue or epilogue fragment of a
+model whose chain is in another graph) is compiled the same way with a log line only.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import torch.fx as fx
 from cachedit_fx.config import BackendSettings, parse_options
 from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
 from cachedit_fx.passes.dump import GraphDumper
-from cachedit_fx.passes.errors import UnsupportedGraph
-from cachedit_fx.passes.find_block_chain import find_block_chain
+from cachedit_fx.passes.errors import NoBlocks, UnsupportedGraph
+from cachedit_fx.passes.find_block_chain import BlockChain, find_block_chain
 from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
@@ -86,18 +88,23 @@ def cachedit_backend(
         for analysis in ANALYSIS_PASSES:
             gm = analysis(gm, settings)
         settings.cache.check_against_chain(len(gm.meta[CHAIN_META_KEY]))
-        settings.model_cache = _cache_for(example_inputs, settings, len(gm.meta[CHAIN_META_KEY]))
+        settings.model_cache = _cache_for(example_inputs, settings, gm.meta[CHAIN_META_KEY])
         for rewrite in REWRITE_PASSES:
             gm = rewrite(gm, settings)
             dump(rewrite.__name__, gm)
     except UnsupportedGraph as reason:
         if settings.strict:
             raise
+        caches_elsewhere = _record(example_inputs, False, str(reason))
         message = f"cachedit: compiling without cache ({reason}); inner backend {settings.inner_backend!r}"
-        warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
+        fragment = isinstance(reason, NoBlocks) and (caches_elsewhere or _ends_in_graph_break(original))
+        if not fragment:
+            warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
         log.info(message)
         return compile_piece(original, settings)
-    log.info("cachedit: chain %s, %s F%dB%d, pieces %s", gm.meta[CHAIN_META_KEY].describe(),
+    description = gm.meta[CHAIN_META_KEY].describe()
+    settings.model_cache.record_graph(True, description)
+    log.info("cachedit: chain %s, %s F%dB%d, pieces %s", description,
              type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
              gm.meta[PARTITION_META_KEY].piece_sizes)
     if run is None:
@@ -122,14 +129,40 @@ def _with_weight_shards(program: Callable[..., Any], run: ParallelRun) -> Callab
     return run_with_shards
 
 
-def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, num_blocks: int) -> ModelCache:
-    """The model's cache (found by its lifted parameters, else created), bound to this graph's options."""
+def _record(example_inputs: Sequence[Any], cached: bool, detail: str) -> bool:
+    """Note on the model's cache (found by the graph's parameters) how this graph was compiled;
+    returns whether another graph of the model caches a chain."""
+    params = [t for t in example_inputs if isinstance(t, torch.nn.Parameter)]
+    if not params:
+        return False
+    cache = cache_for_params(params)
+    cache.record_graph(cached, detail)
+    return cache.bound is not None
+
+
+def _ends_in_graph_break(gm: fx.GraphModule) -> bool:
+    reason = getattr(gm, "compile_subgraph_reason", None)
+    return bool(getattr(reason, "graph_break", False))
+
+
+def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: BlockChain) -> ModelCache:
+    """The model's cache (found by its lifted parameters, else created), bound to this graph's
+    options. One chain per model: a graph that does not hold the model's main block list (a
+    refiner between graph breaks), or whose chain is not the one another graph of the model
+    already caches, is refused (``UnsupportedGraph``), so two graphs never share one cache state."""
     params = [t for t in example_inputs if isinstance(t, torch.nn.Parameter)]
     if not params:
         raise UnsupportedGraph("the graph lifts no parameters, so its model's cache state cannot be identified")
-    chain = ChainShape(num_blocks, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
-    device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), None)
     cache = cache_for_params(params)
+    if cache.main_list is not None and cache.main_list not in {info.path for info in chain.lists}:
+        raise UnsupportedGraph(f"this graph's blocks ({chain.describe()}) do not include the model's main block "
+                               f"list {cache.main_list}, which runs in another graph")
+    if cache.chain_lists is not None and cache.chain_lists != chain.list_paths:
+        raise UnsupportedGraph(f"the model already caches the chain {' -> '.join(cache.chain_lists)} in another "
+                               f"graph; this graph's blocks ({chain.describe()}) run uncached")
+    cache.chain_lists = chain.list_paths
+    shape = ChainShape(len(chain), settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
+    device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), None)
     cache.sums_all_reduce = settings.parallel_run.all_reduce_sums if settings.parallel_run is not None else None
-    cache.bind(settings.cache, chain, cache_arithmetic(settings.cache_kernels, device), settings.calibrator)
+    cache.bind(settings.cache, shape, cache_arithmetic(settings.cache_kernels, device), settings.calibrator)
     return cache

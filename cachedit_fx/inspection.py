@@ -17,7 +17,9 @@ import torch.fx as fx
 
 from cachedit_fx.config import DBPruneConfig, FoCaCalibratorConfig, TaylorSeerCalibratorConfig, parse_options
 from cachedit_fx.passes.dataflow import tensor_meta
+from cachedit_fx.passes.errors import NoBlocks
 from cachedit_fx.passes.find_block_chain import BlockChain, find_block_chain
+from cachedit_fx.pipelines import traced_with_capture_settings
 from cachedit_fx.passes import CHAIN_META_KEY
 from cachedit_fx.passes.partition import plan_partition
 from cachedit_fx.passes.partition_blocks import plan_block_partition
@@ -135,19 +137,26 @@ def inspect_model(model: torch.nn.Module, example_inputs: Union[dict[str, Any], 
                   options: Optional[dict[str, Any]] = None) -> InspectReport:
     """Report the block chain, carried/shared values, streams and piece sizes the backend
     would use for ``model`` called with ``example_inputs`` (a kwargs dict or an args tuple)
-    and ``options`` (backend options; Fn/Bn decide the cut). Raises ``UnsupportedGraph``
-    when the graph cannot be cached, ``ValueError`` for bad options."""
+    and ``options`` (backend options; Fn/Bn decide the cut), tracing as ``cachedit_fx.compile``
+    does. Graphs before the chain's graph that hold no blocks (graph breaks in the prologue) are
+    run and passed over. Raises ``UnsupportedGraph`` when the chain's graph cannot be cached,
+    ``ValueError`` for bad options."""
     settings = parse_options(options)
     module = getattr(model, "_orig_mod", model)
+
+    skipped: list[NoBlocks] = []
 
     def capture(gm: fx.GraphModule, _inputs: Sequence[Any]) -> Any:
         try:
             report = _report(find_block_chain(gm, settings), type(module).__name__, settings)
+        except NoBlocks as error:
+            skipped.append(error)
+            return gm.forward
         except Exception as error:
             raise _Captured(None, error) from error
         raise _Captured(report)
 
-    compiled = torch.compile(module, backend=capture)
+    compiled = traced_with_capture_settings(torch.compile(module, backend=capture))
     try:
         with torch.no_grad():
             if isinstance(example_inputs, dict):
@@ -161,6 +170,8 @@ def inspect_model(model: torch.nn.Module, example_inputs: Union[dict[str, Any], 
         if captured.error is not None:
             raise captured.error from None
         return captured.report
+    if skipped:
+        raise skipped[-1]
     raise RuntimeError(f"{type(module).__name__}: Dynamo captured no graph to inspect")
 
 

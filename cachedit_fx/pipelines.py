@@ -15,11 +15,14 @@ component of the pipeline (``transformer``, ``transformer_2``, ...) with
 
 from __future__ import annotations
 
+import functools
 import inspect as pyinspect
+import logging
 from collections.abc import Mapping
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import torch
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from cachedit_fx.block_regions import restore_block_classes, trace_blocks_once
 from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig
@@ -30,7 +33,10 @@ __all__ = ["cached_modules", "compile", "disable", "transformer_components"]
 PerComponent = Union[Any, Mapping[str, Any]]
 Target = TypeVar("Target")
 TORCH_COMPILE_KEYS = frozenset({"fullgraph", "dynamic"})
+CAPTURE_SETTINGS = {"capture_scalar_outputs": True, "capture_dynamic_output_shape_ops": True}
+"""Dynamo settings ``compile`` traces under (``traced_with_capture_settings``)."""
 _COMPILED_ATTR = "_cachedit_fx_originals"
+log = logging.getLogger("cachedit_fx")
 _CLASSES: dict[type, type] = {}
 
 
@@ -130,40 +136,38 @@ def _compile_module(module: torch.nn.Module, cache_config: Optional[DBCacheConfi
         module_options["calibrator_config"] = calibrator_config
     if mark_blocks:
         trace_blocks_once(module)
-    return torch.compile(module, backend="cachedit", options=module_options, **compile_kwargs)
+    cache_for_model(module, create=True)
+    compiled = torch.compile(module, backend="cachedit", options=module_options, **compile_kwargs)
+    compiled.forward = traced_with_capture_settings(compiled.forward, module)
+    return compiled
 
 
-def _refreshing_class(cls: type) -> type:
-    """A subclass of pipeline class ``cls`` (same name) whose calls start a new generation."""
-    if cls not in _CLASSES:
-        signature = pyinspect.signature(cls.__call__)
+def traced_with_capture_settings(call: Callable[..., Any], module: Optional[torch.nn.Module] = None
+                                 ) -> Callable[..., Any]:
+    """``call`` with Dynamo tracing under ``CAPTURE_SETTINGS``: data-dependent ops (``nonzero``,
+    boolean masks, ``.item()``, ``.tolist()``) stay in the graph instead of breaking it, so a chain
+    whose blocks use them (Mochi's text mask, FramePack's ``.item()``) is captured whole. Where
+    Dynamo cannot trace a captured scalar and raises instead of breaking the graph (Qwen-Image
+    2.1), the call is run again without scalar capture (logged) and ``module``'s generation
+    restarts, as graphs of the failed call may have run. Nothing is computed differently."""
+    settings = dict(CAPTURE_SETTINGS)
 
-        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-            _start_generation(self, signature, args, kwargs)
-            return cls.__call__(self, *args, **kwargs)
+    @functools.wraps(call)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with torch._dynamo.config.patch(**settings):
+                return call(*args, **kwargs)
+        except GuardOnDataDependentSymNode as error:
+            if not settings.get("capture_scalar_outputs"):
+                raise
+            log.warning("cachedit: Dynamo cannot trace a captured scalar (%s); tracing again without "
+                        "capture_scalar_outputs", str(error).splitlines()[0])
+            settings["capture_scalar_outputs"] = False
+            if module is not None:
+                cache = cache_for_model(module, create=True)
+                if cache.bound is not None:
+                    cache.refresh(cache.active_name())
+            with torch._dynamo.config.patch(**settings):
+                return call(*args, **kwargs)
 
-        _CLASSES[cls] = type(cls.__name__, (cls,), {
-            "__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__,
-            "__qualname__": cls.__qualname__})
-    return _CLASSES[cls]
-
-
-def _start_generation(pipe: Any, signature: pyinspect.Signature, args: tuple, kwargs: dict) -> None:
-    originals: dict[str, torch.nn.Module] = getattr(pipe, _COMPILED_ATTR)
-    steps = call_steps(signature, pipe, args, kwargs) if len(originals) == 1 else None
-    for module in originals.values():
-        cache = cache_for_model(module, create=True)
-        cache.refresh(cache.active_name(), num_inference_steps=steps)
-
-
-def call_steps(signature: pyinspect.Signature, pipe: Any, args: tuple, kwargs: dict) -> Optional[int]:
-    """The denoising step count of one pipeline call: the length of explicit ``timesteps`` or
-    ``sigmas``, else ``num_inference_steps`` (given or the signature's default)."""
-    bound = signature.bind_partial(pipe, *args, **kwargs)
-    bound.apply_defaults()
-    for schedule in ("timesteps", "sigmas"):
-        values = bound.arguments.get(schedule)
-        if values is not None:
-            return len(values)
-    steps = bound.arguments.get("num_inference_steps")
-    return int(steps) if isinstance(steps, int) else None
+    return traced

@@ -6,5 +6,10 @@ class UnsupportedGraph(Exception):
     (or re-raises with ``strict=True``)."""
 
 
+class NoBlocks(UnsupportedGraph):
+    """The graph holds no block of any block list (a prologue or epilogue between graph breaks):
+    compiled plainly without a warning."""
+
+
 class ParallelismError(ValueError):
     """A graph or configuration that the parallel passes cannot shard correctly (never a fallback)."""

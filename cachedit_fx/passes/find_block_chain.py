@@ -1,30 +1,48 @@
 """Locate the chain of repeated transformer blocks in a Dynamo graph.
 
 Assumes: Dynamo-captured torch IR with ``nn_module_stack`` on call nodes.
-Guarantees (else ``UnsupportedGraph``):
-  * every block is a contiguous run of non-placeholder nodes under one module path
-    ``<list>.<i>`` of a block list at the shallowest module depth among block lists
-    (nested lists such as HunyuanVideo's ``refiner_blocks`` are not the chain);
-  * each list's indices run 0..n-1 in program order, lists follow each other, and all
-    blocks of a list except the last share one structural hash;
-  * the graph did not end in a graph break while holding blocks.
-The result is recorded in ``gm.meta[CHAIN_META_KEY]`` as a ``BlockChain``.
+
+Block lists: a block is a member ``<list>.<i>`` of a ``ModuleList`` holding two or more
+modules of one class (never the child of a ``Sequential`` or of any module that is called
+itself); a node belongs to the outermost such block on its module stack, so lists nested in
+blocks (``ff.net``) are not lists of the graph.
+
+The chain: the list carrying the most compute (``passes/compute.py``), extended backwards and
+forwards by neighbouring lists whose streams continue into it: list B follows list A when every
+stream entering B's first block is made, through the glue between them, of A's last block's
+outputs only (FLUX.2's single-stream blocks read ``cat(text, image)`` of the double-stream
+blocks). Lists that run on their own streams before the chain (Lumina2 / Z-Image refiners,
+HunyuanVideo's token refiner, WanVACE's control blocks) stay in the prologue; lists whose
+blocks run between chain blocks (ConsisID's face cross-attention) are glue of the chain; both
+are recorded in ``BlockChain.lists`` with their role.
+
+Guarantees (else ``UnsupportedGraph``): every chain block is one contiguous run of nodes; each
+chain list's indices run 0..n-1 in program order and chain lists follow each other; the graph
+does not end in a graph break inside a block or inside the loop over a chain list (a break
+before or after the chain is fine). The result is ``gm.meta[CHAIN_META_KEY]``.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import linecache
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import CHAIN_META_KEY
-from cachedit_fx.passes.errors import UnsupportedGraph
+from cachedit_fx.passes.compute import node_flops
+from cachedit_fx.passes.dataflow import tensor_meta
+from cachedit_fx.passes.errors import NoBlocks, UnsupportedGraph
+from cachedit_fx.passes.streams import StreamGraph, expr_leaves
 
 _INDEXED_PATH = re.compile(r"^(?P<list>.+)\.(?P<index>\d+)$")
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
 
 
 @dataclass(frozen=True)
@@ -42,10 +60,24 @@ class Block:
 
 
 @dataclass(frozen=True)
+class ListInfo:
+    """A block list of the graph: ``role`` is "chain", "prologue" (runs before the chain on its
+    own streams), "interleaved" (its blocks run between chain blocks) or "epilogue"."""
+
+    path: str
+    kind: str
+    count: int
+    flops: int
+    role: str
+
+
+@dataclass(frozen=True)
 class BlockChain:
-    """All block lists of the model, concatenated in program order."""
+    """The chain's blocks in program order, and every block list of the graph."""
 
     blocks: tuple[Block, ...]
+    lists: tuple[ListInfo, ...] = ()
+    graph_flops: int = 0
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -54,12 +86,17 @@ class BlockChain:
     def list_paths(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(b.list_path for b in self.blocks))
 
+    @property
+    def chain_flops(self) -> int:
+        return sum(info.flops for info in self.lists if info.role == "chain")
+
     def describe(self) -> str:
         parts = []
         for path in self.list_paths:
             members = [b for b in self.blocks if b.list_path == path]
             parts.append(f"{path}[{len(members)}] ({members[0].kind})")
-        return " -> ".join(parts)
+        side = [f"{info.path}[{info.count}] {info.role}" for info in self.lists if info.role != "chain"]
+        return " -> ".join(parts) + (f"; side lists: {', '.join(side)}" if side else "")
 
 
 def normalize_module_path(path: str) -> str:
@@ -71,15 +108,13 @@ def normalize_module_path(path: str) -> str:
     return path.strip(".")
 
 
-def _indexed_entries(node: fx.Node) -> list[tuple[str, int, str]]:
-    """(list path, index, class name) of every indexed module enclosing ``node``."""
+def _stack(node: fx.Node) -> list[tuple[str, str]]:
+    """(normalized module path, class name) of the modules enclosing ``node``, outermost first."""
     entries = []
     for value in (node.meta.get("nn_module_stack") or {}).values():
-        path, cls = value[0], value[1]
-        match = _INDEXED_PATH.match(normalize_module_path(path))
-        if match:
-            name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
-            entries.append((match["list"], int(match["index"]), name.rsplit(".", 1)[-1]))
+        cls = value[1]
+        name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+        entries.append((normalize_module_path(value[0]), name.rsplit(".", 1)[-1]))
     return entries
 
 
@@ -97,69 +132,204 @@ def find_block_chain(gm: fx.GraphModule, settings: Optional[BackendSettings] = N
     return gm
 
 
+@dataclass
+class _List:
+    path: str
+    runs: list[tuple[int, str, int, int]]  # (index, class, first, last) per contiguous run
+    flops: int = 0
+
+    @property
+    def first(self) -> int:
+        return self.runs[0][2]
+
+    @property
+    def last(self) -> int:
+        return self.runs[-1][3]
+
+    @property
+    def kind(self) -> str:
+        return self.runs[0][1]
+
+    @property
+    def count(self) -> int:
+        return len({r[0] for r in self.runs})
+
+
 def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     nodes = list(gm.graph.nodes)
-    depth_of: dict[str, int] = {}
-    membership: list[Optional[tuple[str, int, str]]] = []
-    for node in nodes:
-        entries = [] if node.op in ("placeholder", "output") else _indexed_entries(node)
-        for list_path, _, _ in entries:
-            depth_of.setdefault(list_path, list_path.count("."))
-        membership.append(entries)
-    if not depth_of:
-        raise UnsupportedGraph(
-            "no repeated transformer blocks found in this graph (no module path of the form '<list>.<i>'); "
-            "if the model has block lists, a graph break split them (see torch._dynamo.explain)"
+    lists = _block_lists(nodes)
+    if not lists:
+        if any(_INDEXED_PATH.match(path) for n in nodes if n.op not in ("placeholder", "output")
+               for path, _ in _stack(n)):
+            raise UnsupportedGraph(
+                "no repeated transformer blocks in this graph: it holds part of a block list but not two of its "
+                "blocks, so graph breaks split the chain (see torch._dynamo.explain)")
+        raise NoBlocks(
+            "no repeated transformer blocks found in this graph (no ModuleList of two or more modules of one "
+            "class runs in it); if the model has block lists, a graph break split them (see torch._dynamo.explain)"
         )
-    top_depth = min(depth_of.values())
-    top_lists = {p for p, d in depth_of.items() if d == top_depth}
+    main = max(lists, key=lambda l: (l.flops, sum(r[3] - r[2] + 1 for r in l.runs), -l.first))
+    chain = [main]
+    while True:
+        before = max((l for l in lists if l.last < chain[0].first), key=lambda l: l.last, default=None)
+        if before is not None and _continues_into(nodes, before, chain[0]):
+            chain.insert(0, before)
+            continue
+        after = min((l for l in lists if l.first > chain[-1].last), key=lambda l: l.first, default=None)
+        if after is not None and _continues_into(nodes, chain[-1], after):
+            chain.append(after)
+            continue
+        break
+    blocks = _chain_blocks(nodes, chain)
+    _check_graph_break(gm, nodes, blocks)
+    start, stop = blocks[0].first, blocks[-1].last
+    infos = []
+    for info in lists:
+        role = ("chain" if info in chain else "prologue" if info.last < start else "epilogue" if info.first > stop
+                else "interleaved")
+        infos.append(ListInfo(info.path, info.kind, info.count, info.flops, role))
+    return BlockChain(tuple(blocks), tuple(infos), sum(node_flops(n) for n in nodes))
 
-    runs: list[list] = []  # [list_path, index, kind, first, last]
-    for pos, entries in enumerate(membership):
-        owner = next(((p, i, k) for p, i, k in entries if p in top_lists), None)
+
+def _block_lists(nodes: list[fx.Node]) -> list[_List]:
+    """Every top-level block list of the graph with its contiguous runs, in program order."""
+    stacks = [[] if n.op in ("placeholder", "output") else _stack(n) for n in nodes]
+    called = {path for stack in stacks for path, _ in stack}
+    members: dict[str, dict[int, set[str]]] = {}
+    for stack in stacks:
+        for path, cls in stack:
+            match = _INDEXED_PATH.match(path)
+            if match and match["list"] not in called:
+                members.setdefault(match["list"], {}).setdefault(int(match["index"]), set()).add(cls)
+    qualifying = set()
+    for path, by_index in members.items():
+        counts: dict[str, int] = {}
+        for classes in by_index.values():
+            for cls in classes:
+                counts[cls] = counts.get(cls, 0) + 1
+        if max(counts.values()) >= 2:
+            qualifying.add(path)
+    owners: list[Optional[tuple[str, int, str]]] = []
+    for stack in stacks:
+        owner = None
+        for path, cls in stack:
+            match = _INDEXED_PATH.match(path)
+            if match and match["list"] in qualifying:
+                owner = (match["list"], int(match["index"]), cls)
+                break
+        owners.append(owner)
+    _absorb_stackless(nodes, stacks, owners)
+    found: dict[str, _List] = {}
+    for pos, owner in enumerate(owners):
         if owner is None:
             continue
-        if runs and runs[-1][:2] == [owner[0], owner[1]] and runs[-1][4] == pos - 1:
-            runs[-1][4] = pos
-            continue
-        if any(r[:2] == [owner[0], owner[1]] for r in runs):
-            raise UnsupportedGraph(f"block {owner[0]}.{owner[1]} is not one contiguous run of nodes")
-        runs.append([owner[0], owner[1], owner[2], pos, pos])
+        path, index, cls = owner
+        info = found.setdefault(path, _List(path, []))
+        if info.runs and info.runs[-1][0] == index and info.runs[-1][3] == pos - 1:
+            info.runs[-1] = (index, cls, info.runs[-1][2], pos)
+        else:
+            info.runs.append((index, cls, pos, pos))
+        info.flops += node_flops(nodes[pos])
+    return sorted(found.values(), key=lambda l: l.first)
 
+
+def _absorb_stackless(nodes: list[fx.Node], stacks: list[list[tuple[str, str]]],
+                      owners: list[Optional[tuple[str, int, str]]]) -> None:
+    """Nodes with no module stack (autocast enter / exit markers) between two nodes of one block
+    belong to that block."""
+    previous: Optional[tuple[str, int, str]] = None
+    pending: list[int] = []
+    for pos, node in enumerate(nodes):
+        if node.op in ("placeholder", "output"):
+            continue
+        if not stacks[pos]:
+            pending.append(pos)
+            continue
+        if pending and previous is not None and owners[pos] == previous:
+            for index in pending:
+                owners[index] = previous
+        pending = []
+        previous = owners[pos]
+
+
+def _continues_into(nodes: list[fx.Node], earlier: _List, later: _List) -> bool:
+    """Every stream entering ``later``'s first block is made of ``earlier``'s last block's
+    outputs (through glue between the two lists) and of nothing else."""
+    last_run, first_run = earlier.runs[-1], later.runs[0]
+    graph = StreamGraph(nodes, [(last_run[2], last_run[3]), (first_run[2], first_run[3])])
+    cut = last_run[3] + 1
+    try:
+        entries = {graph.continued_input(o) for o in graph.block_outputs(1)} - {None}
+        leaves = [leaf for entry in entries for leaf in expr_leaves(graph.source(entry, cut))
+                  if tensor_meta(leaf) is not None]
+    except UnsupportedGraph:
+        return False
+    return bool(leaves) and all(last_run[2] <= graph.pos[leaf] <= last_run[3] for leaf in leaves)
+
+
+def _chain_blocks(nodes: list[fx.Node], chain: list[_List]) -> list[Block]:
     blocks: list[Block] = []
-    for chain_index, (list_path, index, kind, first, last) in enumerate(runs):
-        members = nodes[first : last + 1]
-        blocks.append(
-            Block(chain_index, list_path, index, kind, _structure_hash(members), first, last,
-                  tuple(n.name for n in members))
-        )
-    _check_lists(blocks)
-    reason = getattr(gm, "compile_subgraph_reason", None)
-    if reason is not None and getattr(reason, "graph_break", False):
-        raise UnsupportedGraph(
-            "graph break inside the block chain: this graph ends in a graph break while holding blocks "
-            f"{blocks[0].list_path}.{blocks[0].list_index}..{blocks[-1].list_path}.{blocks[-1].list_index}"
-        )
+    for info in chain:
+        indices = [r[0] for r in info.runs]
+        if len(set(indices)) != len(indices):
+            repeated = next(i for i in indices if indices.count(i) > 1)
+            raise UnsupportedGraph(f"block {info.path}.{repeated} is not one contiguous run of nodes")
+        if indices != list(range(len(indices))):
+            raise UnsupportedGraph(
+                f"block list {info.path} holds blocks {indices} instead of 0..{len(indices) - 1}: "
+                "the chain is split by a graph break or runs out of order")
+        for index, cls, first, last in info.runs:
+            if blocks and first <= blocks[-1].last:
+                raise UnsupportedGraph(f"block list {info.path} is interleaved with {blocks[-1].list_path}")
+            members = nodes[first:last + 1]
+            blocks.append(Block(len(blocks), info.path, index, cls, _structure_hash(members), first, last,
+                                tuple(n.name for n in members)))
     if len(blocks) < 2:
         raise UnsupportedGraph("no repeated transformer blocks found (fewer than 2 blocks)")
-    return BlockChain(tuple(blocks))
+    return blocks
 
 
-def _check_lists(blocks: list[Block]) -> None:
-    seen_lists: list[str] = []
+def _frames(stack_trace: Any) -> list[tuple[str, int, str]]:
+    return [(m["file"], int(m["line"]), m["func"]) for m in _FRAME.finditer(stack_trace or "")]
+
+
+def _check_graph_break(gm: fx.GraphModule, nodes: list[fx.Node], blocks: list[Block]) -> None:
+    """Raise if the graph ends in a graph break inside a chain block or inside the loop that
+    calls a chain list's blocks (the rest of the chain then lies in another graph)."""
+    reason = getattr(gm, "compile_subgraph_reason", None)
+    if reason is None or not getattr(reason, "graph_break", False):
+        return
+    held = (f"{blocks[0].list_path}.{blocks[0].list_index}..{blocks[-1].list_path}.{blocks[-1].list_index}")
+    user_stack = [(f.filename, f.lineno) for f in (getattr(reason, "user_stack", None) or [])]
+    call_sites = set()
     for block in blocks:
-        if not seen_lists or seen_lists[-1] != block.list_path:
-            if block.list_path in seen_lists:
-                raise UnsupportedGraph(f"block list {block.list_path} is interleaved with another list")
-            seen_lists.append(block.list_path)
-    for path in seen_lists:
-        members = [b for b in blocks if b.list_path == path]
-        indices = [b.list_index for b in members]
-        if indices != list(range(len(members))):
-            raise UnsupportedGraph(
-                f"block list {path} holds blocks {indices} instead of 0..{len(members) - 1}: "
-                "the chain is split by a graph break or runs out of order"
-            )
-        body_hashes = {b.structure_hash for b in members[:-1]}
-        if len(body_hashes) > 1:
-            raise UnsupportedGraph(f"blocks of {path} are not structurally identical")
+        frames = _frames(nodes[block.first].meta.get("stack_trace"))
+        if not frames:
+            raise UnsupportedGraph(f"graph break after blocks {held}; cannot tell whether it splits the chain")
+        call_sites.add(frames[0][:2])
+    if not user_stack or len(user_stack) > 1 and user_stack[0] in call_sites:
+        raise UnsupportedGraph(f"graph break inside a block of the chain (blocks {held} in this graph)")
+    file, line = user_stack[0]
+    for site_file, site_line in call_sites:
+        if site_file != file:
+            raise UnsupportedGraph(f"graph break outside the chain's forward after blocks {held}")
+        first_line, last_line = _enclosing_loop(site_file, site_line) or (site_line, site_line)
+        if first_line <= line <= last_line:
+            raise UnsupportedGraph(f"graph break inside the loop over the chain's blocks (blocks {held} in this "
+                                   "graph, the rest in the next)")
+
+
+@functools.lru_cache(maxsize=64)
+def _loops(file: str) -> tuple[tuple[int, int], ...]:
+    source = "".join(linecache.getlines(file))
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    return tuple((n.lineno, n.end_lineno or n.lineno) for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While)))
+
+
+def _enclosing_loop(file: str, line: int) -> Optional[tuple[int, int]]:
+    """Line span of the innermost ``for`` / ``while`` of ``file`` containing ``line``."""
+    spans = [span for span in _loops(file) if span[0] <= line <= span[1]]
+    return min(spans, key=lambda s: s[1] - s[0]) if spans else None

@@ -3,7 +3,8 @@
 Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``) and a
 cache-state node from ``insert_cache_selector``.
 Guarantees: the branch receives x0, hF, the call's tensor inputs (for boundary detection,
-the timestep among them when the graph has one) and the middle's own inputs; its outputs
+the timestep among them when the graph has one), the head value each middle output continues
+and the middle's own inputs; its outputs
 replace the middle's outputs one for one, so the rest of the program is unchanged.
 """
 
@@ -25,7 +26,7 @@ def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx
     if not isinstance(part, Partition):
         return parent
     by_name = {n.name: n for n in parent.graph.nodes}
-    middle_inputs, middle_outputs = piece_io(parent, "middle")
+    _, middle_outputs = piece_io(parent, "middle")
     if middle_outputs != [s.middle_output for s in part.streams]:
         raise AssertionError("middle outputs do not match the partition's streams")
     signature = [
@@ -36,15 +37,17 @@ def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx
     spec = BranchSpec(
         num_signature_inputs=len(signature),
         timestep_index=signature.index(timestep) if timestep is not None else -1,
-        partner_positions=tuple(middle_inputs.index(s.head_value) for s in part.streams),
-        hidden_position=[s.head_value for s in part.streams].index(part.hidden_cut),
+        num_partners=len(part.streams),
+        hidden_position=part.hidden_position,
     )
+    partners = [by_name[s.head_value] for s in part.streams]
     call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
     parent.add_submodule("cache_branch", CacheBranch(parent.get_submodule("middle"), spec))
     with parent.graph.inserting_before(call):
         branch = parent.graph.create_node(
             "call_module", "cache_branch",
-            (cache_state_node(parent), by_name[part.hidden_entry], by_name[part.hidden_cut], *signature, *call.args),
+            (cache_state_node(parent), by_name[part.hidden_entry], by_name[part.hidden_cut], *signature, *partners,
+             *call.args),
             name="cachedit_call_cache_branch",
         )
     call.replace_all_uses_with(branch)
@@ -54,14 +57,17 @@ def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx
     return parent
 
 
+TIMESTEP_NAMES = ("timestep", "timesteps", "t")
+"""Forward argument names taken for the timestep (diffusers: ``timestep``; HiDream ``timesteps``;
+Z-Image ``t``)."""
+
+
 def find_timestep_input(placeholders: list[fx.Node]) -> fx.Node | None:
-    """The call input named ``timestep`` (positional or keyword), if any."""
-    for node in placeholders:
-        source = getattr(node.meta.get("grapharg"), "source", None)
-        name = source.name if source is not None else node.name
-        if name.endswith("['timestep']") or name in ("L_timestep_", "l_timestep_"):
-            return node
+    """The call input named like a timestep (positional or keyword; ``TIMESTEP_NAMES`` in order)."""
+    for wanted in TIMESTEP_NAMES:
+        for node in placeholders:
+            source = getattr(node.meta.get("grapharg"), "source", None)
+            name = source.name if source is not None else node.name
+            if name.endswith(f"['{wanted}']") or name in (f"L_{wanted}_", f"l_{wanted}_"):
+                return node
     return None
-
-
-

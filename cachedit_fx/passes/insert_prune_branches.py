@@ -30,6 +30,7 @@ def insert_prune_branches(parent: fx.GraphModule, settings: BackendSettings) -> 
     ]
     timestep = find_timestep_input(signature)
     calls = {n.target: n for n in parent.graph.nodes if n.op == "call_module"}
+    by_name = {n.name: n for n in parent.graph.nodes}
     state = cache_state_node(parent)
     for k, block in enumerate(part.prunable):
         inputs, outputs = piece_io(parent, block.piece)
@@ -41,14 +42,13 @@ def insert_prune_branches(parent: fx.GraphModule, settings: BackendSettings) -> 
             num_signature_inputs=len(signature) if first else 0,
             timestep_index=signature.index(timestep) if first and timestep is not None else -1,
             partner_positions=tuple(inputs.index(s.head_value) for s in block.streams),
-            hidden_position=inputs.index(block.hidden_input),
         )
         call = calls[block.piece]
         name = f"prune_{block.piece}"
         parent.add_submodule(name, PruneBranch(parent.get_submodule(block.piece), spec))
         with parent.graph.inserting_before(call):
             branch = parent.graph.create_node(
-                "call_module", name, (state, *(signature if first else ()), *call.args), name=f"cachedit_call_{name}"
+                "call_module", name, (state, *(signature if first else ()), by_name[block.hidden_input], *call.args), name=f"cachedit_call_{name}"
             )
         call.replace_all_uses_with(branch)
         parent.graph.erase_node(call)

@@ -1,82 +1,183 @@
-"""Stream analysis over a block chain: which value continues which across block boundaries.
+"""Stream analysis over a block chain: what a region of blocks continues, as expressions.
 
-A stream is a value carried from block to block (hidden states, encoder hidden states).
-Matching is by dataflow, one block boundary at a time: the value that continues ``v`` across
-a boundary is its nearest ancestor live there; shape and dtype only break ties.
+A stream is a value carried from block to block (hidden states, encoder hidden states). The
+source of a value at an earlier point of the graph is what the graph computes there when every
+chain block in between is the identity on its streams, and everything between blocks (glue:
+``cat(text, image)`` before single-stream blocks, a control hint added to the stream, a side
+block's cross-attention added to it) runs as written:
+
+  * a block output continues the block input of the same shape and dtype that it reaches first
+    walking back through the block's own nodes (the residual path), preferring inputs no other
+    block reads (a position embedding added in every block is shared, not a stream); when two
+    are equally near, the one defined by the previous block (not a long skip connection); two
+    alike from the previous block (text and image with equal token counts) cannot be told
+    apart: an error;
+  * a glue node is re-applied (``Replay``) to the sources of its operands.
+
+``StreamGraph.source(value, cut)`` returns an ``Expr`` over values defined before position
+``cut``: the value itself, or a ``Replay`` whose leaves are such values. ``materialize``
+inserts a ``Replay``'s ops into the graph. Glue that writes in place cannot be re-applied
+(``UnsupportedGraph``).
 """
-
-from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Optional, Sequence, Union
 
 import torch.fx as fx
 
+from cachedit_fx.passes.alias_classes import op_name, writes_in_place
+from cachedit_fx.passes.compute import numel_hint
 from cachedit_fx.passes.dataflow import is_module_state, nearest_ancestors, same_layout, tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
 
 
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Glue node ``node`` re-applied with each of its graph arguments in ``args`` replaced by that
+    argument's source."""
+
+    node: fx.Node
+    args: tuple[tuple[fx.Node, "Expr"], ...]
+
+    def leaves(self) -> list[fx.Node]:
+        found: list[fx.Node] = []
+        for _, source in self.args:
+            for leaf in expr_leaves(source):
+                if leaf not in found:
+                    found.append(leaf)
+        return found
+
+    def __str__(self) -> str:
+        return f"{op_name(self.node)}({', '.join(str(s) if isinstance(s, Replay) else s.name for _, s in self.args)})"
+
+
+Expr = Union[fx.Node, Replay]
+
+
+def expr_leaves(expr: Expr) -> list[fx.Node]:
+    return [expr] if isinstance(expr, fx.Node) else expr.leaves()
+
+
+def describe(expr: Expr) -> str:
+    return expr.name if isinstance(expr, fx.Node) else str(expr)
+
+
 @dataclass(frozen=True)
 class StreamPair:
-    """A value a region hands on (``middle_output``) and the region input it continues
-    (``head_value``)."""
+    """A value a region hands on (``middle_output``) and the node holding what it continues
+    (``head_value``: a region input, or the glue between blocks re-applied to region inputs)."""
 
     middle_output: str
     head_value: str
 
 
-def match_streams(
-    handed_on: Iterable[fx.Node], boundaries: list[int], live_at: Callable[[int], list[fx.Node]],
-    pos: dict[fx.Node, int], where: str,
-) -> list[StreamPair]:
-    """Pair each value a region hands on with the region input it continues (traced back
-    across ``boundaries``, descending); each must keep its shape and dtype, and no input may
-    be continued twice."""
-    pairs = []
-    for value in handed_on:
-        if tensor_meta(value) is None:
-            raise UnsupportedGraph(f"{where} hands on a non-tensor value {value.name}")
-        partner = trace_stream(value, boundaries, live_at, pos)
-        if not same_layout(value, partner):
-            raise UnsupportedGraph(f"{where}: stream {partner.name} -> {value.name} changes shape or dtype")
-        pairs.append(StreamPair(value.name, partner.name))
-    partners = [p.head_value for p in pairs]
-    if len(set(partners)) != len(partners):
-        raise UnsupportedGraph(f"{where}: two values handed on continue the same input: {partners}")
-    return pairs
+class StreamGraph:
+    """Stream sources over ``nodes`` (one graph, program order) whose chain blocks occupy the
+    position ranges ``block_ranges`` (first, last), inclusive."""
+
+    def __init__(self, nodes: Sequence[fx.Node], block_ranges: Sequence[tuple[int, int]]) -> None:
+        self.nodes = list(nodes)
+        self.pos = {n: i for i, n in enumerate(self.nodes)}
+        self.block_ranges = list(block_ranges)
+        self.block_of: dict[fx.Node, int] = {}
+        for index, (first, last) in enumerate(self.block_ranges):
+            for node in self.nodes[first:last + 1]:
+                self.block_of[node] = index
+        self.chain_start = self.block_ranges[0][0]
+        self.chain_stop = self.block_ranges[-1][1] + 1
+        self._continued: dict[fx.Node, Optional[fx.Node]] = {}
+        self._sources: dict[tuple[fx.Node, int], Expr] = {}
+
+    def block_inputs(self, index: int) -> list[fx.Node]:
+        """Values block ``index`` reads that are defined before it (module state excluded)."""
+        first, last = self.block_ranges[index]
+        found: list[fx.Node] = []
+        for node in self.nodes[first:last + 1]:
+            for arg in node.all_input_nodes:
+                if self.pos[arg] < first and not is_module_state(arg) and arg not in found:
+                    found.append(arg)
+        return found
+
+    def block_outputs(self, index: int) -> list[fx.Node]:
+        """Tensors block ``index`` defines that are used after it."""
+        first, last = self.block_ranges[index]
+        return [n for n in self.nodes[first:last + 1]
+                if tensor_meta(n) is not None and any(self.pos[u] > last for u in n.users)]
+
+    def continued_input(self, output: fx.Node) -> Optional[fx.Node]:
+        """The input of ``output``'s block that ``output`` continues (None: no input of its layout).
+        Raises ``UnsupportedGraph`` when two inputs of its layout are equally near and both come
+        from the previous block (equal token counts of two streams), or neither does."""
+        if output not in self._continued:
+            index = self.block_of[output]
+            candidates = {n for n in self.block_inputs(index) if same_layout(n, output)}
+            own = {n for n in candidates if not any(self.block_of.get(u, index) != index for u in n.users)}
+            candidates = own or candidates
+            nearest = nearest_ancestors(output, candidates, lambda n: self.block_of.get(n) == index) if candidates else []
+            if len(nearest) > 1:
+                recent = self.block_ranges[index - 1][0] if index > 0 else self.chain_start
+                nearest = [n for n in nearest if self.pos[n] >= recent]
+                if len(nearest) != 1:
+                    raise UnsupportedGraph(
+                        f"cannot tell which input of block {index} {output.name} continues: "
+                        f"{sorted(n.name for n in candidates)} are equally near and alike")
+            self._continued[output] = nearest[0] if nearest else None
+        return self._continued[output]
+
+    def is_glue(self, node: fx.Node) -> bool:
+        return self.chain_start <= self.pos[node] < self.chain_stop and node not in self.block_of
+
+    def source(self, value: Expr, cut: int) -> Expr:
+        """``value`` (a node, or a replay over nodes) as an expression over values defined before
+        position ``cut``, every chain block at or after ``cut`` read as the identity on its streams."""
+        if isinstance(value, Replay):
+            return Replay(value.node, tuple((arg, self.source(source, cut)) for arg, source in value.args))
+        key = (value, cut)
+        if key not in self._sources:
+            self._sources[key] = self._source(value, cut)
+        return self._sources[key]
+
+    def _source(self, value: fx.Node, cut: int) -> Expr:
+        if self.pos[value] < cut:
+            return value
+        if value in self.block_of:
+            continued = self.continued_input(value)
+            if continued is None:
+                raise UnsupportedGraph(
+                    f"block output {value.name} continues no input of its block with the same shape and dtype")
+            return self.source(continued, cut)
+        if not self.is_glue(value):
+            raise UnsupportedGraph(f"{value.name} is not defined by the block chain")
+        if writes_in_place(value):
+            raise UnsupportedGraph(f"{value.name} between blocks writes in place; it cannot be re-applied when the "
+                                   "blocks are skipped")
+        return Replay(value, tuple((a, self.source(a, cut)) for a in value.all_input_nodes))
 
 
-def live_values(nodes: list[fx.Node], pos: dict[fx.Node, int]) -> Callable[[int], list[fx.Node]]:
-    """``live_at(boundary)``: values (module state excluded) defined before ``boundary`` and
-    used at or after it."""
-
-    def live_at(boundary: int) -> list[fx.Node]:
-        return [n for n in nodes[:boundary] if not is_module_state(n) and any(pos[u] >= boundary for u in n.users)]
-
-    return live_at
-
-
-def trace_stream(value: fx.Node, boundaries: list[int], live_at, pos: dict[fx.Node, int]) -> fx.Node:
-    """Follow ``value`` backwards one block at a time: at each boundary (descending positions)
-    it continues the nearest value live across that boundary (shape breaks ties)."""
-    for boundary in boundaries:
-        if pos[value] < boundary:
-            continue
-        candidates = live_at(boundary)
-        found = nearest_ancestors(value, candidates, lambda n: pos[n] >= boundary)
-        matching = [n for n in found if same_layout(n, value)] if len(found) > 1 else found
-        if len(matching) != 1:
-            raise UnsupportedGraph(
-                f"cannot tell which value live at node {boundary} continues into {value.name}: "
-                f"candidates {[n.name for n in found]}"
-            )
-        value = matching[0]
-    return value
+def materialize(graph: fx.Graph, expr: Expr, before: fx.Node, made: dict[Replay, fx.Node]) -> fx.Node:
+    """The node computing ``expr``: a leaf itself, or copies of the replayed glue ops inserted
+    before ``before`` (``made`` memoises replays already inserted)."""
+    if isinstance(expr, fx.Node):
+        return expr
+    if expr not in made:
+        mapping = {arg: materialize(graph, source, before, made) for arg, source in expr.args}
+        with graph.inserting_before(before):
+            copy = graph.node_copy(expr.node, lambda a: mapping.get(a, a))
+        copy.name = graph._graph_namespace.create_name(f"{expr.node.name}_replayed", None)
+        copy.meta = {k: v for k, v in expr.node.meta.items() if k in ("example_value", "val", "stack_trace",
+                                                                      "tensor_meta")}
+        made[expr] = copy
+    return made[expr]
 
 
-def hidden_exit(nodes: list[fx.Node], pos: dict[fx.Node, int], chain_start: int, chain_stop: int) -> fx.Node:
-    """The chain-defined tensor used after the chain that is fewest uses away from the output."""
+def hidden_exit(nodes: list[fx.Node], pos: dict[fx.Node, int], chain_start: int, chain_stop: int) -> Expr:
+    """The chain's hidden output: the chain-defined tensor used after the chain that is fewest
+    uses away from the graph output; when several are equally near, the one op after the chain
+    that joins them all (``cat([text, image])`` before the final norm), else the largest (LTX-2's
+    video output beside its audio output)."""
     exits = [
         n for n in nodes[chain_start:chain_stop]
         if tensor_meta(n) is not None and any(pos[u] >= chain_stop for u in n.users)
@@ -86,9 +187,16 @@ def hidden_exit(nodes: list[fx.Node], pos: dict[fx.Node, int], chain_start: int,
     distance = {n: _uses_to_output(n, nodes[-1]) for n in exits}
     best = min(distance.values())
     nearest = [n for n in exits if distance[n] == best]
-    if len(nearest) != 1:
-        raise UnsupportedGraph(f"cannot tell the hidden stream among chain outputs {[n.name for n in nearest]}")
-    return nearest[0]
+    if len(nearest) == 1:
+        return nearest[0]
+    joins = [u for u in nearest[0].users if pos[u] >= chain_stop and all(n in u.all_input_nodes for n in nearest)]
+    if len(joins) == 1:
+        return Replay(joins[0], tuple((a, a) for a in joins[0].all_input_nodes))
+    sizes = {n: numel_hint(tensor_meta(n)) for n in nearest}
+    largest = [n for n in nearest if sizes[n] == max(sizes.values())]
+    if len(largest) == 1:
+        return largest[0]
+    raise UnsupportedGraph(f"cannot tell the hidden stream among chain outputs {[n.name for n in nearest]}")
 
 
 def _uses_to_output(start: fx.Node, output: fx.Node) -> float:
@@ -102,3 +210,6 @@ def _uses_to_output(start: fx.Node, output: fx.Node) -> float:
                 seen.add(user)
                 queue.append((user, depth + 1))
     return float("inf")
+
+
+__all__ = ["Expr", "Replay", "StreamGraph", "StreamPair", "describe", "expr_leaves", "hidden_exit", "materialize"]

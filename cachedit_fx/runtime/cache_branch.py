@@ -14,16 +14,16 @@ from cachedit_fx.runtime.state import ModelCacheState
 
 @dataclass(frozen=True)
 class BranchSpec:
-    """Layout of the branch's arguments: ``(x0, hF, *signature_inputs, *middle_inputs)``.
+    """Layout of the branch's arguments: ``(x0, hF, *signature_inputs, *partners, *middle_inputs)``.
 
     ``timestep_index`` indexes ``signature_inputs`` (-1: the graph has no timestep input);
-    ``partner_positions[k]`` indexes ``middle_inputs``: the head value that middle output k
-    continues; ``hidden_position`` is the k of the hidden stream.
+    ``partners[k]`` is the head value that middle output k continues (its source at the cut);
+    ``hidden_position`` is the k of the hidden stream.
     """
 
     num_signature_inputs: int
     timestep_index: int
-    partner_positions: tuple[int, ...]
+    num_partners: int
     hidden_position: int
 
 
@@ -42,11 +42,12 @@ class CacheBranch(torch.nn.Module):
     ):
         spec = self.spec
         signature_inputs = rest[: spec.num_signature_inputs]
-        middle_inputs = rest[spec.num_signature_inputs :]
+        partners = rest[spec.num_signature_inputs : spec.num_signature_inputs + spec.num_partners]
+        middle_inputs = rest[spec.num_signature_inputs + spec.num_partners :]
         return state.run_middle(
             self.piece,
             middle_inputs,
-            partners=[middle_inputs[i] for i in spec.partner_positions],
+            partners=partners,
             hidden_entry=hidden_entry,
             hidden_cut=hidden_cut,
             signature_inputs=signature_inputs,

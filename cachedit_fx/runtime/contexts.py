@@ -29,6 +29,7 @@ from cachedit_fx.runtime.state import ModelCacheState
 from cachedit_fx.runtime.stream_state import ChainShape
 
 DEFAULT_CONTEXT = "default"
+MAX_GRAPH_RECORDS = 16
 
 _ACTIVE: contextvars.ContextVar[dict[int, str]] = contextvars.ContextVar("cachedit_fx_active_contexts", default={})
 """id(ModelCache) -> the name of its active context (copied on every change, never mutated)."""
@@ -46,6 +47,32 @@ class ModelCache:
         """Applied in place to the fp32 diff sums before they are read (parallel runs)."""
         self.sharding: Optional[Any] = None
         """The ``ShardingReport`` of the latest parallel compile of this model."""
+        self.main_list: Optional[str] = None
+        """The model's main block list, when the cache was made from the model (``compile``,
+        ``cache_context``, ``refresh``): a graph whose chain lacks it is not cached."""
+        self.chain_lists: Optional[tuple[str, ...]] = None
+        """The block lists of the chain this model caches: one chain per model."""
+        self.graphs: list[tuple[bool, str]] = []
+        """(cached, chain or fallback reason) of the latest graphs compiled for this model."""
+
+    def record_graph(self, cached: bool, detail: str) -> None:
+        """One graph of this model was compiled, with the cache or without it (``detail``: the
+        chain, or the reason); the last ``MAX_GRAPH_RECORDS`` are kept."""
+        self.graphs = [*self.graphs, (cached, detail)][-MAX_GRAPH_RECORDS:]
+
+    @property
+    def fallback_reason(self) -> Optional[str]:
+        """Why this model runs without cache: the reasons of its graphs, when none of them is
+        cached (None if one is, or none was compiled)."""
+        if not self.graphs or any(cached for cached, _ in self.graphs):
+            return None
+        return "; ".join(dict.fromkeys(detail for _, detail in self.graphs))
+
+    def _require_compiled(self) -> None:
+        reason = self.fallback_reason
+        if reason is not None:
+            raise ValueError(f"the model was compiled without cache (plain compilation, no caching): {reason}")
+        raise ValueError("the model has not been compiled with backend='cachedit' and run yet")
 
     def bind(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
              calibrator: Optional[Calibrator]) -> None:
@@ -67,7 +94,7 @@ class ModelCache:
     def context(self, name: str) -> ModelCacheState:
         if name not in self.contexts:
             if self.bound is None:
-                raise ValueError("the model has not been compiled with backend='cachedit' and run yet")
+                self._require_compiled()
             config, chain, arithmetic, calibrator = self.bound
             state = ModelCacheState(config, chain, arithmetic, calibrator, context=name)
             state.sums_all_reduce = self.sums_all_reduce
@@ -79,7 +106,7 @@ class ModelCache:
 
     def refresh(self, name: str, num_inference_steps: Optional[int] = None, **config_changes: Any) -> None:
         """Start a new generation in context ``name``; before the first compile, remembered."""
-        if name in self.contexts or self.bound is not None:
+        if name in self.contexts or self.bound is not None or self.fallback_reason is not None:
             self.context(name).refresh(num_inference_steps=num_inference_steps, **config_changes)
             return
         changes = dict(self.pending.get(name, {}), **config_changes)

@@ -12,10 +12,10 @@ from cachedit_fx.runtime.state import ModelCacheState
 
 @dataclass(frozen=True)
 class PruneSpec:
-    """Layout of a branch's arguments: ``(*signature_inputs, *block_inputs)``; only the first
-    prunable block of the program receives signature inputs (``num_signature_inputs > 0``
+    """Layout of a branch's arguments: ``(*signature_inputs, hidden_input, *block_inputs)``; only
+    the first prunable block of the program receives signature inputs (``num_signature_inputs > 0``
     or ``first``). ``partner_positions[k]`` indexes ``block_inputs``: the input that block
-    output k continues; ``hidden_position`` indexes ``block_inputs`` too."""
+    output k continues; ``hidden_input`` is what the block's diff compares."""
 
     index: int
     first: bool
@@ -23,7 +23,6 @@ class PruneSpec:
     num_signature_inputs: int
     timestep_index: int
     partner_positions: tuple[int, ...]
-    hidden_position: int
 
 
 class PruneBranch(torch.nn.Module):
@@ -38,13 +37,14 @@ class PruneBranch(torch.nn.Module):
     def forward(self, state: ModelCacheState, *args: torch.Tensor):
         spec = self.spec
         signature_inputs = args[: spec.num_signature_inputs]
-        block_inputs = args[spec.num_signature_inputs :]
+        hidden_input = args[spec.num_signature_inputs]
+        block_inputs = args[spec.num_signature_inputs + 1 :]
         return state.run_block(
             spec.index,
             self.piece,
             block_inputs,
             partners=[block_inputs[i] for i in spec.partner_positions],
-            hidden_input=block_inputs[spec.hidden_position],
+            hidden_input=hidden_input,
             first=spec.first,
             last=spec.last,
             signature_inputs=signature_inputs,

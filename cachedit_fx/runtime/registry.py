@@ -46,23 +46,47 @@ def cache_for_params(params: list[torch.Tensor]) -> ModelCache:
 
 
 def cache_for_model(model: torch.nn.Module, create: bool = False) -> ModelCache:
-    """The cache of ``model`` (the compiled wrapper or the original module). With ``create``,
-    a new cache is registered under its parameters if it has none yet."""
+    """The cache of ``model`` (the compiled wrapper or the original module): where graph breaks
+    gave its graphs disjoint parameters and so several caches, the one that caches a chain.
+    With ``create``, the model's parameters without a cache are registered under it (a new cache
+    if none has one), and it learns the model's main block list."""
     module = getattr(model, "_orig_mod", model)
     params = list(module.parameters())
+    found: list[ModelCache] = []
     for param in params:
         cache = cache_of_param(param)
-        if cache is not None:
-            return cache
+        if cache is not None and cache not in found:
+            found.append(cache)
     if create:
         if not params:
             raise ValueError(f"{type(module).__name__} has no parameters, so it cannot hold a cachedit cache")
-        cache = ModelCache()
-        _register(params, cache)
+        cache = next((c for c in found if c.bound is not None), found[0] if found else ModelCache())
+        _register([p for p in params if cache_of_param(p) is None], cache)
+        cache.main_list = main_block_list(module)
         return cache
+    if found:
+        return next((c for c in found if c.bound is not None), found[0])
     raise ValueError(
         f"{type(module).__name__} has no cachedit state: compile it with backend='cachedit' and run it first"
     )
+
+
+def main_block_list(module: torch.nn.Module) -> Optional[str]:
+    """Path of the model's ``ModuleList`` of two or more modules of one class that holds the most
+    parameters (lists inside another such list's members not counted), or None."""
+    best: tuple[int, str] | None = None
+    inside: list[str] = []
+    for path, child in module.named_modules():
+        if any(path.startswith(prefix) for prefix in inside):
+            continue
+        if type(child) is torch.nn.ModuleList and len(child) >= 2:
+            classes = [type(m) for m in child]
+            if max(classes.count(c) for c in classes) >= 2:
+                inside.append(f"{path}.")
+                size = sum(p.numel() for p in child.parameters())
+                if best is None or size > best[0]:
+                    best = (size, path)
+    return best[1] if best is not None else None
 
 
 def forget_model(model: torch.nn.Module) -> None:

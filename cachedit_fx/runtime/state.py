@@ -263,7 +263,7 @@ class ModelCacheState:
         stream = self.upcoming_stream()
         follows_first = self._follows_first_decision()
         sums = None if follows_first else self._reduced(speculative_sums(stream))
-        readback = ([sums] if sums is not None else []) + ([timestep.reshape(-1)[:1]] if timestep is not None else [])
+        readback = ([sums] if sums is not None else []) + ([timestep_level(timestep)] if timestep is not None else [])
         host = torch.cat([v.to(torch.float64) for v in readback]).tolist() if readback else []
         t = host[-1] if timestep is not None else None
         diff = _relative(host[0], host[1]) if sums is not None else None
@@ -357,6 +357,13 @@ class _CallPruning:
         ceiling = config.max_dynamic_prune_threshold
         ceiling = 2 * base if ceiling is None else ceiling
         return max(relaxed, base) if relaxed < ceiling else base
+
+
+def timestep_level(timestep: torch.Tensor) -> torch.Tensor:
+    """The timestep input as one number (fp64, shape [1]) for boundary and CFG detection: the sum
+    over all its elements, so per-frame or per-token timesteps (one frame pinned at 0, the others
+    falling) compare as a whole."""
+    return timestep.reshape(-1).to(torch.float64).sum().reshape(1)
 
 
 def _relative(sum_diff: float, sum_prev: float) -> float:

@@ -1,0 +1,304 @@
+"""``python -m benchmarks.coverage [--readme] [--classes A,B] [--jobs 2]``: the support matrix.
+
+For every transformer class of ``diffusers.models.transformers`` (``diffusers_transformer_classes``)
+with a ``ClassSpec`` (``cachedit_fx.example_inputs``), in a worker process of its own:
+
+  1. build the tiny random-init model (parameters a zero init left at exactly 0 redrawn, so
+     every block changes its input) and its inputs;
+  2. run ``STEPS`` denoising-like steps eagerly (the latent moves, the timestep falls);
+  3. ``cachedit_fx.compile`` it (F1B0, eager pieces, threshold 0, one warmup step) and run the
+     same steps: every graph Dynamo captured and how it was compiled (the chain, or the
+     fallback reason) is read from the model's cache records, graph breaks from Dynamo's
+     counters; threshold 0 must equal eager within ``REL_TOLERANCE``;
+  4. ``refresh`` with a huge threshold and run again: every step after the warmup must be
+     cached and every output finite.
+
+Classes without a spec are listed with the reason (``NOT_COVERED``, or "no spec"). Results go
+to ``benchmarks/results/coverage/results.json`` and ``results.md``; ``--readme`` rewrites
+README's "Supported models" table from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import inspect
+import multiprocessing
+import pkgutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from benchmarks import report
+
+STEPS = 6
+WARMUP = 1
+REL_TOLERANCE = 1e-5
+HUGE_THRESHOLD = 1e9
+README_START = "<!-- coverage:start -->"
+README_END = "<!-- coverage:end -->"
+OUT = Path("benchmarks/results/coverage")
+KNOWN_LIMITS: dict[str, str] = {}
+"""Class -> the cause, found by reading the model, of what keeps it uncached (shown only while
+its row is not cached)."""
+
+
+def diffusers_transformer_classes() -> dict[str, str]:
+    """Every ``ModelMixin`` class defined in a module of ``diffusers.models.transformers`` ->
+    that module's name."""
+    import diffusers
+    import diffusers.models.transformers as transformers
+
+    found = {}
+    for info in pkgutil.iter_modules(transformers.__path__):
+        module = importlib.import_module(f"{transformers.__name__}.{info.name}")
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, diffusers.ModelMixin) and obj.__module__ == module.__name__:
+                found[name] = info.name
+    return dict(sorted(found.items()))
+
+
+def redraw_zero_parameters(model: torch.nn.Module, seed: int) -> int:
+    """Give every floating parameter that is exactly zero everywhere small random values (a
+    zero-initialised output or gate layer would make the tiny model's blocks the identity, or
+    its output 0, and hide what caching does). Returns how many tensors were redrawn."""
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and param.numel() and not param.any():
+                param.copy_(0.02 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+                count += 1
+    return count
+
+
+def _moved(value: Any, target: Any, a: float) -> Any:
+    if torch.is_tensor(value) and value.is_floating_point():
+        return (1 - a) * value + a * target
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, t, a) for v, t in zip(value, target))
+    return value
+
+
+def _noise_like(value: Any, gen: torch.Generator) -> Any:
+    if torch.is_tensor(value):
+        return torch.randn(value.shape, generator=gen, dtype=value.dtype) if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_noise_like(v, gen) for v in value)
+    return value
+
+
+def _fallen(timestep: Any, a: float) -> Any:
+    if torch.is_tensor(timestep):
+        scaled = timestep.double() * (1 - a)
+        return (scaled if timestep.is_floating_point() else scaled.round()).to(timestep.dtype)
+    if isinstance(timestep, (int, float)):
+        return type(timestep)(timestep * (1 - a))
+    return timestep
+
+
+def trajectory(inputs: dict[str, Any], latent: str, timestep: Optional[str], steps: int) -> list[dict[str, Any]]:
+    """Per-step inputs: the latent moves toward fixed noise and the timestep falls, like a sampler."""
+    target = _noise_like(inputs[latent], torch.Generator().manual_seed(1))
+    result = []
+    for k in range(steps):
+        a = k / (steps + 1)
+        step = dict(inputs)
+        step[latent] = _moved(inputs[latent], target, a)
+        if timestep is not None and timestep in inputs:
+            step[timestep] = _fallen(inputs[timestep], a)
+        result.append(step)
+    return result
+
+
+def _first_output(result: Any) -> Any:
+    output = result[0] if isinstance(result, (tuple, list)) else result
+    return getattr(output, "sample", output)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _run(model: Any, steps: list[dict[str, Any]]) -> list[list[torch.Tensor]]:
+    with torch.no_grad():
+        return [[t.detach().clone() for t in _tensors(_first_output(model(**s, return_dict=False)))] for s in steps]
+
+
+def _max_rel_err(got: list[list[torch.Tensor]], want: list[list[torch.Tensor]]) -> float:
+    worst = 0.0
+    for got_step, want_step in zip(got, want):
+        for g, w in zip(got_step, want_step):
+            scale = w.abs().max().clamp_min(1e-12)
+            worst = max(worst, ((g - w).abs().max() / scale).item())
+    return worst
+
+
+def _breaks() -> list[str]:
+    from torch._dynamo.utils import counters
+
+    return [reason.splitlines()[0][:160] for reason in counters["graph_break"]]
+
+
+def measure(class_name: str) -> dict[str, Any]:
+    """One row of the matrix (see the module docstring)."""
+    import cachedit_fx
+    from cachedit_fx.example_inputs import SPECS, tiny_model
+    from cachedit_fx.runtime.registry import cache_for_model
+    from torch._dynamo.utils import counters
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    spec = SPECS[class_name]
+    row: dict[str, Any] = {"class": class_name}
+    model, inputs = tiny_model(class_name)
+    row["redrawn_zero_params"] = redraw_zero_parameters(model, seed=0)
+    row["params"] = sum(p.numel() for p in model.parameters())
+    steps = trajectory(inputs, spec.latent, spec.timestep, STEPS)
+    eager = _run(model, steps)
+    torch._dynamo.reset()
+    counters.clear()
+    _run(torch.compile(model, backend="eager"), steps[:1])
+    row["graphs_default_settings"] = int(counters["stats"]["unique_graphs"])
+    row["breaks_default_settings"] = list(dict.fromkeys(_breaks()))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = cachedit_fx.compile(model, inner_backend="eager", Fn_compute_blocks=1, Bn_compute_blocks=0,
+                                   residual_diff_threshold=0.0, max_warmup_steps=WARMUP,
+                                   num_inference_steps=STEPS)
+    plain = _run(compiled, steps)
+    cache = cache_for_model(model)
+    row["graphs"] = int(counters["stats"]["unique_graphs"])
+    row["breaks"] = list(dict.fromkeys(_breaks()))
+    row["chains"] = [detail for cached, detail in cache.graphs if cached]
+    row["fallbacks"] = list(dict.fromkeys(detail for cached, detail in cache.graphs if not cached))
+    row["threshold0_max_rel_err"] = _max_rel_err(plain, eager)
+    row["threshold0_equal"] = row["threshold0_max_rel_err"] <= REL_TOLERANCE
+    if row["chains"]:
+        cachedit_fx.refresh(compiled, residual_diff_threshold=HUGE_THRESHOLD)
+        outputs = _run(compiled, steps)
+        summary = cachedit_fx.summary(compiled)
+        row["cached_steps"] = summary.cached_steps
+        row["expected_cached_steps"] = list(range(WARMUP, STEPS))
+        row["finite"] = all(bool(torch.isfinite(t).all()) for step in outputs for t in step)
+        row["caches"] = (row["threshold0_equal"] and row["finite"]
+                         and row["cached_steps"] == row["expected_cached_steps"])
+    else:
+        row["caches"] = False
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def _measure_safely(class_name: str) -> dict[str, Any]:
+    try:
+        return measure(class_name)
+    except Exception as error:  # a row records any failure; the matrix goes on
+        return {"class": class_name, "caches": False, "error": f"{type(error).__name__}: {error}"[:600],
+                "traceback": traceback.format_exc()[-2000:]}
+
+
+def run_matrix(classes: list[str], jobs: int) -> list[dict[str, Any]]:
+    if jobs <= 1:
+        return [_measure_safely(name) for name in classes]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(jobs, maxtasksperchild=1) as pool:
+        return pool.map(_measure_safely, classes, chunksize=1)
+
+
+def status(row: dict[str, Any]) -> str:
+    if "skipped" in row:
+        return "not a target"
+    if row.get("caches"):
+        return "cached"
+    if "error" in row:
+        return "error"
+    if not row.get("chains"):
+        return "no cache"
+    return "wrong" if not row.get("threshold0_equal", True) or not row.get("finite", True) else "partial"
+
+
+def note(row: dict[str, Any]) -> str:
+    """What a reader needs about the row: graph breaks around a cached chain; for a model without
+    cache, why (the known limitation, the fallback reasons of graphs holding blocks, the breaks)."""
+    breaks = "; ".join(row.get("breaks") or [])
+    state = status(row)
+    if state == "cached":
+        return f"graph breaks outside the chain: {breaks}" if breaks else ""
+    if state == "error":
+        return row["error"]
+    reasons = [r for r in row.get("fallbacks") or [] if not r.startswith("no repeated transformer blocks found")]
+    parts = [KNOWN_LIMITS.get(row["class"], "")] + reasons + ([f"graph breaks: {breaks}"] if breaks else [])
+    if state == "wrong":
+        parts.insert(0, f"threshold 0 differs from eager ({row.get('threshold0_max_rel_err'):.1e}) or output not finite")
+    if state == "partial":
+        parts.insert(0, f"cached steps {row.get('cached_steps')} instead of {row.get('expected_cached_steps')}")
+    return "; ".join(p for p in parts if p)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    counted = [r for r in rows if "skipped" not in r]
+    cached = sum(1 for r in counted if status(r) == "cached")
+    lines = [f"{cached} of {len(counted)} DiT classes of diffusers {results['versions'].get('diffusers')} cache with "
+             f"zero configuration; {len(rows) - len(counted)} transformer classes are not DiT denoisers. "
+             f"{results['date']}, CPU, tiny random-init models, {results['steps']} steps, F1B0, eager pieces; "
+             "graphs: Dynamo graphs under `cachedit_fx.compile`'s capture settings (without them, in brackets, "
+             "where they differ).", "",
+             "| class | status | graphs | chain (side lists) | threshold 0 vs eager | note |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        state = status(row)
+        if state == "not a target":
+            lines.append(f"| {row['class']} | not a target | - | - | - | {row['skipped']} |")
+            continue
+        graphs = str(row.get("graphs", "-"))
+        if row.get("graphs_default_settings") not in (None, row.get("graphs")):
+            graphs += f" ({row['graphs_default_settings']})"
+        chain = "; ".join(row.get("chains") or []) or "-"
+        err = row.get("threshold0_max_rel_err")
+        lines.append(f"| {row['class']} | {state} | {graphs} | {chain} | "
+                     f"{'-' if err is None else f'{err:.1e}'} | {note(row).replace('|', '/')[:400]} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", default=None, help="comma-separated class names (default: all)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--readme", action="store_true")
+    args = parser.parse_args(argv)
+    from cachedit_fx.example_inputs import NOT_COVERED, SPECS
+
+    every = diffusers_transformer_classes()
+    wanted = args.classes.split(",") if args.classes else list(every)
+    unknown = sorted(set(wanted) - set(every))
+    if unknown:
+        parser.error(f"not transformer classes of diffusers: {unknown}")
+    measured = [name for name in wanted if name in SPECS]
+    by_class = {row["class"]: row for row in run_matrix(measured, args.jobs)}
+    rows = []
+    for name in wanted:
+        if name in NOT_COVERED:
+            rows.append({"class": name, "skipped": NOT_COVERED[name], "caches": False})
+        elif name not in SPECS:
+            rows.append({"class": name, "caches": False, "error": "no ClassSpec yet"})
+        else:
+            rows.append({**by_class[name], "module": every[name]})
+    results = {"date": datetime.date.today().isoformat(), "versions": report.versions(), "steps": STEPS,
+               "rows": rows}
+    report.publish(results, markdown(results), Path(args.out), "python -m benchmarks.coverage --readme",
+                   (README_START, README_END), args.readme)
+    return results
+
+
+if __name__ == "__main__":
+    main()
