@@ -171,3 +171,39 @@ def traced_with_capture_settings(call: Callable[..., Any], module: Optional[torc
                 return call(*args, **kwargs)
 
     return traced
+
+
+def _refreshing_class(cls: type) -> type:
+    """A subclass of pipeline class ``cls`` (same name) whose calls start a new generation."""
+    if cls not in _CLASSES:
+        signature = pyinspect.signature(cls.__call__)
+
+        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+            _start_generation(self, signature, args, kwargs)
+            return cls.__call__(self, *args, **kwargs)
+
+        _CLASSES[cls] = type(cls.__name__, (cls,), {
+            "__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__,
+            "__qualname__": cls.__qualname__})
+    return _CLASSES[cls]
+
+
+def _start_generation(pipe: Any, signature: pyinspect.Signature, args: tuple, kwargs: dict) -> None:
+    originals: dict[str, torch.nn.Module] = getattr(pipe, _COMPILED_ATTR)
+    steps = call_steps(signature, pipe, args, kwargs) if len(originals) == 1 else None
+    for module in originals.values():
+        cache = cache_for_model(module, create=True)
+        cache.refresh(cache.active_name(), num_inference_steps=steps)
+
+
+def call_steps(signature: pyinspect.Signature, pipe: Any, args: tuple, kwargs: dict) -> Optional[int]:
+    """The denoising step count of one pipeline call: the length of explicit ``timesteps`` or
+    ``sigmas``, else ``num_inference_steps`` (given or the signature's default)."""
+    bound = signature.bind_partial(pipe, *args, **kwargs)
+    bound.apply_defaults()
+    for schedule in ("timesteps", "sigmas"):
+        values = bound.arguments.get(schedule)
+        if values is not None:
+            return len(values)
+    steps = bound.arguments.get("num_inference_steps")
+    return int(steps) if isinstance(steps, int) else None

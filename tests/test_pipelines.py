@@ -52,20 +52,8 @@ def assert_differs_only_from(first_cached: int, cached, plain) -> None:
 
 
 def with_oracle(pipe, transformer, **config):
-    """Run ``pipe`` with the eager oracle hooked onto ``transformer``; returns the oracle."""
-    oracle = ReferenceDBCache(transformer, ["transformer_blocks", "single_transformer_blocks"], **config)
-
-    def before(*_):
-        oracle.cache_now = False
-
-    def after(*_):
-        if oracle.cache_now:
-            oracle.cached_steps.append(oracle.step)
-        oracle.step += 1
-
-    transformer.register_forward_pre_hook(before)
-    transformer.register_forward_hook(after)
-    return oracle
+    """The eager oracle hooked onto ``pipe``'s ``transformer`` (every transformer call is a step)."""
+    return ReferenceDBCache(transformer, ["transformer_blocks", "single_transformer_blocks"], **config)
 
 
 def test_flux_pipeline_caches_like_the_oracle_and_differs_only_on_cached_steps(caplog):

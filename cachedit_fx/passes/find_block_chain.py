@@ -2,10 +2,12 @@
 
 Assumes: Dynamo-captured torch IR with ``nn_module_stack`` on call nodes.
 
-Block lists: a block is a member ``<list>.<i>`` of a ``ModuleList`` holding two or more
-modules of one class (never the child of a ``Sequential`` or of any module that is called
-itself); a node belongs to the outermost such block on its module stack, so lists nested in
-blocks (``ff.net``) are not lists of the graph.
+Block lists: a block is a member ``<list>.<i>`` of a ``ModuleList`` (never the child of a
+``Sequential`` or of any module that is called itself); a node belongs to the outermost such
+block on its module stack, so lists nested in blocks (``ff.net``) are not lists of the graph.
+Only a list holding two or more modules of one class can be the chain's main list; a list of
+one block can join a chain by continuing into it (one double-stream block before the
+single-stream blocks).
 
 The chain: the list carrying the most compute (``passes/compute.py``), extended backwards and
 forwards by neighbouring lists whose streams continue into it: list B follows list A when every
@@ -137,6 +139,8 @@ class _List:
     path: str
     runs: list[tuple[int, str, int, int]]  # (index, class, first, last) per contiguous run
     flops: int = 0
+    repeated: bool = True
+    """Two or more members of one class: a block list of its own (else it can only extend one)."""
 
     @property
     def first(self) -> int:
@@ -158,7 +162,7 @@ class _List:
 def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     nodes = list(gm.graph.nodes)
     lists = _block_lists(nodes)
-    if not lists:
+    if not any(info.repeated for info in lists):
         if any(_INDEXED_PATH.match(path) for n in nodes if n.op not in ("placeholder", "output")
                for path, _ in _stack(n)):
             raise UnsupportedGraph(
@@ -168,7 +172,7 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
             "no repeated transformer blocks found in this graph (no ModuleList of two or more modules of one "
             "class runs in it); if the model has block lists, a graph break split them (see torch._dynamo.explain)"
         )
-    main = max(lists, key=lambda l: (l.flops, sum(r[3] - r[2] + 1 for r in l.runs), -l.first))
+    main = max((l for l in lists if l.repeated), key=lambda l: (l.flops, sum(r[3] - r[2] + 1 for r in l.runs), -l.first))
     chain = [main]
     while True:
         before = max((l for l in lists if l.last < chain[0].first), key=lambda l: l.last, default=None)
@@ -184,7 +188,7 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     _check_graph_break(gm, nodes, blocks)
     start, stop = blocks[0].first, blocks[-1].last
     infos = []
-    for info in lists:
+    for info in (l for l in lists if l.repeated or l in chain):
         role = ("chain" if info in chain else "prologue" if info.last < start else "epilogue" if info.first > stop
                 else "interleaved")
         infos.append(ListInfo(info.path, info.kind, info.count, info.flops, role))
@@ -201,14 +205,15 @@ def _block_lists(nodes: list[fx.Node]) -> list[_List]:
             match = _INDEXED_PATH.match(path)
             if match and match["list"] not in called:
                 members.setdefault(match["list"], {}).setdefault(int(match["index"]), set()).add(cls)
-    qualifying = set()
+    qualifying = set(members)
+    repeated = set()
     for path, by_index in members.items():
         counts: dict[str, int] = {}
         for classes in by_index.values():
             for cls in classes:
                 counts[cls] = counts.get(cls, 0) + 1
         if max(counts.values()) >= 2:
-            qualifying.add(path)
+            repeated.add(path)
     owners: list[Optional[tuple[str, int, str]]] = []
     for stack in stacks:
         owner = None
@@ -224,7 +229,7 @@ def _block_lists(nodes: list[fx.Node]) -> list[_List]:
         if owner is None:
             continue
         path, index, cls = owner
-        info = found.setdefault(path, _List(path, []))
+        info = found.setdefault(path, _List(path, [], repeated=path in repeated))
         if info.runs and info.runs[-1][0] == index and info.runs[-1][3] == pos - 1:
             info.runs[-1] = (index, cls, info.runs[-1][2], pos)
         else:
