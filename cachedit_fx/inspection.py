@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import DBPruneConfig, FoCaCalibratorConfig, TaylorSeerCalibratorConfig, parse_options
+from cachedit_fx.passes.compute import total_flops
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import NoBlocks
 from cachedit_fx.passes.find_block_chain import BlockChain, find_block_chain
@@ -89,6 +90,14 @@ class InspectReport:
     block (DBPrune); None when a shape is symbolic."""
     problem: Optional[str] = None
     """Why ``options`` give no cacheable region on this chain (then no cut is reported)."""
+    side_lists: tuple[tuple[str, int, str], ...] = ()
+    """Block lists outside the chain: (path, block count, role: prologue / interleaved / epilogue)."""
+    chain_flops_share: Optional[float] = None
+    """The chain blocks' share of the graph's FLOPs (``passes/compute.py``)."""
+    replayed: tuple[str, ...] = ()
+    """Glue between blocks copied into the head to form what the middle continues (DBCache)."""
+    replayed_flops_share: Optional[float] = None
+    """The replayed glue's share of the graph's FLOPs."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,6 +109,10 @@ class InspectReport:
             lines.append(f"  {blocks.path}[{blocks.count}] {blocks.kind}: chain "
                          f"{blocks.first_chain_index}..{blocks.first_chain_index + blocks.count - 1}, "
                          f"{'/'.join(map(str, sizes))} nodes per block")
+        if self.side_lists:
+            lines.append("  side lists: " + ", ".join(f"{p}[{n}] {role}" for p, n, role in self.side_lists))
+        if self.chain_flops_share is not None:
+            lines.append(f"  chain blocks: {self.chain_flops_share:.1%} of the graph's FLOPs")
         lines.append(f"rewrite: {self.rewrite} F{self.Fn}B{self.Bn}")
         if self.problem is not None:
             lines.append(f"  no cacheable region: {self.problem}")
@@ -115,6 +128,10 @@ class InspectReport:
         if self.streams:
             lines.append("  streams (middle output <- head value): "
                          + ", ".join(f"{out} <- {head}" for out, head in self.streams))
+        if self.replayed:
+            share = "" if self.replayed_flops_share is None else f", {self.replayed_flops_share:.2%} of the FLOPs"
+            names = ", ".join(self.replayed) if len(self.replayed) <= 4 else f"{len(self.replayed)} ops"
+            lines.append(f"  glue replayed in the head: {names}{share}")
         if self.prunable_blocks:
             lines.append(f"  prunable blocks: {list(self.prunable_blocks)}")
         lines.append("  pieces (nodes): " + ", ".join(f"{k} {v}" for k, v in self.piece_sizes.items()))
@@ -221,8 +238,11 @@ def _sum_bytes(values: Sequence[ValueInfo]) -> Optional[int]:
 def _report(gm: fx.GraphModule, model_name: str, settings: Any) -> InspectReport:
     chain: BlockChain = gm.meta[CHAIN_META_KEY]
     config = settings.cache
+    total = chain.graph_flops
     common = dict(model=model_name, graph_nodes=len(gm.graph.nodes), block_lists=_block_lists(chain),
-                  num_blocks=len(chain), Fn=config.Fn_compute_blocks, Bn=config.Bn_compute_blocks)
+                  num_blocks=len(chain), Fn=config.Fn_compute_blocks, Bn=config.Bn_compute_blocks,
+                  side_lists=tuple((i.path, i.count, i.role) for i in chain.lists if i.role != "chain"),
+                  chain_flops_share=chain.chain_flops / total if total else None)
     try:
         config.check_against_chain(len(chain))
     except ValueError as problem:
@@ -248,4 +268,6 @@ def _report(gm: fx.GraphModule, model_name: str, settings: Any) -> InspectReport
         **common, rewrite="DBCache", hidden_entry=_value(gm, plan.hidden_entry), hidden_cut=hidden_cut,
         carried=tuple(_value(gm, name) for name in plan.carried), shared=tuple(_value(gm, n) for n in plan.shared),
         streams=tuple((s.middle_output, s.head_value) for s in plan.streams), prunable_blocks=(),
-        piece_sizes=plan.piece_sizes, residual_levels=levels, cache_bytes_per_stream=cache_bytes)
+        piece_sizes=plan.piece_sizes, residual_levels=levels, cache_bytes_per_stream=cache_bytes,
+        replayed=plan.replayed, replayed_flops_share=total_flops(n for n in gm.graph.nodes if n.name in plan.replayed)
+        / total if total else None)

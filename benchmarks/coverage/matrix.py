@@ -50,9 +50,6 @@ KNOWN_LIMITS: dict[str, str] = {
     "WanAnimate2Transformer3DModel":
         "every block's attention reads the grid sizes with .tolist() (transformer_wan_animate_2.py, rope_apply and "
         "the attention processor): a graph break in each block",
-    "MotifVideoTransformer3DModel":
-        "the last num_decoder_layers single blocks carry two streams of one shape (decoder and encoder video tokens) "
-        "joined and split inside the block: dataflow cannot tell which input each output continues",
 }
 """Class -> the cause, found by reading the model, of what keeps it uncached (shown only while
 its row is not cached)."""

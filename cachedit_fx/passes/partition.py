@@ -10,7 +10,8 @@ Guarantees (else ``UnsupportedGraph``):
     between them re-applied) is computed by the head: a head value, or glue ops copied into the
     end of the head (FLUX.2's ``cat(text, image)`` before its single-stream blocks);
   * ``hidden_cut`` (hF) is the largest head value the chain's output that reaches the graph
-    output continues (the image stream where text and image are joined later), and
+    output continues (the image stream where text and image are joined later; the largest value
+    the first blocks hand on where that stream starts later, as in Motif's decoder blocks), and
     ``hidden_entry`` (x0) its source at the chain entry (the first blocks read as the identity,
     glue re-applied), same shape and dtype;
   * the head returns x0, hF and every handed-on value's source, as well as everything later
@@ -106,8 +107,10 @@ def plan_partition(gm: fx.GraphModule, chain: BlockChain, Fn: int, Bn: int) -> _
 
     exit_source = streams.source(hidden_exit(nodes, pos, chain_start, chain_stop), cut_head)
     on_path = [n for n in expr_leaves(exit_source) if chain_start <= pos[n] < cut_head and tensor_meta(n) is not None]
+    if not on_path:  # the output's stream starts after the first blocks (Motif's decoder blocks)
+        on_path = [n for n in live_across(nodes, pos, cut_head) if pos[n] >= chain_start and tensor_meta(n) is not None]
     if not on_path:
-        raise UnsupportedGraph("the hidden stream does not pass through the first blocks")
+        raise UnsupportedGraph("the first blocks hand on no tensor")
     hidden_cut = max(on_path, key=lambda n: (numel_hint(tensor_meta(n)), pos[n]))
     hidden_position = _hidden_position(sources, handed_on, hidden_cut)
 
@@ -141,10 +144,10 @@ def plan_partition(gm: fx.GraphModule, chain: BlockChain, Fn: int, Bn: int) -> _
 
 def _hidden_position(sources: list[Expr], handed_on: list[fx.Node], hidden_cut: fx.Node) -> int:
     """The handed-on value on the hidden stream: the one whose source is hF, else the largest
-    whose source reads hF."""
+    whose source reads hF, else the largest."""
     if hidden_cut in sources:
         return sources.index(hidden_cut)
-    reading = [k for k, source in enumerate(sources) if hidden_cut in expr_leaves(source)]
+    reading = [k for k, source in enumerate(sources) if hidden_cut in expr_leaves(source)] or list(range(len(sources)))
     if not reading:
-        raise UnsupportedGraph("no value the cached blocks hand on continues the hidden stream")
+        raise UnsupportedGraph("the cached blocks hand on nothing")
     return max(reading, key=lambda k: (numel_hint(tensor_meta(handed_on[k])), -k))

@@ -109,8 +109,9 @@ class StreamGraph:
 
     def continued_input(self, output: fx.Node) -> Optional[fx.Node]:
         """The input of ``output``'s block that ``output`` continues (None: no input of its layout).
-        Raises ``UnsupportedGraph`` when two inputs of its layout are equally near and both come
-        from the previous block (equal token counts of two streams), or neither does."""
+        Among equally near inputs: the one whose tokens ``output`` slices back out of a
+        concatenation (``_concatenated_input``), else the one from the previous block; raises
+        ``UnsupportedGraph`` when that leaves two or none."""
         if output not in self._continued:
             index = self.block_of[output]
             candidates = {n for n in self.block_inputs(index) if same_layout(n, output)}
@@ -118,8 +119,10 @@ class StreamGraph:
             candidates = own or candidates
             nearest = nearest_ancestors(output, candidates, lambda n: self.block_of.get(n) == index) if candidates else []
             if len(nearest) > 1:
+                inside = lambda n: self.block_of.get(n) == index  # noqa: E731
+                segment = _concatenated_input(output, inside)
                 recent = self.block_ranges[index - 1][0] if index > 0 else self.chain_start
-                nearest = [n for n in nearest if self.pos[n] >= recent]
+                nearest = [segment] if segment in nearest else [n for n in nearest if self.pos[n] >= recent]
                 if len(nearest) != 1:
                     raise UnsupportedGraph(
                         f"cannot tell which input of block {index} {output.name} continues: "
@@ -155,6 +158,89 @@ class StreamGraph:
             raise UnsupportedGraph(f"{value.name} between blocks writes in place; it cannot be re-applied when the "
                                    "blocks are skipped")
         return Replay(value, tuple((a, self.source(a, cut)) for a in value.all_input_nodes))
+
+
+def _concatenated_input(output: fx.Node, inside) -> Optional[fx.Node]:
+    """The ``cat`` operand whose segment ``output`` takes back out: ``output`` is a slice (or a
+    ``split`` piece) of a value along one dim, and walking back through ``inside`` nodes of that
+    value's shape reaches a ``cat`` along the same dim whose k-th segment spans exactly the
+    slice. Text and image of equal length joined and split inside a single-stream block are told
+    apart this way. None when ``output`` is not such a slice or the bounds are not static."""
+    selected = _slice_of(output)
+    if selected is None:
+        return None
+    base, dim, start, stop = selected
+    shape = tensor_meta(base).shape
+    frontier, seen = [base], {base}
+    while frontier:
+        following = []
+        for node in frontier:
+            if node.op == "call_function" and op_name(node) in ("cat", "concat", "concatenate"):
+                operands = node.args[0]
+                cat_dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+                if cat_dim % len(shape) == dim:
+                    offset = 0
+                    for operand in operands:
+                        size = tensor_meta(operand).shape[dim] if isinstance(operand, fx.Node) else None
+                        if not isinstance(size, int):
+                            return None
+                        if (offset, offset + size) == (start, stop):
+                            return operand
+                        offset += size
+                    return None
+            for arg in node.all_input_nodes:
+                meta = tensor_meta(arg)
+                if arg not in seen and inside(arg) and meta is not None and list(meta.shape) == list(shape):
+                    seen.add(arg)
+                    following.append(arg)
+        frontier = following
+    return None
+
+
+def _slice_of(node: fx.Node) -> Optional[tuple[fx.Node, int, int, int]]:
+    """``(base, dim, start, stop)`` when ``node`` is ``base`` sliced along one dim (static bounds),
+    by indexing or as a piece of ``split`` / ``split_with_sizes`` / ``chunk``."""
+    if node.op != "call_function" or op_name(node) != "getitem" or not isinstance(node.args[0], fx.Node):
+        return None
+    base, index = node.args[0], node.args[1]
+    if isinstance(index, int) and op_name(base) in ("split", "split_with_sizes", "chunk", "tensor_split"):
+        return _split_piece(base, index)
+    meta = tensor_meta(base)
+    if meta is None:
+        return None
+    items = index if isinstance(index, tuple) else (index,)
+    cuts = [(d, item) for d, item in enumerate(items) if isinstance(item, slice) and item != slice(None)]
+    if len(cuts) != 1 or any(not isinstance(i, slice) and i is not Ellipsis for i in items):
+        return None
+    dim, item = cuts[0]
+    size = meta.shape[dim]
+    if not isinstance(size, int) or item.step not in (None, 1):
+        return None
+    bounds = [item.start, item.stop]
+    if not all(b is None or isinstance(b, int) for b in bounds):
+        return None
+    start, stop, _ = item.indices(size)
+    return base, dim, start, stop
+
+
+def _split_piece(split: fx.Node, piece: int) -> Optional[tuple[fx.Node, int, int, int]]:
+    source = split.args[0]
+    meta = tensor_meta(source) if isinstance(source, fx.Node) else None
+    if meta is None:
+        return None
+    sizes = split.args[1] if len(split.args) > 1 else split.kwargs.get("split_size_or_sections",
+                                                                        split.kwargs.get("split_sizes"))
+    dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    dim %= meta.dim()
+    total = meta.shape[dim]
+    if not isinstance(total, int) or op_name(split) in ("chunk", "tensor_split"):
+        return None
+    if isinstance(sizes, int):
+        sizes = [sizes] * -(-total // sizes)
+    if not isinstance(sizes, (list, tuple)) or not all(isinstance(v, int) for v in sizes) or piece >= len(sizes):
+        return None
+    start = sum(sizes[:piece])
+    return source, dim, start, start + sizes[piece]
 
 
 def materialize(graph: fx.Graph, expr: Expr, before: fx.Node, made: dict[Replay, fx.Node]) -> fx.Node:
