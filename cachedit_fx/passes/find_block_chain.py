@@ -10,16 +10,19 @@ one block can join a chain by continuing into it (one double-stream block before
 single-stream blocks).
 
 The chain: the list carrying the most compute (``passes/compute.py``), extended backwards and
-forwards by neighbouring lists whose streams continue into it: list B follows list A when every
-stream entering B's first block is made, through the glue between them, of A's last block's
-outputs only (FLUX.2's single-stream blocks read ``cat(text, image)`` of the double-stream
-blocks). Lists that run on their own streams before the chain (Lumina2 / Z-Image refiners,
-HunyuanVideo's token refiner, WanVACE's control blocks) stay in the prologue; lists whose
-blocks run between chain blocks (ConsisID's face cross-attention) are glue of the chain; both
-are recorded in ``BlockChain.lists`` with their role.
+forwards by neighbouring lists whose streams continue into it: list B follows list A when the
+streams entering B's first block are made, through the glue between them, of A's last block's
+outputs: the largest tensor they read is one of them and none comes from a third list
+(FLUX.2's single-stream blocks read ``cat(text, image)`` of the double-stream blocks; a bank of
+per-block text projections may join in). A list whose every block hands the stream on to the
+next chain block by itself joins the chain between its blocks (Latte's temporal blocks). Lists
+that run on their own streams before the chain (Lumina2 / Z-Image refiners, HunyuanVideo's
+token refiner, WanVACE's control blocks) stay in the prologue; lists whose blocks add to a
+stream that bypasses them (ConsisID's face cross-attention) are glue of the chain; both are
+recorded in ``BlockChain.lists`` with their role.
 
 Guarantees (else ``UnsupportedGraph``): every chain block is one contiguous run of nodes; each
-chain list's indices run 0..n-1 in program order and chain lists follow each other; the graph
+chain list's indices run 0..n-1 in program order and no two blocks overlap; the graph
 does not end in a graph break inside a block or inside the loop over a chain list (a break
 before or after the chain is fine). The result is ``gm.meta[CHAIN_META_KEY]``.
 """
@@ -38,7 +41,7 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import CHAIN_META_KEY
-from cachedit_fx.passes.compute import node_flops
+from cachedit_fx.passes.compute import node_flops, numel_hint
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import NoBlocks, UnsupportedGraph
 from cachedit_fx.passes.streams import StreamGraph, expr_leaves
@@ -97,8 +100,10 @@ class BlockChain:
         for path in self.list_paths:
             members = [b for b in self.blocks if b.list_path == path]
             parts.append(f"{path}[{len(members)}] ({members[0].kind})")
+        runs = [b.list_path for k, b in enumerate(self.blocks) if k == 0 or self.blocks[k - 1].list_path != b.list_path]
+        joined = " + ".join(parts) + " interleaved" if len(runs) > len(parts) else " -> ".join(parts)
         side = [f"{info.path}[{info.count}] {info.role}" for info in self.lists if info.role != "chain"]
-        return " -> ".join(parts) + (f"; side lists: {', '.join(side)}" if side else "")
+        return joined + (f"; side lists: {', '.join(side)}" if side else "")
 
 
 def normalize_module_path(path: str) -> str:
@@ -141,6 +146,8 @@ class _List:
     flops: int = 0
     repeated: bool = True
     """Two or more members of one class: a block list of its own (else it can only extend one)."""
+    bank: bool = False
+    """No member reads another's output (per-block projections computed side by side)."""
 
     @property
     def first(self) -> int:
@@ -175,15 +182,25 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     main = max((l for l in lists if l.repeated), key=lambda l: (l.flops, sum(r[3] - r[2] + 1 for r in l.runs), -l.first))
     chain = [main]
     while True:
-        before = max((l for l in lists if l.last < chain[0].first), key=lambda l: l.last, default=None)
-        if before is not None and _continues_into(nodes, before, chain[0]):
-            chain.insert(0, before)
+        start, stop = min(l.first for l in chain), max(l.last for l in chain)
+        first_run = min((r for l in chain for r in l.runs), key=lambda r: r[2])
+        last_run = max((r for l in chain for r in l.runs), key=lambda r: r[3])
+        before = max((l for l in lists if l.last < start), key=lambda l: l.last, default=None)
+        if before is not None and _continues_into(nodes, before.runs[-1], first_run, lists):
+            chain.append(before)
             continue
-        after = min((l for l in lists if l.first > chain[-1].last), key=lambda l: l.first, default=None)
-        if after is not None and _continues_into(nodes, chain[-1], after):
+        after = min((l for l in lists if l.first > stop), key=lambda l: l.first, default=None)
+        if after is not None and _continues_into(nodes, last_run, after.runs[0], lists):
             chain.append(after)
             continue
+        runs = sorted((r for l in chain for r in l.runs), key=lambda r: r[2])
+        inside = next((l for l in lists if l not in chain and start < l.first < stop
+                       and _interleaved_into(nodes, l, runs, lists)), None)
+        if inside is not None:
+            chain.append(inside)
+            continue
         break
+    chain.sort(key=lambda l: l.first)
     blocks = _chain_blocks(nodes, chain)
     _check_graph_break(gm, nodes, blocks)
     start, stop = blocks[0].first, blocks[-1].last
@@ -235,7 +252,27 @@ def _block_lists(nodes: list[fx.Node]) -> list[_List]:
         else:
             info.runs.append((index, cls, pos, pos))
         info.flops += node_flops(nodes[pos])
+    for info in found.values():
+        info.bank = len(info.runs) > 1 and not any(_reads(nodes, b, a) for a, b in zip(info.runs, info.runs[1:]))
     return sorted(found.values(), key=lambda l: l.first)
+
+
+def _reads(nodes: list[fx.Node], run: tuple, earlier: tuple) -> bool:
+    """Some node of block run ``run`` depends on a value defined in block run ``earlier``
+    (directly or through the nodes between them)."""
+    position = {n: i for i, n in enumerate(nodes[earlier[2]:run[3] + 1], start=earlier[2])}
+    frontier, seen = list(nodes[run[2]:run[3] + 1]), set()
+    while frontier:
+        node = frontier.pop()
+        for arg in node.all_input_nodes:
+            where = position.get(arg)
+            if where is None or arg in seen:
+                continue
+            if where <= earlier[3]:
+                return True
+            seen.add(arg)
+            frontier.append(arg)
+    return False
 
 
 def _absorb_stackless(nodes: list[fx.Node], stacks: list[list[tuple[str, str]]],
@@ -257,23 +294,43 @@ def _absorb_stackless(nodes: list[fx.Node], stacks: list[list[tuple[str, str]]],
         previous = owners[pos]
 
 
-def _continues_into(nodes: list[fx.Node], earlier: _List, later: _List) -> bool:
-    """Every stream entering ``later``'s first block is made of ``earlier``'s last block's
-    outputs (through glue between the two lists) and of nothing else."""
-    last_run, first_run = earlier.runs[-1], later.runs[0]
-    graph = StreamGraph(nodes, [(last_run[2], last_run[3]), (first_run[2], first_run[3])])
-    cut = last_run[3] + 1
+def _continues_into(nodes: list[fx.Node], earlier: tuple, later: tuple, lists: list[_List]) -> bool:
+    """The streams entering block run ``later`` are made, through the glue between, of block
+    run ``earlier``'s outputs: the largest tensor they read is one of them, and none is the output
+    of another block list (two refiners joined into one stream). Values computed outside block
+    lists (embeddings, a bank of per-block projections) may join in."""
+    graph = StreamGraph(nodes, [(earlier[2], earlier[3]), (later[2], later[3])])
     try:
         entries = {graph.continued_input(o) for o in graph.block_outputs(1)} - {None}
-        leaves = [leaf for entry in entries for leaf in expr_leaves(graph.source(entry, cut))
+        leaves = [leaf for entry in entries for leaf in expr_leaves(graph.source(entry, earlier[3] + 1))
                   if tensor_meta(leaf) is not None]
     except UnsupportedGraph:
         return False
-    return bool(leaves) and all(last_run[2] <= graph.pos[leaf] <= last_run[3] for leaf in leaves)
+    if not leaves:
+        return False
+    others = [run for info in lists if not info.bank for run in info.runs if run not in (earlier, later)]
+    if any(run[2] <= graph.pos[leaf] <= run[3] for leaf in leaves for run in others):
+        return False
+    largest = max(leaves, key=lambda n: (numel_hint(tensor_meta(n)), graph.pos[n]))
+    return earlier[2] <= graph.pos[largest] <= earlier[3]
+
+
+def _interleaved_into(nodes: list[fx.Node], info: _List, chain_runs: list[tuple], lists: list[_List]) -> bool:
+    """Every block of ``info`` lies between chain blocks and carries the stream through: the chain
+    block before it continues into it, and it continues by itself into the chain block after it
+    (Latte's temporal blocks between its spatial ones), not as a side branch added to a stream
+    that bypasses it (ConsisID's face cross-attention)."""
+    for run in info.runs:
+        before = next((r for r in reversed(chain_runs) if r[3] < run[2]), None)
+        after = next((r for r in chain_runs if r[2] > run[3]), None)
+        if before is None or not _continues_into(nodes, before, run, lists):
+            return False
+        if after is not None and not _continues_into(nodes, run, after, lists):
+            return False
+    return True
 
 
 def _chain_blocks(nodes: list[fx.Node], chain: list[_List]) -> list[Block]:
-    blocks: list[Block] = []
     for info in chain:
         indices = [r[0] for r in info.runs]
         if len(set(indices)) != len(indices):
@@ -283,12 +340,14 @@ def _chain_blocks(nodes: list[fx.Node], chain: list[_List]) -> list[Block]:
             raise UnsupportedGraph(
                 f"block list {info.path} holds blocks {indices} instead of 0..{len(indices) - 1}: "
                 "the chain is split by a graph break or runs out of order")
-        for index, cls, first, last in info.runs:
-            if blocks and first <= blocks[-1].last:
-                raise UnsupportedGraph(f"block list {info.path} is interleaved with {blocks[-1].list_path}")
-            members = nodes[first:last + 1]
-            blocks.append(Block(len(blocks), info.path, index, cls, _structure_hash(members), first, last,
-                                tuple(n.name for n in members)))
+    runs = sorted(((info.path, *run) for info in chain for run in info.runs), key=lambda r: r[3])
+    blocks: list[Block] = []
+    for path, index, cls, first, last in runs:
+        if blocks and first <= blocks[-1].last:
+            raise UnsupportedGraph(f"block {path}.{index} overlaps {blocks[-1].list_path}.{blocks[-1].list_index}")
+        members = nodes[first:last + 1]
+        blocks.append(Block(len(blocks), path, index, cls, _structure_hash(members), first, last,
+                            tuple(n.name for n in members)))
     if len(blocks) < 2:
         raise UnsupportedGraph("no repeated transformer blocks found (fewer than 2 blocks)")
     return blocks

@@ -6,11 +6,15 @@ Dynamo lifts parameters as graph inputs, so it may serve a second instance of th
 model class (Wan 2.2's two experts, compiled with equal options) with the graph compiled
 for the first one. Selecting by the parameter passed at call time keeps every instance on
 its own cache: the one registered under that parameter, else a new one bound to this
-graph's options. Then the active ``cache_context`` of that cache is returned.
+graph's options. When another compile of the same module bound other options since (two
+``torch.compile`` wrappers of one module), the cache is bound back to this graph's options,
+which restarts every context's generation: each compile keeps its own options and no
+residual crosses from one to the other. Then the active ``cache_context`` is returned.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -21,6 +25,8 @@ from cachedit_fx.runtime.histories import Calibrator
 from cachedit_fx.runtime.registry import cache_for_params, cache_of_param
 from cachedit_fx.runtime.state import ModelCacheState
 from cachedit_fx.runtime.stream_state import ChainShape
+
+log = logging.getLogger("cachedit_fx")
 
 
 class CacheSelector(torch.nn.Module):
@@ -37,4 +43,14 @@ class CacheSelector(torch.nn.Module):
             cache = cache_for_params([anchor])
         if cache.bound is None:
             cache.bind(*self.binding)
+        elif not same_binding(cache.bound, self.binding):
+            log.warning("cachedit: the model was compiled again with other options; this compiled graph runs "
+                        "with its own (every context starts a new generation)")
+            cache.bind(*self.binding)
         return cache.active()
+
+
+def same_binding(a: tuple, b: tuple) -> bool:
+    """Two bindings ``(config, chain, arithmetic, calibrator)`` give the same caching (the
+    arithmetic objects may differ; their kind may not)."""
+    return a[0] == b[0] and a[1] == b[1] and a[3] == b[3] and type(a[2]) is type(b[2])
