@@ -77,7 +77,9 @@ def measure(args: argparse.Namespace, model: str, system: str, cache_dir: str) -
     command = [sys.executable, "-m", "benchmarks.compile_time", "--child", system, "--model", model,
                "--threads", str(args.threads), "--inner-backend", args.inner_backend] + (["--full"] if args.full else [])
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}
-    done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     timing = json.loads(done.stdout.strip().splitlines()[-1])
     return {**timing, "compile_s": timing["first_s"] - timing["second_s"]}
 

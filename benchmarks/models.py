@@ -8,8 +8,9 @@ sees the same seeded start and step count, and the final latent measures fidelit
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -36,11 +37,19 @@ class BenchModel:
             return self.builder(device, dtype).eval().requires_grad_(False)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            with torch.device(device):
+            with torch.device(device), _default_dtype(dtype):  # built in its dtype: no fp32 copy first
                 model = getattr(diffusers, self.class_name)(**self.config)
-        if dtype != torch.float32:
-            model = model.to(dtype)
-        return model.eval().requires_grad_(False)
+        return model.to(dtype).eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _flux_inputs(image_tokens: int, text_tokens: int, channels: int, text_dim: int, pooled_dim: int, guidance: bool):

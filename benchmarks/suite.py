@@ -20,6 +20,7 @@ plain Inductor's (relative L2, PSNR). Writes ``results.json``, ``results.md`` an
 from __future__ import annotations
 
 import argparse
+import gc
 import datetime
 import math
 import platform
@@ -64,7 +65,9 @@ a class in a process, so one family's compiled frames must never meet another's.
 
 
 def build_systems(model: BenchModel, num_blocks: int, steps: int, threshold: float, inner: str, ci: bool,
-                  family: str) -> list[System]:
+                  family: str, only: tuple[str, ...] = ()) -> list[System]:
+    """The systems of ``family`` beside the eager and Inductor baselines; ``only``: keep the
+    systems whose name contains one of these parts (``--systems SCM`` on a time-boxed GPU run)."""
     warmup = min(4, steps // 4)
     settings = cache_settings(threshold, num_blocks, warmup)
     systems = baselines(inner)
@@ -83,6 +86,8 @@ def build_systems(model: BenchModel, num_blocks: int, steps: int, threshold: flo
         keep = {"eager", "inductor", "cachedit/threshold0", "cachedit/F1B0", "cachedit/SCM-fast",
                 "cache-dit/SCM-fast/compiled", "diffusers-fbc"}
         systems = [s for s in systems if s.name in keep]
+    if only:
+        systems = [s for s in systems if s.name in ("eager", "inductor") or any(part in s.name for part in only)]
     return systems
 
 
@@ -137,6 +142,11 @@ class _Live:
         self.graphs += graphs1 - graphs0
         self.breaks += breaks1 - breaks0
         return seconds
+
+    def release(self) -> None:
+        """Drop this system's model (its step function and whatever the system holds)."""
+        self.step = None
+        self.system.release()
 
 
 def run_systems(systems: list[System], bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int,
@@ -200,6 +210,14 @@ def _run_groups(groups: list[list[System]], rows: list[dict[str, Any]], bench: B
             if warm_compile and entry.system.compiled:  # Inductor's on-disk caches are warm now; Dynamo's are not
                 torch._dynamo.reset()
                 row["warm_compile_s"] = max(entry.generation(bench, device, steps) - row["seconds"], 0.0)
+        if not interleave:  # one model copy at a time: this group's goes before the next is built
+            for entry in live:
+                entry.release()
+            del live
+            torch._dynamo.reset()
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def overhead_probe(bench: BenchModel, device: torch.device, dtype: torch.dtype, steps: int, rounds: int,
@@ -245,15 +263,20 @@ def run_family_in_child(args: argparse.Namespace, name: str, family: str) -> lis
                    "--inner-backend", args.inner_backend, "--threads", str(args.threads)]
         command += ["--full"] if args.full else ["--quick"]
         command += ["--ci"] if args.ci else []
+        command += ["--systems", args.systems] if args.systems else []
         subprocess.run(command, check=True)
         return torch.load(out, weights_only=False)
 
 
 def child_main(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
     bench = MODELS["full" if args.full else "quick"][args.child_model]
-    num_blocks = sum(len(getattr(bench.build(device, dtype), name)) for name in bench.block_lists)
+    skeleton = bench.build(torch.device("meta"), dtype)  # counts blocks without allocating weights
+    num_blocks = sum(len(getattr(skeleton, name)) for name in bench.block_lists)
+    del skeleton
     threshold = SETTINGS["full" if args.full else "quick"][args.child_model]
-    systems = build_systems(bench, num_blocks, args.steps, threshold, args.inner_backend, args.ci, args.child_family)
+    only = tuple(part for part in args.systems.split(",") if part)
+    systems = build_systems(bench, num_blocks, args.steps, threshold, args.inner_backend, args.ci, args.child_family,
+                            only)
     rows = run_systems(systems, bench, device, dtype, args.steps, args.repeats, not args.full)
     for row, system in zip(rows, systems):
         row["skipped_blocks"] = system.skipped_blocks(num_blocks)
@@ -270,6 +293,9 @@ def benchmark_model(args: argparse.Namespace, name: str, device: torch.device, d
     forward_flops, per_block_flops = block_flops(probe_model, bench, bench.make_inputs(
         torch.Generator().manual_seed(1), device, dtype))
     del probe_model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     notes = ["diffusers' FirstBlockCacheConfig has no step mask, so it runs with its threshold only",
              "each family ran in its own process beside its own eager and Inductor baselines; "
              "its speedups are against those"]
@@ -310,6 +336,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     size.add_argument("--full", action="store_true", help="GPU size: real FLUX.1-dev and Wan2.1-1.3B architectures")
     parser.add_argument("--ci", action="store_true", help="smoke run: FLUX only, 6 steps, 1 repeat, fewer systems")
     parser.add_argument("--models", default="flux,wan")
+    parser.add_argument("--systems", default="", help="comma-separated parts of system names to keep besides "
+                        "the baselines (e.g. SCM,threshold0); default: all")
     parser.add_argument("--steps", type=int, default=None, help="default: 28 (quick and full), 6 with --ci")
     parser.add_argument("--repeats", type=int, default=None, help="warm generations per system (default 3; 1 with --ci)")
     parser.add_argument("--inner-backend", default="inductor", choices=["inductor", "aot_eager", "eager"])

@@ -51,6 +51,8 @@ class System:
     setting: Optional[CacheSetting] = None
     config_guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     notes: list[str] = field(default_factory=list)
+    release: Callable[[], None] = lambda: None
+    """Drop every reference the system holds to its model (after its row is measured)."""
 
 
 def _call(module: Callable[..., Any]) -> Callable[..., torch.Tensor]:
@@ -105,7 +107,8 @@ def cachedit_system(setting: CacheSetting, steps: int, inner_backend: str) -> Sy
 
     return System(f"cachedit/{setting.name}", "cachedit", True, make,
                   cached_steps=lambda: cachedit_fx.summary(holder["model"]).cached_steps,
-                  skipped_blocks=lambda n: cachedit_fx.summary(holder["model"]).cached_blocks, setting=setting)
+                  skipped_blocks=lambda n: cachedit_fx.summary(holder["model"]).cached_blocks, setting=setting,
+                  release=holder.clear)
 
 
 @contextlib.contextmanager
@@ -151,7 +154,7 @@ def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_ba
     return System(f"cache-dit/{setting.name}{suffix}", "cache-dit", compiled, make,
                   start_generation=lambda: cache_dit.refresh_context(holder["model"], num_inference_steps=steps),
                   cached_steps=cached, skipped_blocks=_middle_skipped(setting, cached),
-                  setting=setting, config_guard=_restored_compile_configs)
+                  setting=setting, config_guard=_restored_compile_configs, release=holder.clear)
 
 
 def diffusers_fbc_system(threshold: float, block_lists: tuple[str, ...], compiled: bool,
@@ -190,7 +193,8 @@ def diffusers_fbc_system(threshold: float, block_lists: tuple[str, ...], compile
     cached = lambda: list(state["cached"])  # noqa: E731
     suffix = "/compiled" if compiled else ""
     return System(f"{name}{suffix}", "diffusers-fbc", compiled, make, start_generation=start, cached_steps=cached,
-                  skipped_blocks=_middle_skipped(setting, cached), setting=setting)
+                  skipped_blocks=_middle_skipped(setting, cached), setting=setting,
+                  release=lambda: state.pop("model", None))
 
 
 def available_peers() -> dict[str, bool]:

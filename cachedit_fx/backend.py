@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
+from torch.utils._pytree import tree_map_only
 
 from cachedit_fx.config import BackendSettings, parse_options
 from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
@@ -37,7 +38,7 @@ from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
-from cachedit_fx.passes.lower import compile_piece, lower
+from cachedit_fx.passes.lower import DynamoInputs, compile_piece, lower, uses_cuda_graphs
 from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.passes.partition_blocks import partition_blocks
@@ -68,9 +69,13 @@ class CacheditFallbackWarning(UserWarning):
 
 
 def cachedit_backend(
-    gm: fx.GraphModule, example_inputs: Sequence[Any], options: Optional[dict[str, Any]] = None
+    gm: fx.GraphModule, example_inputs: Sequence[Any], options: Optional[dict[str, Any]] = None,
+    mode: Optional[str] = None,
 ) -> Callable[..., Any]:
-    settings = parse_options(options)
+    """``torch.compile(model, backend="cachedit", options={...})``; ``mode=`` given to
+    ``torch.compile`` instead of ``options`` is Inductor's mode for every piece."""
+    settings = parse_options(options if mode is None else {**(options or {}), "mode": mode})
+    settings.dynamo_inputs = DynamoInputs.of(gm)
     dump = GraphDumper(settings.dump_dir)
     dump("dynamo", gm)
     original = gm
@@ -107,10 +112,21 @@ def cachedit_backend(
     log.info("cachedit: chain %s, %s F%dB%d, pieces %s", description,
              type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
              gm.meta[PARTITION_META_KEY].piece_sizes)
-    if run is None:
-        return gm.forward
-    settings.model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
-    return _with_weight_shards(gm.forward, run)
+    program = gm.forward if run is None else _with_weight_shards(gm.forward, run)
+    if run is not None:
+        settings.model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
+    return outputs_owned(program) if uses_cuda_graphs(settings) else program
+
+
+def outputs_owned(program: Callable[..., Any]) -> Callable[..., Any]:
+    """``program`` returning copies of its tensor outputs: under CUDA graphs the tail piece's
+    outputs live in the graph's memory pool, which the next replay overwrites (the second call
+    of a CFG step would change the first call's result)."""
+
+    def run_owned(*args: Any) -> Any:
+        return tree_map_only(torch.Tensor, torch.clone, program(*args))
+
+    return run_owned
 
 
 def _with_weight_shards(program: Callable[..., Any], run: ParallelRun) -> Callable[..., Any]:

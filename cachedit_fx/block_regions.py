@@ -27,6 +27,8 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch.utils._pytree import tree_map_only
 
+from cachedit_fx.class_swap import original_class, same_named_subclass
+
 __all__ = ["find_repeated_blocks", "restore_block_classes", "trace_blocks_once"]
 
 log = logging.getLogger("cachedit_fx")
@@ -34,7 +36,6 @@ Model = TypeVar("Model", bound=torch.nn.Module)
 REGION_ATTR = "_cachedit_fx_block_region"
 MAX_REUSE_ENTRIES = 32
 """Input layouts one block class may be traced for before Dynamo gives up reusing it."""
-_MARKED: dict[type, type] = {}
 
 
 @torch.library.custom_op("cachedit_fx::region_copy", mutates_args=())
@@ -95,12 +96,11 @@ def restore_block_classes(model: Model) -> Model:
 
 
 def _unmarked_class(module: torch.nn.Module) -> type:
-    cls = type(module)
-    return cls.__mro__[1] if getattr(cls, REGION_ATTR, False) else cls
+    return original_class(module) if getattr(type(module), REGION_ATTR, False) else type(module)
 
 
 def _marked_class(cls: type) -> type:
-    if cls not in _MARKED:
+    def namespace() -> dict[str, Any]:
         forward = cls.forward
 
         def run_block(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -115,8 +115,6 @@ def _marked_class(cls: type) -> type:
             args, kwargs = tree_map_only(torch.Tensor, region_copy, (args, kwargs))
             return region(module, *args, **kwargs)
 
-        _MARKED[cls] = type(cls.__name__, (cls,), {
-            "forward": marked_forward, REGION_ATTR: True, "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-        })
-    return _MARKED[cls]
+        return {"forward": marked_forward, REGION_ATTR: True}
+
+    return same_named_subclass(cls, "trace_blocks_once", namespace)

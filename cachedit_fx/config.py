@@ -9,7 +9,9 @@ Cache keys use cache-dit's names. ``parse_options`` turns the ``options`` dict g
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -95,6 +97,8 @@ class DBCacheConfig:
 
 
 CACHE_KEYS = frozenset(f.name for f in dataclasses.fields(DBCacheConfig))
+GRAPH_KEYS = frozenset({"Fn_compute_blocks", "Bn_compute_blocks", "non_prune_block_ids"})
+"""Options that shape the compiled graph: ``refresh`` cannot change them (compile again)."""
 
 
 @dataclass
@@ -140,6 +144,26 @@ class DBPruneConfig(DBCacheConfig):
 
 
 PRUNE_KEYS = frozenset(f.name for f in dataclasses.fields(DBPruneConfig)) - CACHE_KEYS
+REFRESH_KEYS = (CACHE_KEYS | PRUNE_KEYS) - GRAPH_KEYS
+"""Options ``refresh`` can change: the decision's controls, step counts and masks, CFG handling."""
+
+
+def check_refresh_changes(changes: dict[str, Any], config: Optional[DBCacheConfig] = None) -> DBCacheConfig:
+    """The config ``refresh(**changes)`` gives from ``config`` (default options when the model
+    is not compiled yet, to check the values alone); ``ValueError`` naming any key refresh cannot
+    change or any bad value."""
+    graph = sorted(set(changes) & GRAPH_KEYS)
+    if graph:
+        raise ValueError(f"refresh cannot change {graph}: they shape the compiled graph (compile again); "
+                         f"refresh can change {sorted(REFRESH_KEYS)}")
+    unknown = sorted(set(changes) - REFRESH_KEYS)
+    if unknown:
+        raise ValueError(f"unknown refresh option(s) {unknown}; refresh can change {sorted(REFRESH_KEYS)}")
+    if config is None:
+        config = DBPruneConfig() if set(changes) & PRUNE_KEYS else DBCacheConfig()
+    if set(changes) & PRUNE_KEYS and not isinstance(config, DBPruneConfig):
+        raise ValueError(f"{sorted(set(changes) & PRUNE_KEYS)} apply to DBPrune only; this model runs DBCache")
+    return config.replace(**changes)
 CALIBRATOR_CACHE_TYPES = ("residual", "hidden_states")
 MAX_TAYLORSEER_ORDER = 4
 
@@ -205,6 +229,9 @@ class BackendSettings:
     """The ``ParallelRun`` the backend binds for this compile when ``parallelism`` is enabled."""
     model_cache: Any = field(default=None, compare=False, repr=False)
     """Runtime handle the backend attaches before the passes run; passes only wire it in."""
+    dynamo_inputs: Any = field(default=None, compare=False, repr=False)
+    """What Dynamo recorded about the graph's inputs (``passes.lower.DynamoInputs``), carried
+    onto every piece so Inductor marks parameters static."""
 
     def __post_init__(self) -> None:
         if self.inner_backend not in INNER_BACKENDS:
@@ -218,6 +245,8 @@ class BackendSettings:
         for name in ("strict", "regional_compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.dump_dir is not None:
+            self.dump_dir = _writable_folder(self.dump_dir)
 
 
 BACKEND_KEYS = frozenset(
@@ -290,5 +319,25 @@ def _require_int(name: str, value: Any, minimum: int) -> None:
 
 
 def _require_number(name: str, value: Any) -> None:
+    """A real number: not NaN, not -inf (+inf is allowed: "always below")."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if math.isnan(value) or value == -math.inf:
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+
+
+def _writable_folder(path: Any) -> str:
+    """``path`` as a folder that exists (created if needed) and can be written, else ``ValueError``
+    naming ``dump_dir``."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"dump_dir must be a folder path (str or os.PathLike), got {path!r}")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"dump_dir {str(folder)!r} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"dump_dir {str(folder)!r} cannot be created: {error}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"dump_dir {str(folder)!r} is not writable")
+    return str(folder)

@@ -25,6 +25,7 @@ import torch
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from cachedit_fx.block_regions import restore_block_classes, trace_blocks_once
+from cachedit_fx.class_swap import original_class, same_named_subclass
 from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig
 from cachedit_fx.runtime.registry import cache_for_model, forget_model
 
@@ -37,7 +38,6 @@ CAPTURE_SETTINGS = {"capture_scalar_outputs": True, "capture_dynamic_output_shap
 """Dynamo settings ``compile`` traces under (``traced_with_capture_settings``)."""
 _COMPILED_ATTR = "_cachedit_fx_originals"
 log = logging.getLogger("cachedit_fx")
-_CLASSES: dict[type, type] = {}
 
 
 def transformer_components(pipe: Any) -> dict[str, torch.nn.Module]:
@@ -117,7 +117,7 @@ def disable(target: Any) -> Any:
         forget_model(module)
         setattr(target, name, restore_block_classes(module))
     delattr(target, _COMPILED_ATTR)
-    target.__class__ = type(target).__bases__[0]
+    target.__class__ = original_class(target)
     return target
 
 
@@ -148,8 +148,8 @@ def traced_with_capture_settings(call: Callable[..., Any], module: Optional[torc
     boolean masks, ``.item()``, ``.tolist()``) stay in the graph instead of breaking it, so a chain
     whose blocks use them (Mochi's text mask, FramePack's ``.item()``) is captured whole. Where
     Dynamo cannot trace a captured scalar and raises instead of breaking the graph (Qwen-Image
-    2.1), the call is run again without scalar capture (logged) and ``module``'s generation
-    restarts, as graphs of the failed call may have run. Nothing is computed differently."""
+    2.1), the call is run again without scalar capture (logged). After any call that raises,
+    ``module`` recovers (``recover_from_failed_call``) before the error propagates."""
     settings = dict(CAPTURE_SETTINGS)
 
     @functools.wraps(call)
@@ -158,34 +158,57 @@ def traced_with_capture_settings(call: Callable[..., Any], module: Optional[torc
             with torch._dynamo.config.patch(**settings):
                 return call(*args, **kwargs)
         except GuardOnDataDependentSymNode as error:
+            recover_from_failed_call(module)
             if not settings.get("capture_scalar_outputs"):
                 raise
             log.warning("cachedit: Dynamo cannot trace a captured scalar (%s); tracing again without "
                         "capture_scalar_outputs", str(error).splitlines()[0])
             settings["capture_scalar_outputs"] = False
-            if module is not None:
-                cache = cache_for_model(module, create=True)
-                if cache.bound is not None:
-                    cache.refresh(cache.active_name())
-            with torch._dynamo.config.patch(**settings):
-                return call(*args, **kwargs)
+            return traced(*args, **kwargs)
+        except BaseException:
+            recover_from_failed_call(module)
+            raise
 
     return traced
 
 
+def recover_from_failed_call(module: Optional[torch.nn.Module]) -> None:
+    """Leave no trace of a call of ``module`` that raised: Dynamo forgets what it compiled for the
+    class's ``forward`` (a trace that met the error marks that frame to run eagerly, for this
+    model and every later model of its class, until ``torch._dynamo.reset()``), and the active
+    context starts a new generation (graphs of the failed call may have run)."""
+    if module is None:
+        return
+    from torch._C._dynamo.eval_frame import reset_code
+    from torch._dynamo.convert_frame import compile_lock
+
+    with compile_lock:
+        reset_code(type(module).forward.__code__)
+    cache = cache_for_model(module, create=True)
+    if cache.bound is not None:
+        cache.refresh(cache.active_name())
+
+
 def _refreshing_class(cls: type) -> type:
-    """A subclass of pipeline class ``cls`` (same name) whose calls start a new generation."""
-    if cls not in _CLASSES:
+    """A subclass of pipeline class ``cls`` (same name) whose calls start a new generation;
+    pickled, the pipeline is its original class with its original transformers."""
+
+    def namespace() -> dict[str, Any]:
         signature = pyinspect.signature(cls.__call__)
 
         def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
             _start_generation(self, signature, args, kwargs)
             return cls.__call__(self, *args, **kwargs)
 
-        _CLASSES[cls] = type(cls.__name__, (cls,), {
-            "__call__": __call__, "__module__": cls.__module__, "__doc__": cls.__doc__,
-            "__qualname__": cls.__qualname__})
-    return _CLASSES[cls]
+        return {"__call__": __call__}
+
+    return same_named_subclass(cls, "cachedit_fx.compile", namespace, pickled_state=_uncompiled_state)
+
+
+def _uncompiled_state(pipe: Any, state: dict[str, Any]) -> dict[str, Any]:
+    originals = state.pop(_COMPILED_ATTR, {})
+    state.update(originals)
+    return state
 
 
 def _start_generation(pipe: Any, signature: pyinspect.Signature, args: tuple, kwargs: dict) -> None:

@@ -157,3 +157,27 @@ def test_dump_dir_writes_each_pass_and_the_analysis(tmp_path):
     assert analysis["cachedit_fx.partition"]["Fn"] == 1
     code = next(p for p in tmp_path.iterdir() if p.name.endswith("_insert_cache_branch.py")).read_text()
     assert "cache_branch" in code
+
+
+def test_mode_given_to_torch_compile_reaches_every_piece_and_cuda_graph_modes_own_their_outputs(monkeypatch):
+    import cachedit_fx.passes.lower as lower
+    from cachedit_fx.backend import outputs_owned
+    from cachedit_fx.passes.lower import uses_cuda_graphs
+
+    modes = []
+    monkeypatch.setattr(lower, "compile_piece", lambda piece, settings: modes.append(settings.mode) or piece)
+    model, x = BrokenChain(), torch.randn(2, 8)
+    model.blocks = torch.nn.ModuleList(Block(breaks=False) for _ in range(10))  # room for the default F8B0
+    with torch.no_grad():
+        out = torch.compile(model, backend="cachedit", mode="reduce-overhead")(x)
+    assert modes == ["reduce-overhead"] * 3
+    torch.testing.assert_close(out, model(x))
+    assert uses_cuda_graphs(cachedit_fx.parse_options({"mode": "reduce-overhead"}))
+    assert uses_cuda_graphs(cachedit_fx.parse_options({"inductor_options": {"triton.cudagraphs": True}}))
+    assert not uses_cuda_graphs(cachedit_fx.parse_options({"mode": "max-autotune-no-cudagraphs"}))
+    assert not uses_cuda_graphs(cachedit_fx.parse_options({"inner_backend": "aot_eager"}))
+    pool = torch.zeros(3)
+    owned = outputs_owned(lambda x: (pool.add_(x), 7))
+    first = owned(torch.ones(3))[0]
+    owned(torch.ones(3))
+    assert first.tolist() == [1.0, 1.0, 1.0] and pool.tolist() == [2.0, 2.0, 2.0]

@@ -100,3 +100,36 @@ def test_memory_benchmark_counts_each_policy_against_its_bound(tmp_path):
         assert stream["carried_bytes"] > 0 and stream["held_bytes"] == stream["ratio"] * stream["carried_bytes"]
     assert rows["FoCa"]["streams"][0]["held_bytes"] > rows["DBCache F1B0"]["streams"][0]["held_bytes"]
     assert "| flux-small | FoCa |" in (tmp_path / "results.md").read_text()
+
+
+def test_systems_run_one_by_one_hold_one_model_copy_at_a_time():
+    """The GPU path (systems not interleaved): every system's model is freed before the next
+    system builds its own, so a full-size run needs memory for one copy, not one per system."""
+    import dataclasses
+    import gc
+    import weakref
+
+    import torch
+
+    from benchmarks import suite
+    from benchmarks.models import MODELS
+    from benchmarks.systems import CacheSetting, baselines, cachedit_system
+
+    bench = MODELS["quick"]["flux"]
+    alive: list[weakref.ref] = []
+    live_at_build: list[int] = []
+
+    def counting_build(device, dtype):
+        gc.collect()
+        live_at_build.append(sum(1 for ref in alive if ref() is not None))
+        model = bench.build(device, dtype)
+        alive.append(weakref.ref(model))
+        return model
+
+    counted = dataclasses.replace(bench, builder=counting_build)
+    systems = baselines("eager") + [cachedit_system(CacheSetting("F1B0", 1, 0, 0.3, 1), 4, "eager")]
+    rows = suite.run_systems(systems, counted, torch.device("cpu"), torch.float32, steps=4, repeats=1,
+                             interleave=False, warm_compile=False)
+    assert len(rows) == 3 and live_at_build == [0, 0, 0]
+    gc.collect()
+    assert all(ref() is None for ref in alive)

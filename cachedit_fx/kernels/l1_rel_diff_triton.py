@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cachedit_fx.kernels.triton_support import block_size
+from cachedit_fx.kernels.triton_support import block_size, on_device_of
 
 
 @triton.jit
@@ -66,9 +66,10 @@ def l1_rel_diff_triton(prev: torch.Tensor, cur: torch.Tensor, base: Optional[tor
     blocks_per_program = 16 if n >= LARGE_TENSOR else 1
     num_programs = -(-n // (block * blocks_per_program))
     partials = torch.empty(2 * num_programs, dtype=torch.float32, device=prev.device)
-    partial_sums_kernel[(num_programs,)](
-        prev, cur, base if base is not None else prev, partials, n, num_programs,
-        HAS_BASE=base is not None, BLOCK=block, BLOCKS_PER_PROGRAM=blocks_per_program, num_warps=8,
-    )
-    final_sums_kernel[(1,)](partials, out, num_programs, BLOCK=1024, num_warps=4)
+    with on_device_of(prev):
+        partial_sums_kernel[(num_programs,)](
+            prev, cur, base if base is not None else prev, partials, n, num_programs,
+            HAS_BASE=base is not None, BLOCK=block, BLOCKS_PER_PROGRAM=blocks_per_program, num_warps=8,
+        )
+        final_sums_kernel[(1,)](partials, out, num_programs, BLOCK=1024, num_warps=4)
     return out

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cachedit_fx.kernels.triton_support import block_size
+from cachedit_fx.kernels.triton_support import block_size, on_device_of
 
 
 @triton.jit
@@ -22,12 +22,13 @@ def ladder_update_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
+    level = tl.zeros_like(offs) + n  # the ladder's level stride, in int64 (k * n overflows int32)
     new = tl.load(value_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BASE:
         new = new - tl.load(base_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     written = tl.full([BLOCK], levels, tl.int32)
     for k in tl.static_range(MAX_LEVELS):
-        ptr = ladder_ptr + k * n + offs
+        ptr = ladder_ptr + k * level + offs
         if k + 1 < MAX_LEVELS:
             old = tl.load(ptr, mask=mask & (written > k + 1), other=0.0).to(tl.float32)
         tl.store(ptr, new.to(ladder_ptr.dtype.element_ty), mask=mask & (written > k))
@@ -42,12 +43,13 @@ def forecast_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
+    level = tl.zeros_like(offs) + n  # the ladder's level stride, in int64 (k * n overflows int32)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_BASE:
         acc = tl.load(base_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     coeff = 1.0
     for k in tl.static_range(ORDER + 1):
-        acc += coeff * tl.load(ladder_ptr + k * n + offs, mask=mask, other=0.0).to(tl.float32)
+        acc += coeff * tl.load(ladder_ptr + k * level + offs, mask=mask, other=0.0).to(tl.float32)
         coeff = coeff * elapsed / (k + 1)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -62,10 +64,11 @@ def taylor_update_triton(
     if n == 0:
         return
     block = block_size(GPU_BLOCK)
-    ladder_update_kernel[(-(-n // block),)](
-        ladder, value, base if base is not None else value, n, levels, 1.0 / gap if levels > 1 else 0.0,
-        HAS_BASE=base is not None, MAX_LEVELS=ladder.shape[0], BLOCK=block, num_warps=4,
-    )
+    with on_device_of(ladder):
+        ladder_update_kernel[(-(-n // block),)](
+            ladder, value, base if base is not None else value, n, levels, 1.0 / gap if levels > 1 else 0.0,
+            HAS_BASE=base is not None, MAX_LEVELS=ladder.shape[0], BLOCK=block, num_warps=4,
+        )
 
 
 def taylor_forecast_triton(
@@ -75,7 +78,8 @@ def taylor_forecast_triton(
     if n == 0:
         return
     block = block_size(GPU_BLOCK)
-    forecast_kernel[(-(-n // block),)](
-        ladder, base if base is not None else out, out, n, float(elapsed),
-        HAS_BASE=base is not None, ORDER=order, BLOCK=block, num_warps=4,
-    )
+    with on_device_of(out):
+        forecast_kernel[(-(-n // block),)](
+            ladder, base if base is not None else out, out, n, float(elapsed),
+            HAS_BASE=base is not None, ORDER=order, BLOCK=block, num_warps=4,
+        )

@@ -7,8 +7,10 @@ be set before anything imports triton (``tests/conftest.py`` does this first thi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from typing import ContextManager
 
 import torch
 
@@ -35,3 +37,9 @@ def block_size(gpu_block: int) -> int:
     """Elements per program: ``gpu_block`` on a GPU; the interpreter runs each program as
     numpy ops, so it gets one large block instead."""
     return 1 << 16 if interpreting() else gpu_block
+
+
+def on_device_of(t: torch.Tensor) -> ContextManager[object]:
+    """Triton launches on the current CUDA device: this makes it ``t``'s (a tensor on
+    ``cuda:1`` while ``cuda:0`` is current would otherwise be read from the wrong device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

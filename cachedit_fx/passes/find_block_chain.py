@@ -170,11 +170,12 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     nodes = list(gm.graph.nodes)
     lists = _block_lists(nodes)
     if not any(info.repeated for info in lists):
-        if any(_INDEXED_PATH.match(path) for n in nodes if n.op not in ("placeholder", "output")
-               for path, _ in _stack(n)):
+        if lists:
             raise UnsupportedGraph(
                 "no repeated transformer blocks in this graph: it holds part of a block list but not two of its "
-                "blocks, so graph breaks split the chain (see torch._dynamo.explain)")
+                "blocks, so graph breaks split the chain (see torch._dynamo.explain). If an earlier call raised "
+                "while Dynamo traced the model, Dynamo now runs its forward eagerly and compiles each block "
+                "alone: torch._dynamo.reset() restores it (cachedit_fx.compile recovers by itself)")
         raise NoBlocks(
             "no repeated transformer blocks found in this graph (no ModuleList of two or more modules of one "
             "class runs in it); if the model has block lists, a graph break split them (see torch._dynamo.explain)"

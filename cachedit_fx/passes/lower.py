@@ -3,9 +3,11 @@
 Assumes: a parent graph whose pieces (``split_pieces.piece_modules``) are ``GraphModule``s
 whose placeholders carry Dynamo's fake ``example_value``; a piece marked
 ``meta[BLOCKWISE_META_KEY]`` (``split_blocks``) has its sub-pieces compiled instead.
-Guarantees: pieces with equal ``graph_signature`` (same nodes, same constants, same input
-shapes, strides and dtypes) are compiled once and share the compiled callable, which is sound
-because every parameter is a graph input; everything is compiled from fake inputs in Dynamo's
+Guarantees: every piece carries Dynamo's input metadata (``DynamoInputs``), so Inductor marks
+its parameters static; pieces with equal ``graph_signature`` (same nodes, same constants, same
+input shapes, strides and dtypes) are compiled once and share the compiled callable, which is
+sound because every parameter is a graph input (not under CUDA graphs, whose static weights
+live at fixed addresses: there each piece is compiled alone); everything is compiled from fake inputs in Dynamo's
 fake mode (nothing runs); the parent graph and the branch modules keep their structure.
 ``meta[COMPILE_REPORT_META_KEY]`` records pieces and distinct compiles.
 """
@@ -46,13 +48,54 @@ class CompileReport:
     compiles: int
 
 
+@dataclass(frozen=True)
+class DynamoInputs:
+    """What Dynamo records about its graph's inputs for AOTAutograd and Inductor: the graph's
+    meta (``dynamo_compile_id``), its parameter sources and each placeholder's source and tensor
+    dict. Carried onto every piece (as DDPOptimizer does for its buckets), Inductor finds the
+    parameters among a piece's inputs and marks them static, so CUDA graphs never copy weights."""
+
+    meta: dict[str, Any]
+    param_name_to_source: dict[str, Any]
+    sources: dict[str, Any]
+    tensor_dicts: dict[str, dict[str, Any]]
+
+    @staticmethod
+    def of(gm: fx.GraphModule) -> "DynamoInputs":
+        placeholders = list(gm.graph.find_nodes(op="placeholder"))
+        return DynamoInputs(
+            meta=dict(gm.meta), param_name_to_source=dict(getattr(gm, "_param_name_to_source", None) or {}),
+            sources={n.name: getattr(n, "_dynamo_source", None) for n in placeholders},
+            tensor_dicts={n.name: n.meta["tensor_dict"] for n in placeholders if "tensor_dict" in n.meta})
+
+    def carry_onto(self, piece: fx.GraphModule) -> None:
+        if "dynamo_compile_id" not in self.meta:
+            return
+        piece.meta.update({k: v for k, v in self.meta.items() if k not in piece.meta})
+        piece._param_name_to_source = self.param_name_to_source
+        for node in piece.graph.find_nodes(op="placeholder"):
+            node._dynamo_source = self.sources.get(node.name)
+            if node.name in self.tensor_dicts:
+                node.meta["tensor_dict"] = self.tensor_dicts[node.name]
+            elif node.meta.get(STATIC_WEIGHT_META_KEY):
+                node.meta["tensor_dict"] = {"_dynamo_static_input_type": "unguarded"}
+
+
+STATIC_WEIGHT_META_KEY = "cachedit_fx.static_weight"
+"""Placeholder meta flag of weights the passes add (tensor-parallel shards): static inputs."""
+
+
 def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     compiled: dict[Hashable, Callable[..., Any]] = {}
     units = 0
     for owner, name, piece in piece_modules(parent):
         targets = piece_modules(piece) if piece.meta.get(BLOCKWISE_META_KEY) else [(owner, name, piece)]
         for unit_owner, unit_name, unit in targets:
+            if settings.dynamo_inputs is not None:
+                settings.dynamo_inputs.carry_onto(unit)
             signature = graph_signature(unit)
+            if uses_cuda_graphs(settings):  # static weights at other addresses would re-record every graph
+                signature = (signature, id(unit))
             if signature not in compiled:
                 compiled[signature] = compile_piece(unit, settings)
             setattr(unit_owner, unit_name, CompiledPiece(unit_name, compiled[signature]))
@@ -60,6 +103,17 @@ def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(units, len(compiled))
     log.info("cachedit: %d pieces, %d distinct compiles", units, len(compiled))
     return parent
+
+
+def uses_cuda_graphs(settings: BackendSettings) -> bool:
+    """Inductor captures CUDA graphs for this compile (``mode="reduce-overhead"`` or
+    ``"max-autotune"``, or ``triton.cudagraphs`` in ``inductor_options``)."""
+    if settings.inner_backend != "inductor":
+        return False
+    from torch._inductor import list_mode_options
+
+    options = {**(list_mode_options(settings.mode) if settings.mode else {}), **settings.inductor_options}
+    return bool(options.get("triton.cudagraphs"))
 
 
 def compile_piece(piece: fx.GraphModule, settings: BackendSettings) -> Callable[..., Any]:

@@ -23,6 +23,7 @@ from cachedit_fx.passes import CHAIN_META_KEY
 from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.fake_values import fake_mode_of
 from cachedit_fx.passes.find_block_chain import BlockChain
+from cachedit_fx.passes.lower import STATIC_WEIGHT_META_KEY
 from cachedit_fx.passes.shard_layout import Sharded, map_view
 from cachedit_fx.passes.shard_propagation import (
     LIKE_FUNCTIONS, UNARY_METHODS, ShardPlan, ShardRewriter, ShardingReport, attention_call, is_attention,
@@ -52,7 +53,8 @@ def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphMo
         if key not in created:
             shard = weight_shard(param, dim, segments, run.world, run.rank)
             node = rewriter.new_placeholder(f"{placeholder.name}_tp_shard",
-                                            {"example_value": fake_mode.from_tensor(shard, static_shapes=True)})
+                                            {"example_value": fake_mode.from_tensor(shard, static_shapes=True),
+                                             STATIC_WEIGHT_META_KEY: True})
             created[key] = node
             run.shard_inputs.append(shard)
             report.weight_bytes_local += shard.nbytes

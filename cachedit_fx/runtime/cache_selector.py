@@ -38,6 +38,11 @@ class CacheSelector(torch.nn.Module):
         self.binding = (config, chain, arithmetic, calibrator)
 
     def forward(self, anchor: torch.Tensor) -> ModelCacheState:
+        if torch.is_grad_enabled() and anchor.requires_grad:
+            raise RuntimeError(
+                "cachedit_fx caches for inference only: gradients cannot flow through skipped blocks. Call the "
+                "compiled model under torch.no_grad() or torch.inference_mode() (diffusers pipelines do), or "
+                "freeze it with model.requires_grad_(False)")
         cache = cache_of_param(anchor)
         if cache is None:
             cache = cache_for_params([anchor])

@@ -4,32 +4,45 @@ A ``ModelCache`` is what the graphs compiled for one model share: the compiled o
 one ``ModelCacheState`` per named context. Each context has its own streams, buffers,
 counters, CFG schedule and statistics, so requests interleaved step by step on one compiled
 model (a serving loop) never see each other's residuals. The active context is chosen per
-thread / asyncio task with ``cache_context`` (a ``contextvars`` variable); outside any, the
-context is ``"default"``.
+thread / asyncio task with ``cache_context`` (a ``contextvars`` variable); outside any, it is
+``"default"`` on the main thread and one of their own for every other thread and asyncio task
+(``caller_context``), dropped when that thread or task ends.
 
 Invariants:
   * a context is created lazily, from the compiled options, at its first use; options given
     to ``refresh`` before the model was compiled are applied when its context is created;
+  * two callers share a context only when they name it: concurrent threads or tasks without
+    ``cache_context`` never mix their generations;
+  * at most ``MAX_CONTEXTS`` contexts per model; reading statistics never creates one;
   * binding a new graph (a recompile) rebinds every context (``ModelCacheState.rebind``);
-  * choosing the context costs one ``ContextVar.get`` and one dict lookup per call.
+  * choosing the context costs a few ``ContextVar.get`` calls and one dict lookup per call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import itertools
+import logging
+import threading
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
 
-from cachedit_fx.config import DBCacheConfig
+from cachedit_fx.config import DBCacheConfig, check_refresh_changes
 from cachedit_fx.runtime.arithmetic import CacheArithmetic
 from cachedit_fx.runtime.histories import Calibrator
-from cachedit_fx.runtime.stats import CacheSummary
+from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 from cachedit_fx.runtime.state import ModelCacheState
 from cachedit_fx.runtime.stream_state import ChainShape
 
+log = logging.getLogger("cachedit_fx")
+
 DEFAULT_CONTEXT = "default"
 MAX_GRAPH_RECORDS = 16
+MAX_CONTEXTS = 64
+"""Open contexts kept per model; the least recently used beyond it is dropped."""
 
 _ACTIVE: contextvars.ContextVar[dict[int, str]] = contextvars.ContextVar("cachedit_fx_active_contexts", default={})
 """id(ModelCache) -> the name of its active context (copied on every change, never mutated)."""
@@ -39,6 +52,7 @@ class ModelCache:
     """The compiled options of one model and its named contexts."""
 
     def __init__(self) -> None:
+        _MODEL_CACHES.add(self)
         self.bound: Optional[tuple[DBCacheConfig, ChainShape, CacheArithmetic, Optional[Calibrator]]] = None
         self.contexts: dict[str, ModelCacheState] = {}
         self.pending: dict[str, dict[str, Any]] = {}
@@ -83,15 +97,18 @@ class ModelCache:
             state.sums_all_reduce = self.sums_all_reduce
 
     def active_name(self) -> str:
-        return _ACTIVE.get().get(id(self), DEFAULT_CONTEXT)
+        return _ACTIVE.get().get(id(self)) or caller_context()
 
     def active(self) -> ModelCacheState:
         """The state of the context the current call runs in (created at its first use)."""
-        name = _ACTIVE.get().get(id(self), DEFAULT_CONTEXT)
+        name = _ACTIVE.get().get(id(self)) or caller_context()
         state = self.contexts.get(name)
         return state if state is not None else self.context(name)
 
     def context(self, name: str) -> ModelCacheState:
+        """The state of context ``name``, created at its first use; beyond ``MAX_CONTEXTS`` the
+        least recently used context is dropped (logged): a request that comes back to it starts a
+        new generation, never a stale one."""
         if name not in self.contexts:
             if self.bound is None:
                 self._require_compiled()
@@ -102,25 +119,82 @@ class ModelCache:
             if pending is not None:
                 state.refresh(**pending)
             self.contexts[name] = state
+            while len(self.contexts) > MAX_CONTEXTS:
+                oldest = next(iter(self.contexts))
+                log.warning("cachedit_fx: more than %d cache contexts are open; dropping the least recently used, "
+                            "%r (close contexts when their request ends)", MAX_CONTEXTS, oldest)
+                self.drop(oldest)
+        else:
+            self.contexts[name] = self.contexts.pop(name)
         return self.contexts[name]
 
     def refresh(self, name: str, num_inference_steps: Optional[int] = None, **config_changes: Any) -> None:
-        """Start a new generation in context ``name``; before the first compile, remembered."""
-        if name in self.contexts or self.bound is not None or self.fallback_reason is not None:
-            self.context(name).refresh(num_inference_steps=num_inference_steps, **config_changes)
-            return
-        changes = dict(self.pending.get(name, {}), **config_changes)
+        """Start a new generation in context ``name``; before the first compile, remembered.
+        Bad keys or values raise here (``config.check_refresh_changes``), nothing is stored."""
+        changes = dict(config_changes)
         if num_inference_steps is not None:
             changes["num_inference_steps"] = num_inference_steps
-        self.pending[name] = changes
+        if name in self.contexts or self.bound is not None or self.fallback_reason is not None:
+            self.context(name).refresh(**changes)
+            return
+        merged = dict(self.pending.get(name, {}), **changes)
+        check_refresh_changes(merged)
+        self.pending[name] = merged
 
     def summary(self, name: str, stream: str) -> CacheSummary:
-        return self.context(name).summary(stream)
+        """Statistics of context ``name``; reading never creates a context (one not used yet
+        reports an empty generation)."""
+        state = self.contexts.get(name)
+        if state is not None:
+            return state.summary(stream)
+        if self.bound is None:
+            self._require_compiled()
+        chain = self.bound[1]
+        return GenerationStats(chain.num_blocks, chain.Fn + chain.Bn).summary()
 
     def drop(self, name: str) -> None:
         """Forget context ``name`` and free its buffers."""
         self.contexts.pop(name, None)
         self.pending.pop(name, None)
+
+
+class _Caller:
+    """Token of one thread or asyncio task that called without a ``cache_context``; when the
+    thread or task ends it is collected and its context dropped from every model."""
+
+    def __init__(self) -> None:
+        self.name = f"caller-{next(_CALLER_IDS)}"
+        weakref.finalize(self, _drop_everywhere, self.name)
+
+
+_CALLER: contextvars.ContextVar[Optional[_Caller]] = contextvars.ContextVar("cachedit_fx_caller", default=None)
+_CALLER_IDS = itertools.count(1)
+_MODEL_CACHES: "weakref.WeakSet[ModelCache]" = weakref.WeakSet()
+
+
+def caller_context() -> str:
+    """The context of a call outside any ``cache_context``: ``"default"`` on the main thread
+    outside asyncio tasks, else one of the calling thread's or task's own, so concurrent callers
+    never share cache state by accident."""
+    if threading.current_thread() is threading.main_thread() and _current_task() is None:
+        return DEFAULT_CONTEXT
+    caller = _CALLER.get()
+    if caller is None:
+        caller = _Caller()
+        _CALLER.set(caller)
+    return caller.name
+
+
+def _current_task() -> Optional[object]:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def _drop_everywhere(name: str) -> None:
+    for cache in list(_MODEL_CACHES):
+        cache.drop(name)
 
 
 class CacheContext:

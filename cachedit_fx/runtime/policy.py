@@ -6,6 +6,8 @@ threshold, no previous residual, diff < threshold (strict).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,6 +34,8 @@ def should_cache(
     step = counters.step
     if step in range(0, config.max_warmup_steps, config.warmup_interval):
         return False, "warmup"
+    if diff is not None and not math.isfinite(diff):
+        return False, "non-finite diff"
     mask = config.steps_computation_mask
     if mask is not None:
         if step >= len(mask) or mask[step] == 1:

@@ -16,7 +16,10 @@ Invariants:
     is decided;
   * separate-CFG streams (``runtime/cfg.py``) share the generation and the step index and
     nothing else;
-  * exactly one host sync per call (timestep and diff sums read together).
+  * exactly one host sync per call (timestep and diff sums read together, with the inputs'
+    fingerprint at a generation's first two calls);
+  * a generation whose second call repeats its first call's inputs exactly starts again there:
+    the first was a warm-up call, not a step.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
 
-from cachedit_fx.config import DBCacheConfig, DBPruneConfig
+from cachedit_fx.config import DBCacheConfig, DBPruneConfig, check_refresh_changes
 from cachedit_fx.runtime.arithmetic import CacheArithmetic
 from cachedit_fx.runtime.cfg import DEFAULT_STREAM, UNCOND_STREAM, CfgSchedule
 from cachedit_fx.runtime.policy import StepCounters, should_cache
@@ -82,6 +85,8 @@ class ModelCacheState:
         self.cfg = CfgSchedule(config.enable_separate_cfg, config.cfg_compute_first)
         self.last_timestep: Optional[float] = None
         self.first_decision: Optional[bool] = None
+        self.first_inputs: Optional[tuple] = None
+        """(shapes and dtypes, input fingerprint) of the generation's first call."""
 
     def stream(self, name: str = DEFAULT_STREAM) -> StreamState:
         if name not in self.streams:
@@ -113,7 +118,7 @@ class ModelCacheState:
         if num_inference_steps is not None:
             changes["num_inference_steps"] = num_inference_steps
         if changes:
-            self._set_config(self.config.replace(**changes))
+            self._set_config(check_refresh_changes(changes, self.config))
         self._new_generation("refresh")
 
     def _new_generation(self, reason: str) -> None:
@@ -122,6 +127,7 @@ class ModelCacheState:
         self.cfg.restart()
         self.last_timestep = None
         self.first_decision = None
+        self.first_inputs = None
 
     def summary(self, stream: str = DEFAULT_STREAM) -> CacheSummary:
         stats = self.streams[stream].latest_stats() if stream in self.streams else None
@@ -263,12 +269,15 @@ class ModelCacheState:
         stream = self.upcoming_stream()
         follows_first = self._follows_first_decision()
         sums = None if follows_first else self._reduced(speculative_sums(stream))
-        readback = ([sums] if sums is not None else []) + ([timestep_level(timestep)] if timestep is not None else [])
-        host = torch.cat([v.to(torch.float64) for v in readback]).tolist() if readback else []
-        t = host[-1] if timestep is not None else None
+        fingerprint = input_fingerprint(signature_inputs) if self.cfg.calls < 2 and signature_inputs else None
+        parts = [v for v in (sums, timestep_level(timestep) if timestep is not None else None, fingerprint)
+                 if v is not None]
+        host = torch.cat([v.to(torch.float64) for v in parts]).tolist() if parts else []
         diff = _relative(host[0], host[1]) if sums is not None else None
+        t = host[2 if sums is not None else 0] if timestep is not None else None
+        inputs = tuple(host[len(host) - len(fingerprint):]) if fingerprint is not None else None
 
-        reason = self._boundary(stream, signature, t)
+        reason = self._boundary(stream, signature, t) or self._repeated(signature, inputs)
         if reason is not None:
             self._new_generation(reason)
         elif self.cfg.detect(t):
@@ -284,6 +293,8 @@ class ModelCacheState:
             follows_first = self._follows_first_decision()
         stream.signature = signature
         self.last_timestep = t
+        if self.cfg.calls == 0:
+            self.first_inputs = (signature, inputs)
         position = self.cfg.position()
         self.cfg.record_call(t)
         return stream, diff, position, follows_first
@@ -309,6 +320,14 @@ class ModelCacheState:
         """The second CFG call of a step reuses the first call's decision
         (``cfg_diff_compute_separate=False``)."""
         return bool(self.cfg.separate) and not self.config.cfg_diff_compute_separate and self.cfg.position() == 1
+
+    def _repeated(self, signature, inputs: Optional[tuple[float, ...]]) -> Optional[str]:
+        """The generation's second call repeats the first call's inputs exactly: the first was a
+        warm-up call, not a step (nor a CFG pair: a CFG pair's inputs differ), so the generation
+        starts again here."""
+        if self.cfg.calls != 1 or inputs is None or self.first_inputs != (signature, inputs):
+            return None
+        return "a call repeated the previous call's inputs (a warm-up call)"
 
     def _boundary(self, stream: StreamState, signature, t: Optional[float]) -> Optional[str]:
         if stream.signature is not None and signature != stream.signature:
@@ -357,6 +376,12 @@ class _CallPruning:
         ceiling = config.max_dynamic_prune_threshold
         ceiling = 2 * base if ceiling is None else ceiling
         return max(relaxed, base) if relaxed < ceiling else base
+
+
+def input_fingerprint(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One fp64 sum per call input (read at a generation's first two calls only): equal
+    fingerprints and shapes mean a repeated call."""
+    return torch.stack([t.reshape(-1).to(torch.float64).sum() for t in inputs])
 
 
 def timestep_level(timestep: torch.Tensor) -> torch.Tensor:

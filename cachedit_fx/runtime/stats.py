@@ -33,7 +33,7 @@ class GenerationStats:
                 self.pruned_blocks[step] = list(pruned_blocks)
 
     def summary(self) -> "CacheSummary":
-        diffs = sorted(self.residual_diffs.values())
+        diffs = sorted(d for d in self.residual_diffs.values() if math.isfinite(d))
         if self.pruned_blocks is not None:
             skipped = sum(len(b) for b in self.pruned_blocks.values())
         else:
@@ -51,6 +51,7 @@ class GenerationStats:
             computed_blocks=self.steps * self.num_blocks - skipped,
             cached_blocks=skipped,
             pruned_blocks=dict(self.pruned_blocks or {}),
+            nonfinite_diff_steps=[step for step, d in self.residual_diffs.items() if not math.isfinite(d)],
         )
 
 
@@ -71,6 +72,9 @@ class CacheSummary:
     cached_blocks: int
     pruned_blocks: dict[int, list[int]] = field(default_factory=dict)
     """DBPrune: step -> pruned block indices (steps with none are left out)."""
+    nonfinite_diff_steps: list[int] = field(default_factory=list)
+    """Steps whose diff was NaN or infinite (non-finite activations or a zero residual); they
+    computed, and the min / percentiles / max leave them out."""
 
     @property
     def num_cached_steps(self) -> int:
@@ -90,7 +94,9 @@ class CacheSummary:
             ("cached steps", f"{self.num_cached_steps} {self.cached_steps}"),
             ("computed / skipped blocks", f"{self.computed_blocks} / {self.cached_blocks}"
              + (f" ({self.cached_blocks / total:.1%} skipped)" if total else "")),
-            ("residual diffs (count)", str(self.num_diffs)),
+            ("residual diffs (count)", str(self.num_diffs)
+             + (f", {len(self.nonfinite_diff_steps)} non-finite at steps {self.nonfinite_diff_steps}"
+                if self.nonfinite_diff_steps else "")),
             ("diff min / P25 / P50", f"{fmt(self.diff_min)} / {fmt(self.diff_p25)} / {fmt(self.diff_p50)}"),
             ("diff P75 / P95 / max", f"{fmt(self.diff_p75)} / {fmt(self.diff_p95)} / {fmt(self.diff_max)}"),
         ]

@@ -115,9 +115,11 @@ class StreamState:
         summary = self.stats.summary()
         total = summary.computed_blocks + summary.cached_blocks
         p50 = "-" if summary.diff_p50 is None else f"{summary.diff_p50:.4f}"
+        nonfinite = (f", {len(summary.nonfinite_diff_steps)} non-finite diffs at steps {summary.nonfinite_diff_steps}"
+                     if summary.nonfinite_diff_steps else "")
         log.info("cachedit_fx: generation done (%s) context=%r stream=%r: %d/%d steps cached %s, %.1f%% of blocks "
-                 "skipped, diff p50 %s", reason, context, self.name, summary.num_cached_steps, summary.num_steps,
-                 summary.cached_steps, 100.0 * summary.cached_blocks / max(total, 1), p50)
+                 "skipped, diff p50 %s%s", reason, context, self.name, summary.num_cached_steps, summary.num_steps,
+                 summary.cached_steps, 100.0 * summary.cached_blocks / max(total, 1), p50, nonfinite)
 
     def latest_stats(self) -> Optional[GenerationStats]:
         return self.stats if self.stats.steps else self.finished

@@ -79,7 +79,7 @@ def test_nan_inf_make_the_step_compute(triton_interpreter, bad):
     diff = _relative(d, p)
     assert not diff < 1e9
     config = DBCacheConfig(max_warmup_steps=0, residual_diff_threshold=1e9)
-    assert should_cache(config, StepCounters(5, 0, 0, 0.0, True), diff) == (False, "diff")
+    assert should_cache(config, StepCounters(5, 0, 0, 0.0, True), diff) == (False, "non-finite diff")
 
 
 def test_bad_operands_raise_clear_errors():

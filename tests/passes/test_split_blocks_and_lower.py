@@ -116,3 +116,35 @@ def test_regional_compile_keeps_the_diff_computed_in_the_head():
     assert results[True][1].residual_diffs == results[False][1].residual_diffs
     for a, b in zip(results[True][0], results[False][0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _static_indices(piece):
+    from torch._functorch._aot_autograd.frontend_utils import _try_get_metadata_from_dynamo
+
+    count = len(list(piece.graph.find_nodes(op="placeholder")))
+    return _try_get_metadata_from_dynamo(piece, {}.keys(), count, [])[1]
+
+
+def test_every_piece_marks_its_parameters_static_as_plain_compile_does(monkeypatch):
+    """What Inductor reads to keep weights out of CUDA-graph input copies: each piece's static
+    inputs are exactly its parameter inputs, and together as many as the whole graph has."""
+    import cachedit_fx.passes.lower as lower
+    from cachedit_fx.passes.dataflow import is_module_state
+
+    model, inputs = TINY_MODELS["flux"]()
+    plain = []
+    with torch.no_grad():
+        torch.compile(model, backend=lambda gm, ex: plain.append(_static_indices(gm)) or gm.forward)(
+            **inputs, return_dict=False)
+    torch._dynamo.reset()
+    pieces = []
+    compile_piece = lower.compile_piece
+    monkeypatch.setattr(lower, "compile_piece", lambda piece, settings: pieces.append(
+        (_static_indices(piece), [i for i, n in enumerate(piece.graph.find_nodes(op="placeholder"))
+                                  if is_module_state(n)])) or compile_piece(piece, settings))
+    run(torch.compile(model, backend="cachedit", options=_options(residual_diff_threshold=0.0)),
+        list(trajectory(inputs, 1)))
+    assert len(pieces) == 3 and len(plain) == 1 and len(plain[0]) > 100
+    for static, parameters in pieces:
+        assert static == parameters
+    assert sum(len(static) for static, _ in pieces) == len(plain[0])

@@ -1,0 +1,344 @@
+"""Behaviour a demanding user or a serving engine relies on: no silent state mixing between
+compiles, callers or requests; failed calls leave nothing behind; bad values are named; state
+stays bounded; swapped classes pickle; non-finite diffs are reported apart."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import math
+import pickle
+import threading
+import warnings
+
+import pytest
+import torch
+
+import cachedit_fx
+from cachedit_fx.runtime.contexts import MAX_CONTEXTS
+from cachedit_fx.runtime.registry import cache_for_model
+from cachedit_fx.tiny_models import tiny_flux
+from models import run, trajectory
+
+STEPS = 6
+ALWAYS = 1e9
+OPTIONS = dict(inner_backend="eager", Fn_compute_blocks=1, max_warmup_steps=1, num_inference_steps=STEPS)
+
+
+def steps_of(inputs, seed=1, count=STEPS):
+    return list(trajectory(inputs, count, seed=seed))
+
+
+def test_two_compiles_of_one_module_keep_their_own_options():
+    model, inputs = tiny_flux()
+    always = torch.compile(model, backend="cachedit", options=dict(OPTIONS, residual_diff_threshold=ALWAYS))
+    never = torch.compile(model, backend="cachedit", options=dict(OPTIONS, residual_diff_threshold=0.0))
+    steps = steps_of(inputs)
+    first = run(always, steps)
+    assert cachedit_fx.summary(always).cached_steps == list(range(1, STEPS))
+    run(never, steps)
+    assert cachedit_fx.summary(never).cached_steps == []
+    again = run(always, steps)
+    assert cachedit_fx.summary(always).cached_steps == list(range(1, STEPS))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_grad_mode_raises_naming_inference_only_use():
+    model, inputs = tiny_flux()
+    compiled = cachedit_fx.compile(model, **OPTIONS)
+    with torch.enable_grad(), pytest.raises(RuntimeError, match="inference only.*no_grad"):
+        compiled(**inputs, return_dict=False)
+    model.requires_grad_(False)
+    with torch.enable_grad():
+        compiled(**inputs, return_dict=False)  # frozen weights: nothing to differentiate, it runs
+
+
+@pytest.mark.parametrize("changes, needle", [
+    (dict(Fn_compute_blocks=3), "refresh cannot change.*Fn_compute_blocks"),
+    (dict(Fn_compute_blocks=100), "refresh cannot change.*Fn_compute_blocks"),
+    (dict(residual_diff_threshold=float("nan")), "residual_diff_threshold must be a real number"),
+    (dict(bogus_key=1), "unknown refresh option.*bogus_key"),
+])
+def test_refresh_validates_its_keys_and_values_before_and_after_compiling(changes, needle):
+    model, inputs = tiny_flux()
+    with pytest.raises(ValueError, match=needle):
+        cachedit_fx.refresh(model, **changes)
+    compiled = cachedit_fx.compile(model, **OPTIONS)
+    run(compiled, steps_of(inputs, count=1))
+    with pytest.raises(ValueError, match=needle):
+        cachedit_fx.refresh(compiled, **changes)
+
+
+def test_a_bad_refresh_before_compiling_raises_at_once_and_drops_nothing():
+    model, inputs = tiny_flux()
+    cachedit_fx.refresh(model, residual_diff_threshold=ALWAYS)
+    with pytest.raises(ValueError, match="bogus_key"):
+        cachedit_fx.refresh(model, bogus_key=1)
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=0.0))
+    run(compiled, steps_of(inputs))
+    assert cachedit_fx.summary(compiled).cached_steps == list(range(1, STEPS))  # the queued threshold applied
+
+
+@pytest.mark.parametrize("options, key", [
+    (dict(residual_diff_threshold=float("nan")), "residual_diff_threshold"),
+    (dict(residual_diff_threshold=-math.inf), "residual_diff_threshold"),
+    (dict(max_accumulated_residual_diff_threshold=float("nan")), "max_accumulated_residual_diff_threshold"),
+])
+def test_non_real_thresholds_are_rejected(options, key):
+    with pytest.raises(ValueError, match=key):
+        cachedit_fx.parse_options(options)
+
+
+def test_bad_dump_dir_is_named(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for value, needle in ((str(a_file), "is not a folder"), (42, "must be a folder path"),
+                          (str(a_file / "below"), "cannot be created")):
+        with pytest.raises(ValueError, match=f"dump_dir.*{needle}|{needle}"):
+            cachedit_fx.parse_options({"dump_dir": value})
+    if not _is_root():
+        with pytest.raises(ValueError, match="dump_dir.*not writable"):
+            cachedit_fx.parse_options({"dump_dir": str(locked)})
+
+
+def _is_root() -> bool:
+    import os
+
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def test_a_warm_up_call_before_the_loop_changes_nothing():
+    model, inputs = tiny_flux()
+    steps = steps_of(inputs)
+    options = dict(OPTIONS, residual_diff_threshold=0.35)
+    plain = run(cachedit_fx.compile(model, **options), steps)
+    plain_cached = cachedit_fx.summary(model).cached_steps
+    cachedit_fx.disable(model)
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **options)
+    run(compiled, steps[:1])  # warm-up with the first step's inputs
+    warmed = run(compiled, steps)
+    state = cache_for_model(model).active()
+    assert state.cfg.separate is False
+    assert cachedit_fx.summary(compiled).cached_steps == plain_cached
+    assert all(torch.equal(a, b) for a, b in zip(warmed, plain))
+
+
+def test_contexts_are_bounded_and_reading_creates_none():
+    model, inputs = tiny_flux()
+    compiled = cachedit_fx.compile(model, **OPTIONS)
+    step = steps_of(inputs, count=1)
+    for k in range(MAX_CONTEXTS + 16):
+        with cachedit_fx.cache_context(compiled, f"req-{k}"):
+            run(compiled, step)
+    cache = cache_for_model(model)
+    assert len(cache.contexts) == MAX_CONTEXTS and f"req-{MAX_CONTEXTS + 15}" in cache.contexts
+    assert "req-0" not in cache.contexts
+    empty = cachedit_fx.summary(compiled, context="never-used")
+    assert empty.num_steps == 0 and "never-used" not in cache.contexts
+
+
+def test_a_sequential_head_is_not_a_block_list():
+    class SequentialOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj_out = torch.nn.Sequential(*(torch.nn.Linear(8, 8) for _ in range(3)))
+
+        def forward(self, x):
+            return self.proj_out(x)
+
+    with pytest.raises(cachedit_fx.UnsupportedGraph, match="no repeated transformer blocks found"):
+        cachedit_fx.inspect(SequentialOnly(), (torch.randn(2, 8),))
+
+
+def test_marked_blocks_and_a_compiled_pipeline_pickle_as_their_original_classes():
+    from cachedit_fx.tiny_pipelines import tiny_flux_pipeline
+
+    model, inputs = tiny_flux()
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+    cachedit_fx.trace_blocks_once(model)
+    restored = pickle.loads(pickle.dumps(model))
+    block = restored.transformer_blocks[0]
+    assert type(block).__name__ == "FluxTransformerBlock" and not hasattr(type(block), "_cachedit_fx_original_class")
+    with torch.no_grad():
+        torch.testing.assert_close(restored(**inputs, return_dict=False)[0], expected, rtol=0, atol=0)
+
+    pipe = tiny_flux_pipeline(0)
+    pipe_class, transformer = type(pipe), pipe.transformer
+    cachedit_fx.compile(pipe, **OPTIONS)
+    restored = pickle.loads(pickle.dumps(pipe))
+    assert type(restored) is pipe_class and type(restored.transformer) is type(transformer)
+    assert not hasattr(restored, "_cachedit_fx_originals")
+
+
+def test_non_finite_diffs_are_counted_apart_and_never_cache(caplog):
+    model, inputs = tiny_flux()
+    steps = steps_of(inputs)
+    steps[3] = dict(steps[3], hidden_states=torch.full_like(steps[3]["hidden_states"], float("nan")))
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS))
+    with caplog.at_level(logging.INFO, logger="cachedit_fx"):
+        run(compiled, steps)
+    summary = cachedit_fx.summary(compiled)
+    # step 3's NaN residual makes step 4's diff NaN too; step 5 compares finite values again
+    assert summary.nonfinite_diff_steps == [3, 4] and summary.cached_steps == [1, 2, 5]
+    assert all(math.isfinite(v) for v in (summary.diff_min, summary.diff_p50, summary.diff_max))
+    assert "2 non-finite at steps [3, 4]" in str(summary)
+    done = [r.getMessage() for r in caplog.records if "generation done" in r.getMessage()]
+    assert done and "2 non-finite diffs at steps [3, 4]" in done[-1]
+
+
+SOLO = dict(OPTIONS, residual_diff_threshold=0.35, cache_kernels="torch")  # Triton's CPU interpreter is not thread-safe
+
+
+def _solo(model, steps):
+    compiled = cachedit_fx.compile(model, **SOLO)
+    out = run(compiled, steps)
+    return out, cachedit_fx.summary(compiled).cached_steps
+
+
+def _two_requests():
+    model, inputs = tiny_flux()
+    first = steps_of(inputs, seed=1)
+    other = dict(inputs, hidden_states=torch.randn(inputs["hidden_states"].shape,
+                                                   generator=torch.Generator().manual_seed(7)))
+    return model, first, steps_of(other, seed=2)
+
+
+def test_threads_without_contexts_never_share_cache_state():
+    model, first, second = _two_requests()
+    want = [_solo(model, first), _solo(model, second)]
+    cachedit_fx.disable(model)
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **SOLO)
+    run(compiled, first[:1])  # compile once on the main thread
+    cachedit_fx.refresh(compiled)
+    barrier, results = threading.Barrier(2), {}
+
+    def worker(key, steps):
+        outputs = []
+        for step in steps:
+            barrier.wait()  # the two generations advance in lock step, interleaved
+            outputs.append(run(compiled, [step])[0])
+        results[key] = (outputs, cachedit_fx.summary(compiled).cached_steps)
+
+    threads = [threading.Thread(target=worker, args=(k, s)) for k, s in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for key, (outputs, cached) in results.items():
+        assert cached == want[key][1]
+        assert all(torch.equal(a, b) for a, b in zip(outputs, want[key][0]))
+
+
+def test_asyncio_tasks_without_contexts_never_share_cache_state():
+    model, first, second = _two_requests()
+    want = [_solo(model, first), _solo(model, second)]
+    cachedit_fx.disable(model)
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **SOLO)
+
+    async def request(steps):
+        outputs = []
+        for step in steps:
+            outputs.append(run(compiled, [step])[0])
+            await asyncio.sleep(0)  # let the other request take a step
+        return outputs, cachedit_fx.summary(compiled).cached_steps
+
+    async def serve():
+        return await asyncio.gather(request(first), request(second))
+
+    for (outputs, cached), (want_out, want_cached) in zip(asyncio.run(serve()), want):
+        assert cached == want_cached
+        assert all(torch.equal(a, b) for a, b in zip(outputs, want_out))
+
+
+def _held_bytes(cache) -> int:
+    from cachedit_fx.runtime.memory import stream_memory
+
+    return sum(stream_memory(s).held_bytes for state in cache.contexts.values() for s in state.streams.values())
+
+
+def test_fifty_contexts_opened_and_closed_hold_nothing_afterwards():
+    model, inputs = tiny_flux()
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS, cache_kernels="torch"))
+    steps = steps_of(inputs, count=3)
+    run(compiled, steps)
+    cache = cache_for_model(model)
+    baseline = (len(cache.contexts), _held_bytes(cache))
+    for k in range(50):
+        handle = cachedit_fx.cache_context(compiled, f"req-{k}")
+        with handle:
+            run(compiled, steps)
+        handle.close()
+
+    def per_thread_request():
+        run(compiled, steps)
+
+    threads = [threading.Thread(target=per_thread_request) for _ in range(10)]
+    for t in threads:
+        t.start()
+        t.join()
+    del threads
+    gc.collect()
+    assert (len(cache.contexts), _held_bytes(cache)) == baseline
+
+
+FAILURES = {
+    "timestep None": lambda inputs: dict(inputs, timestep=None),
+    "wrong latent width": lambda inputs: dict(inputs, hidden_states=torch.randn(1, 16, 5)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+def test_a_failed_call_leaves_this_model_and_a_fresh_one_as_in_a_clean_process(kind):
+    options = SOLO
+    model, inputs = tiny_flux()
+    steps = steps_of(inputs)
+    fresh, _ = tiny_flux(seed=3)
+    want = _solo(model, steps)
+    want_fresh = _solo(fresh, steps)
+    for m in (model, fresh):
+        cachedit_fx.disable(m)
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception):
+            run(compiled, [FAILURES[kind](steps[0])])
+    got = run(compiled, steps)
+    assert cachedit_fx.summary(compiled).cached_steps == want[1]
+    assert all(torch.equal(a, b) for a, b in zip(got, want[0]))
+    compiled_fresh = cachedit_fx.compile(fresh, **options)
+    got_fresh = run(compiled_fresh, steps)
+    assert cachedit_fx.summary(compiled_fresh).cached_steps == want_fresh[1]
+    assert all(torch.equal(a, b) for a, b in zip(got_fresh, want_fresh[0]))
+
+
+def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_one_is_clean(monkeypatch):
+    from cachedit_fx.runtime.state import ModelCacheState
+
+    model, inputs = tiny_flux()
+    steps = steps_of(inputs)
+    want = _solo(model, steps)
+    cachedit_fx.disable(model)
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **SOLO)
+    region_outputs = ModelCacheState._region_outputs
+
+    def failing(self, history, cache, run_region, inputs, partners, plans, step):
+        if step == 2:
+            raise RuntimeError("injected failure in the middle")
+        return region_outputs(self, history, cache, run_region, inputs, partners, plans, step)
+
+    monkeypatch.setattr(ModelCacheState, "_region_outputs", failing)
+    with pytest.raises(Exception, match="injected failure"):
+        run(compiled, steps[:4])
+    monkeypatch.setattr(ModelCacheState, "_region_outputs", region_outputs)
+    got = run(compiled, steps)
+    assert cachedit_fx.summary(compiled).cached_steps == want[1]
+    assert all(torch.equal(a, b) for a, b in zip(got, want[0]))
