@@ -42,3 +42,19 @@ def trajectory(inputs: dict[str, Any], steps: int, seed: int = 1, offset: float 
 def run(model_fn, steps_inputs) -> list[torch.Tensor]:
     with torch.no_grad():
         return [model_fn(**s, return_dict=False)[0].clone() for s in steps_inputs]
+
+
+class ToyBlock(torch.nn.Module):
+    """A residual block of a toy chain; ``breaks`` puts a Dynamo graph break inside it, before
+    its last op."""
+
+    def __init__(self, breaks: bool = False) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.breaks = breaks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + torch.tanh(self.lin(x))
+        if self.breaks:
+            torch._dynamo.graph_break()
+        return x * 1.5

@@ -14,7 +14,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import cachedit_fx
-from models import TINY_MODELS, run, trajectory
+from models import TINY_MODELS, ToyBlock, run, trajectory
 
 
 def test_no_recompiles_across_two_28_step_generations():
@@ -89,23 +89,10 @@ def test_strict_raises_instead_of_falling_back():
         compiled(torch.randn(2, 8))
 
 
-class Block(torch.nn.Module):
-    def __init__(self, breaks: bool):
-        super().__init__()
-        self.lin = torch.nn.Linear(8, 8)
-        self.breaks = breaks
-
-    def forward(self, x):
-        x = x + torch.tanh(self.lin(x))
-        if self.breaks:
-            torch._dynamo.graph_break()
-        return x * 1.5
-
-
 class BrokenChain(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.blocks = torch.nn.ModuleList(Block(breaks=i == 2) for i in range(5))
+        self.blocks = torch.nn.ModuleList(ToyBlock(breaks=i == 2) for i in range(5))
         self.out = torch.nn.Linear(8, 8)
 
     def forward(self, x):
@@ -167,7 +154,7 @@ def test_mode_given_to_torch_compile_reaches_every_piece_and_cuda_graph_modes_ow
     modes = []
     monkeypatch.setattr(lower, "compile_piece", lambda piece, settings: modes.append(settings.mode) or piece)
     model, x = BrokenChain(), torch.randn(2, 8)
-    model.blocks = torch.nn.ModuleList(Block(breaks=False) for _ in range(10))  # room for the default F8B0
+    model.blocks = torch.nn.ModuleList(ToyBlock() for _ in range(10))  # room for the default F8B0
     with torch.no_grad():
         out = torch.compile(model, backend="cachedit", mode="reduce-overhead")(x)
     assert modes == ["reduce-overhead"] * 3

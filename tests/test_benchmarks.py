@@ -133,3 +133,19 @@ def test_systems_run_one_by_one_hold_one_model_copy_at_a_time():
     assert len(rows) == 3 and live_at_build == [0, 0, 0]
     gc.collect()
     assert all(ref() is None for ref in alive)
+
+
+def test_gpu_check_dry_run_runs_every_section_on_cpu(tmp_path):
+    """The device script's code paths at tiny size on CPU, so the GPU run does not fail on a
+    typo; its GPU figures are not asserted here."""
+    from benchmarks import gpu_check
+
+    results = gpu_check.main(["--dry-run", "--out", str(tmp_path)])
+    sections = results["sections"]
+    assert set(sections) == set(gpu_check.SECTIONS)
+    assert all(entry["status"] == "ok" for entry in sections.values()), sections
+    mid = sections["mid_flux"]
+    assert mid["threshold0_max_rel_err"] <= 1e-5 and mid["cached_steps"] == mid["reference_cached_steps"]
+    assert mid["max_rel_err_vs_reference"] <= 1e-5 and 0 < len(mid["cached_steps"]) < 3
+    assert all(n > 0 for n in sections["reduce_overhead"]["static_inputs_per_piece"])
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["sections"].keys() == sections.keys()

@@ -1,5 +1,6 @@
 """Zero-configuration coverage of diffusers DiT classes (``benchmarks.coverage``): a fast subset
-of the support matrix, and decisions against the independent eager reference for each kind of
+of the support matrix (FLUX.2's joined lists, Z-Image's refiners, Latte's interleaved lists),
+and decisions against the independent eager reference for each kind of
 chain the analysis handles (streams joined between block lists, refiners before the chain, a side
 list feeding the chain, a side list interleaved with it, graph breaks outside the chain or
 removed by the capture settings)."""
@@ -14,17 +15,17 @@ import torch
 import cachedit_fx
 from benchmarks.coverage.matrix import _run, measure, redraw_zero_parameters, trajectory
 from cachedit_fx.example_inputs import SPECS, tiny_model
+from models import ToyBlock
 from reference_dbcache import ReferenceDBCache
 
 STEPS = 8
 ALWAYS = 1e9
 
-FAST_ROWS = {
+FAST_ROWS = {  # WanVACE, Mochi, Chroma and Lumina2 run in the reference comparisons below
     "Flux2Transformer2DModel": "transformer_blocks[4] (Flux2TransformerBlock) -> single_transformer_blocks[4]",
     "ZImageTransformer2DModel": "side lists: noise_refiner[2] prologue, context_refiner[2] prologue",
-    "WanVACETransformer3DModel": "blocks[4] (WanTransformerBlock); side lists: vace_blocks[2] prologue",
-    "ConsisIDTransformer3DModel": "side lists: perceiver_cross_attention[2] interleaved",
-    "MochiTransformer3DModel": "transformer_blocks[4] (MochiTransformerBlock)",
+    "LatteTransformer3DModel": "transformer_blocks[4] (BasicTransformerBlock) + temporal_transformer_blocks[4] "
+                               "(BasicTransformerBlock) interleaved",
 }
 
 
@@ -90,25 +91,12 @@ def test_decisions_and_outputs_equal_the_eager_reference(class_name, lists, Fn, 
     assert _max_rel_err(got, want) <= 1e-5
 
 
-class Block(torch.nn.Module):
-    def __init__(self, breaks: bool = False) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(8, 8)
-        self.breaks = breaks
-
-    def forward(self, x):
-        x = x + torch.tanh(self.lin(x))
-        if self.breaks:
-            torch._dynamo.graph_break()
-        return x
-
-
 class ChainThenBreak(torch.nn.Module):
     """Five blocks, then a graph break in the epilogue: the chain lies whole in the first graph."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.blocks = torch.nn.ModuleList(Block() for _ in range(5))
+        self.blocks = torch.nn.ModuleList(ToyBlock() for _ in range(5))
         self.out = torch.nn.Linear(8, 8)
 
     def forward(self, x, timestep):
@@ -121,7 +109,7 @@ class ChainThenBreak(torch.nn.Module):
 class BreakInEveryBlock(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.blocks = torch.nn.ModuleList(Block(breaks=True) for _ in range(4))
+        self.blocks = torch.nn.ModuleList(ToyBlock(breaks=True) for _ in range(4))
 
     def forward(self, x, timestep):
         for block in self.blocks:

@@ -208,12 +208,17 @@ def _two_requests():
     return model, first, steps_of(other, seed=2)
 
 
-def test_threads_without_contexts_never_share_cache_state():
-    model, first, second = _two_requests()
-    want = [_solo(model, first), _solo(model, second)]
+def _solo_runs_then_a_fresh_compile(model, *requests):
+    """Each request's solo run, then the model compiled afresh (Dynamo reset)."""
+    want = [_solo(model, steps) for steps in requests]
     cachedit_fx.disable(model)
     torch._dynamo.reset()
-    compiled = cachedit_fx.compile(model, **SOLO)
+    return want, cachedit_fx.compile(model, **SOLO)
+
+
+def test_threads_without_contexts_never_share_cache_state():
+    model, first, second = _two_requests()
+    want, compiled = _solo_runs_then_a_fresh_compile(model, first, second)
     run(compiled, first[:1])  # compile once on the main thread
     cachedit_fx.refresh(compiled)
     barrier, results = threading.Barrier(2), {}
@@ -237,10 +242,7 @@ def test_threads_without_contexts_never_share_cache_state():
 
 def test_asyncio_tasks_without_contexts_never_share_cache_state():
     model, first, second = _two_requests()
-    want = [_solo(model, first), _solo(model, second)]
-    cachedit_fx.disable(model)
-    torch._dynamo.reset()
-    compiled = cachedit_fx.compile(model, **SOLO)
+    want, compiled = _solo_runs_then_a_fresh_compile(model, first, second)
 
     async def request(steps):
         outputs = []
@@ -324,10 +326,7 @@ def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_
 
     model, inputs = tiny_flux()
     steps = steps_of(inputs)
-    want = _solo(model, steps)
-    cachedit_fx.disable(model)
-    torch._dynamo.reset()
-    compiled = cachedit_fx.compile(model, **SOLO)
+    (want,), compiled = _solo_runs_then_a_fresh_compile(model, steps)
     region_outputs = ModelCacheState._region_outputs
 
     def failing(self, history, cache, run_region, inputs, partners, plans, step):
@@ -342,3 +341,29 @@ def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_
     got = run(compiled, steps)
     assert cachedit_fx.summary(compiled).cached_steps == want[1]
     assert all(torch.equal(a, b) for a, b in zip(got, want[0]))
+
+
+def test_an_aborted_request_then_a_new_one_at_a_lower_timestep_needs_only_a_refresh_or_its_own_thread():
+    """A hand loop aborts a request after 3 steps; the next request starts lower (img2img). With
+    ``refresh`` at its start, or run in a thread of its own, it equals the same request run in a
+    fresh process: no residual of the aborted request is used."""
+    model, inputs = tiny_flux()
+    aborted = steps_of(inputs)[:3]
+    img2img = [dict(step, timestep=step["timestep"] * 0.5)
+               for step in steps_of(dict(inputs, hidden_states=torch.randn(inputs["hidden_states"].shape,
+                                                                          generator=torch.Generator().manual_seed(9))))]
+    (want,), compiled = _solo_runs_then_a_fresh_compile(model, img2img)
+    run(compiled, aborted)
+    cachedit_fx.refresh(compiled)
+    got = run(compiled, img2img)
+    assert cachedit_fx.summary(compiled).cached_steps == want[1]
+    assert all(torch.equal(a, b) for a, b in zip(got, want[0]))
+
+    run(compiled, aborted)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        out=run(compiled, img2img), cached=cachedit_fx.summary(compiled).cached_steps))
+    thread.start()
+    thread.join()
+    assert result["cached"] == want[1]
+    assert all(torch.equal(a, b) for a, b in zip(result["out"], want[0]))

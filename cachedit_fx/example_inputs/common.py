@@ -38,6 +38,12 @@ class ClassSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def latent_grid(patch_t: int, patch_h: int, patch_w: Optional[int] = None) -> tuple[int, int, int]:
+    """(frames, height, width) of a video latent of ``FRAME_PATCHES`` x ``GRID_PATCHES`` x
+    ``GRID_PATCHES`` patches of the given patch sizes."""
+    return FRAME_PATCHES * patch_t, GRID_PATCHES * patch_h, GRID_PATCHES * (patch_h if patch_w is None else patch_w)
+
+
 def randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=gen)
 

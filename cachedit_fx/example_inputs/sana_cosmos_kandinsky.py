@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cachedit_fx.example_inputs.common import (
+    latent_grid,
     FRAME_PATCHES, GRID_PATCHES, TEXT_TOKENS, ClassSpec, float_timesteps, randn, unit_timesteps,
 )
 
@@ -27,8 +28,7 @@ def _sana_video(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[s
     only when ``guidance_embeds``."""
     p_t, p_h, p_w = cfg["patch_size"]
     inputs = dict(
-        hidden_states=randn(gen, batch, cfg["in_channels"], FRAME_PATCHES * p_t, GRID_PATCHES * p_h,
-                            GRID_PATCHES * p_w),
+        hidden_states=randn(gen, batch, cfg["in_channels"], *latent_grid(p_t, p_h, p_w)),
         encoder_hidden_states=randn(gen, batch, TEXT_TOKENS, cfg["caption_channels"]),
         encoder_attention_mask=torch.ones(batch, TEXT_TOKENS),
         timestep=float_timesteps(gen, batch),
@@ -48,7 +48,7 @@ def _sana_wm(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[str,
     from diffusers.pipelines.sana_wm.cam_utils import action_string_to_c2w, prepare_camera
 
     p_t, p_h, p_w = cfg["patch_size"]
-    frames, height, width = FRAME_PATCHES * p_t, GRID_PATCHES * p_h, GRID_PATCHES * p_w
+    frames, height, width = latent_grid(p_t, p_h, p_w)
     time_stride, spatial_stride = cfg["chunk_plucker_channels"] // 6, SANA_WM_SPATIAL_STRIDE
     pixel_frames = (frames - 1) * time_stride + 1
     pixel_height, pixel_width = height * spatial_stride, width * spatial_stride
@@ -78,7 +78,7 @@ def _sana_wm_refiner(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> d
     from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMLTX2AudioVideoRotaryPosEmbed
 
     patch, patch_t = cfg["patch_size"], cfg["patch_size_t"]
-    frames, height, width = FRAME_PATCHES * patch_t, GRID_PATCHES * patch, GRID_PATCHES * patch
+    frames, height, width = latent_grid(patch_t, patch)
     tokens = FRAME_PATCHES * GRID_PATCHES * GRID_PATCHES
     rope = SanaWMLTX2AudioVideoRotaryPosEmbed(
         dim=cfg["num_attention_heads"] * cfg["attention_head_dim"], patch_size=patch, patch_size_t=patch_t,
@@ -104,7 +104,7 @@ def _cosmos(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[str, 
     is given when ``concat_padding_mask``. Text width is ``crossattn_proj_in_channels`` when the text is projected;
     image-context checkpoints take ``(text, image_context)`` as ``encoder_hidden_states``."""
     p_t, p_h, p_w = cfg["patch_size"]
-    frames, height, width = FRAME_PATCHES * p_t, GRID_PATCHES * p_h, GRID_PATCHES * p_w
+    frames, height, width = latent_grid(p_t, p_h, p_w)
     cond_channels = cfg["in_channels"] - cfg["out_channels"]
     latent_channels = cfg["out_channels"] if cond_channels > 0 else cfg["in_channels"]
     text_width = cfg["crossattn_proj_in_channels"] if cfg["use_crossattn_projection"] else cfg["text_embed_dim"]
@@ -186,8 +186,7 @@ def _kandinsky6(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[s
     text tokens, a pooled CLIP vector, one flow-matching timestep in [0, 1000) shared by both modalities.
     Unpadded prompt (no ``encoder_attention_mask``), default RoPE positions, no reference frame."""
     p_t, p_h, p_w = cfg["patch_size"]
-    channels = 2 * cfg["in_visual_dim"] + 1 if cfg["visual_cond"] else cfg["in_visual_dim"]
-    latents = randn(gen, batch, FRAME_PATCHES * p_t, GRID_PATCHES * p_h, GRID_PATCHES * p_w, cfg["in_visual_dim"])
+    latents = randn(gen, batch, *latent_grid(p_t, p_h, p_w), cfg["in_visual_dim"])
     if cfg["visual_cond"]:
         latents = torch.cat([latents, torch.zeros_like(latents), torch.zeros(*latents.shape[:-1], 1)], dim=-1)
     return dict(

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from cachedit_fx.example_inputs.common import (
+    latent_grid,
     FRAME_PATCHES, GRID_PATCHES, IMAGE_EMBED_TOKENS, TEXT_TOKENS, ClassSpec, float_timesteps, integer_timesteps,
     randn,
 )
@@ -56,8 +57,7 @@ def _hunyuan_video(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dic
     """Video latents (B, C, F, H, W), an all-ones text mask, guidance scale 6 (x1000) when embedded."""
     patch, patch_t = cfg["patch_size"], cfg["patch_size_t"]
     inputs = dict(
-        hidden_states=randn(gen, batch, cfg["in_channels"], FRAME_PATCHES * patch_t, GRID_PATCHES * patch,
-                            GRID_PATCHES * patch),
+        hidden_states=randn(gen, batch, cfg["in_channels"], *latent_grid(patch_t, patch)),
         timestep=float_timesteps(gen, batch),
         encoder_hidden_states=randn(gen, batch, TEXT_TOKENS, cfg["text_embed_dim"]),
         encoder_attention_mask=torch.ones(batch, TEXT_TOKENS),
@@ -74,8 +74,7 @@ def _hunyuan_video15(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> d
     image-to-video branch is taken). MeanFlow configs get ``timestep_r``, a smaller (next) timestep."""
     patch, patch_t = cfg["patch_size"], cfg["patch_size_t"]
     inputs = dict(
-        hidden_states=randn(gen, batch, cfg["in_channels"], FRAME_PATCHES * patch_t, GRID_PATCHES * patch,
-                            GRID_PATCHES * patch),
+        hidden_states=randn(gen, batch, cfg["in_channels"], *latent_grid(patch_t, patch)),
         timestep=float_timesteps(gen, batch),
         encoder_hidden_states=randn(gen, batch, TEXT_TOKENS, cfg["text_embed_dim"]),
         encoder_attention_mask=torch.ones(batch, TEXT_TOKENS, dtype=torch.long),

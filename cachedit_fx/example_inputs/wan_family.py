@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from cachedit_fx.example_inputs.common import (
+    latent_grid,
     FRAME_PATCHES, GRID_PATCHES, IMAGE_EMBED_TOKENS, TEXT_TOKENS, ClassSpec, float_timesteps, integer_timesteps, randn,
     unit_timesteps,
 )
@@ -26,29 +27,17 @@ MINIMAX_H3_AUDIO_LATENTS = 4
 
 
 def _wan(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[str, Any]:
-    """Video latents (B, C, F, H, W). With ``added_kv_proj_dim`` (image-to-video) the text length is the
-    512 the attention processor hard-codes, and CLIP image tokens go in ``encoder_hidden_states_image``
-    (two images per sample, stacked on the batch axis, when ``pos_embed_seq_len`` is set)."""
+    """Video latents (B, C, F, H, W) and the text (and image) conditions of ``_wan_conditions``."""
     p_t, p_h, p_w = cfg["patch_size"]
-    text_tokens = WAN_TEXT_TOKENS_WITH_IMAGE if cfg["added_kv_proj_dim"] is not None else TEXT_TOKENS
-    inputs = dict(
-        hidden_states=randn(gen, batch, cfg["in_channels"], FRAME_PATCHES * p_t, GRID_PATCHES * p_h,
-                            GRID_PATCHES * p_w),
-        encoder_hidden_states=randn(gen, batch, text_tokens, cfg["text_dim"]),
-        timestep=integer_timesteps(gen, batch),
-    )
-    if cfg["image_dim"] is not None:
-        if cfg["pos_embed_seq_len"] is not None:
-            image_shape = (2 * batch, cfg["pos_embed_seq_len"] // 2, cfg["image_dim"])
-        else:
-            image_shape = (batch, IMAGE_EMBED_TOKENS, cfg["image_dim"])
-        inputs["encoder_hidden_states_image"] = randn(gen, *image_shape)
-    return inputs
+    inputs = dict(hidden_states=randn(gen, batch, cfg["in_channels"], *latent_grid(p_t, p_h, p_w)),
+                  timestep=integer_timesteps(gen, batch))
+    return {**inputs, **_wan_conditions(cfg, gen, batch)}
 
 
 def _wan_conditions(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[str, Any]:
-    """Text tokens (512 with ``added_kv_proj_dim``, as in ``_wan``) and, when ``image_dim`` is set, CLIP
-    image tokens; for the Wan variants whose latents are not plain ``(B, C, F, H, W)`` noise."""
+    """Text tokens and, when ``image_dim`` is set, CLIP image tokens. With ``added_kv_proj_dim``
+    (image-to-video) the text length is the 512 the attention processor hard-codes; with
+    ``pos_embed_seq_len`` two images per sample are stacked on the batch axis."""
     text_tokens = WAN_TEXT_TOKENS_WITH_IMAGE if cfg["added_kv_proj_dim"] is not None else TEXT_TOKENS
     inputs = dict(encoder_hidden_states=randn(gen, batch, text_tokens, cfg["text_dim"]))
     if cfg["image_dim"] is not None:
@@ -78,7 +67,7 @@ def _wan_animate(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[
     latent_channels = (cfg["in_channels"] - 4) // 2 if cfg["latent_channels"] is None else cfg["latent_channels"]
     in_channels = cfg["in_channels"] or 2 * latent_channels + 4
     p_t, p_h, p_w = cfg["patch_size"]
-    frames, height, width = FRAME_PATCHES * p_t, GRID_PATCHES * p_h, GRID_PATCHES * p_w
+    frames, height, width = latent_grid(p_t, p_h, p_w)
     face_frames = WAN_VAE_TEMPORAL_FACTOR * (frames - 1) + 1
     size = cfg["motion_encoder_size"]
     inputs = dict(
@@ -112,7 +101,7 @@ def _helios(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[str, 
     [prefix, long, mid, 1x, chunk] in the pipeline's ``keep_first_frame`` order. Timesteps are
     sigma * 1000 floats."""
     p_t, p_h, p_w = cfg["patch_size"]
-    frames, height, width = FRAME_PATCHES * p_t, GRID_PATCHES * p_h, GRID_PATCHES * p_w
+    frames, height, width = latent_grid(p_t, p_h, p_w)
     sizes = [1, 4 * p_t, 2 * p_t, 1, frames]
     prefix, long, mid, short_1x, chunk = torch.arange(sum(sizes)).split(sizes)
     channels = cfg["in_channels"]
@@ -205,8 +194,7 @@ def _motif_video(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[
     ``image_embeds`` when ``image_embed_dim`` is set; timesteps are sigma * 1000 floats."""
     patch, patch_t = cfg["patch_size"], cfg["patch_size_t"]
     inputs = dict(
-        hidden_states=randn(gen, batch, cfg["in_channels"], FRAME_PATCHES * patch_t, GRID_PATCHES * patch,
-                            GRID_PATCHES * patch),
+        hidden_states=randn(gen, batch, cfg["in_channels"], *latent_grid(patch_t, patch)),
         timestep=float_timesteps(gen, batch),
         encoder_hidden_states=randn(gen, batch, TEXT_TOKENS, cfg["text_embed_dim"]),
         encoder_attention_mask=torch.ones(batch, TEXT_TOKENS, dtype=torch.long),
@@ -226,7 +214,7 @@ def _wan_animate_2(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dic
     from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
 
     p_t, p_h, p_w = cfg["patch_size"]
-    frames, height, width = FRAME_PATCHES * p_t, GRID_PATCHES * p_h, GRID_PATCHES * p_w
+    frames, height, width = latent_grid(p_t, p_h, p_w)
     latent_channels = (cfg["in_dim"] - 4) // 2
     heads = cfg["num_heads"]
     grid = (frames // p_t, height // p_h, width // p_w)
@@ -267,7 +255,7 @@ def _minimax_h3(cfg: dict[str, Any], gen: torch.Generator, batch: int) -> dict[s
     )
 
     p_t, p_h, p_w = cfg["patch_size"]
-    frames, height, width = FRAME_PATCHES * p_t, GRID_PATCHES * p_h, GRID_PATCHES * p_w
+    frames, height, width = latent_grid(p_t, p_h, p_w)
     position_ids, token_tags, video_indices, audio_indices, text_indices, _, _ = (
         MiniMaxH3PrepareLayoutStep.build_packed_sequence(
             torch.full((TEXT_TOKENS,), MINIMAX_H3_TEXT_TAG), frames // p_t, height, width, MINIMAX_H3_AUDIO_LATENTS,

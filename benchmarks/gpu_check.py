@@ -1,0 +1,289 @@
+"""``python -m benchmarks.gpu_check``: the checks that need a GPU, in one run of under 8 minutes.
+
+    python -m benchmarks.gpu_check --out $OUT            # on the GPU machine (H100 / H200)
+    python -m benchmarks.gpu_check --dry-run --out DIR    # every section at tiny size on CPU (CI)
+
+Sections, each timed and recorded (``ok`` or the error) in ``gpu_check.json``; one failing
+section does not stop the others:
+
+  1. ``kernels``: the Triton diff and ladder kernels against fp64 references at FLUX and Wan
+     activation sizes (bf16), and their bandwidth (``triton.testing.do_bench``) against the
+     device's HBM peak;
+  2. ``mid_flux``: a FLUX of width 3072 (24 heads of 128), 2 double + 4 single blocks, 4096
+     image + 512 text tokens, bf16, 8 steps: threshold 0 against plain Inductor (error and
+     step time), a caching run's decisions against the eager reference DBCache
+     (``tests/reference_dbcache.py``), and host syncs per step under
+     ``torch.cuda.set_sync_debug_mode``;
+  3. ``reduce_overhead``: the same model with ``mode="reduce-overhead"``: static inputs per
+     piece (Inductor's own count) and step time against plain Inductor in that mode;
+  4. ``flux_dev``: the FLUX.1-dev transformer (random bf16 weights, 1024px) with the SCM-fast
+     mask for 28 steps against plain Inductor (skipped when the time left is short).
+
+The device machine has an older torch and no diffusers: carry wheels as the device tool's
+README says (diffusers, huggingface_hub, safetensors, filelock, regex, requests and their
+needs), install them with ``--no-deps`` into a target folder and put it and the repository on
+``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+SECTIONS = ("kernels", "mid_flux", "reduce_overhead", "flux_dev")
+MID_FLUX = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=[16, 56, 56])
+TINY_FLUX = dict(patch_size=1, in_channels=4, num_layers=2, num_single_layers=4, attention_head_dim=16,
+                 num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                 axes_dims_rope=[4, 4, 8])
+
+
+class Check:
+    """Sizes, device and time budget of one run."""
+
+    def __init__(self, dry_run: bool, budget_s: float) -> None:
+        self.dry_run = dry_run
+        self.device = torch.device("cpu" if dry_run else "cuda")
+        self.dtype = torch.float32 if dry_run else torch.bfloat16
+        self.inner = "eager" if dry_run else "inductor"
+        self.started = time.perf_counter()
+        self.budget_s = budget_s
+
+    def left_s(self) -> float:
+        return self.budget_s - (time.perf_counter() - self.started)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def flux(self, full: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The mid-size FLUX (or FLUX.1-dev with ``full``; tiny in a dry run) and its inputs."""
+        from benchmarks.models import MODELS, BenchModel, _flux_inputs
+
+        if self.dry_run:
+            bench = BenchModel("tiny flux", "FluxTransformer2DModel", TINY_FLUX,
+                               ("transformer_blocks", "single_transformer_blocks"), _flux_inputs(16, 8, 4, 32, 32, True))
+        elif full:
+            bench = MODELS["full"]["flux"]
+        else:
+            bench = BenchModel("mid flux", "FluxTransformer2DModel", MID_FLUX,
+                               ("transformer_blocks", "single_transformer_blocks"),
+                               _flux_inputs(4096, 512, 64, 4096, 768, True))
+        model = bench.build(self.device, self.dtype)
+        return model, bench.make_inputs(torch.Generator().manual_seed(1), self.device, self.dtype)
+
+
+def steps_of(inputs: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """A falling timestep and a latent moving toward fixed noise, like a sampler."""
+    start = inputs["hidden_states"]
+    target = torch.randn(start.shape, generator=torch.Generator().manual_seed(2)).to(start.device, start.dtype)
+    return [dict(inputs, hidden_states=(1 - k / (count + 1)) * start + k / (count + 1) * target,
+                 timestep=torch.full((1,), 1.0 - k / count, device=start.device)) for k in range(count)]
+
+
+def timed_generation(model: Callable[..., Any], steps: list[dict[str, Any]], check: Check
+                     ) -> tuple[list[torch.Tensor], float]:
+    outputs = []
+    with torch.no_grad():
+        check.sync()
+        start = time.perf_counter()
+        for step in steps:
+            outputs.append(model(**step, return_dict=False)[0])
+        check.sync()
+    return [o.float().cpu() for o in outputs], (time.perf_counter() - start) / len(steps)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def check_kernels(check: Check) -> dict[str, Any]:
+    from benchmarks.kernels import SIZES, run_benchmark
+    from cachedit_fx.kernels import l1_rel_diff_op, taylor_forecast_op, taylor_update_op
+
+    errors = {}
+    sizes = ["tiny"] if check.dry_run else ["flux-1024px", "wan-480p-81f"]
+    for size in sizes:
+        shape = SIZES[size]
+        g = torch.Generator().manual_seed(0)
+        prev, cur, base = (torch.randn(shape, generator=g).to(check.device, check.dtype) for _ in range(3))
+        sums = l1_rel_diff_op(prev, cur, base).double().cpu()
+        exact = torch.stack([(prev.double() - (cur.double() - base.double())).abs().sum(),
+                             prev.double().abs().sum()]).cpu()
+        ladder = torch.zeros((3, *shape), device=check.device, dtype=check.dtype)
+        taylor_update_op(ladder, cur, base, 1.0, 1)
+        taylor_update_op(ladder, prev, base, 2.0, 2)
+        out = torch.empty(shape, device=check.device, dtype=check.dtype)
+        taylor_forecast_op(ladder, base, 1.5, 1, out)
+        first, second = (cur.double() - base.double()), (prev.double() - base.double())
+        forecast = base.double() + second + (second - first) / 2.0 * 1.5
+        errors[size] = {"l1_sums_rel_err": ((sums - exact).abs() / exact.abs()).max().item(),
+                        "forecast_max_abs_err": (out.double() - forecast).abs().max().item()}
+    rows = run_benchmark(sizes, check.dtype, check.device, ["cachedit", "inductor"] if not check.dry_run
+                         else ["cachedit", "torch"], token_divisor=1, warmup=3, repeats=20)
+    return {"accuracy": errors, "bandwidth": [vars(r) for r in rows]}
+
+
+def check_mid_flux(check: Check) -> dict[str, Any]:
+    import cachedit_fx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from reference_dbcache import ReferenceDBCache
+
+    count = 4 if check.dry_run else 8
+    model, inputs = check.flux()
+    steps = steps_of(inputs, count)
+    plain = torch.compile(model, backend=check.inner)
+    timed_generation(plain, steps, check)  # compiles
+    plain_out, plain_s = timed_generation(plain, steps, check)
+    torch._dynamo.reset()
+    options = dict(inner_backend=check.inner, Fn_compute_blocks=1, max_warmup_steps=1, num_inference_steps=count)
+    zero = cachedit_fx.compile(model, **options, residual_diff_threshold=0.0)
+    timed_generation(zero, steps, check)
+    zero_out, zero_s = timed_generation(zero, steps, check)
+    cachedit_fx.disable(model)
+    torch._dynamo.reset()
+
+    reference = ReferenceDBCache(model, ["transformer_blocks", "single_transformer_blocks"], 1, 0,
+                                 threshold=math.inf, warmup=1)
+    timed_generation(reference.model, steps, check)
+    reference.close()
+    diffs = sorted(reference.diffs.values())
+    threshold = (diffs[len(diffs) // 2 - 1] + diffs[len(diffs) // 2]) / 2
+    reference = ReferenceDBCache(model, ["transformer_blocks", "single_transformer_blocks"], 1, 0,
+                                 threshold=threshold, warmup=1)
+    want, _ = timed_generation(reference.model, steps, check)
+    reference.close()
+    caching = cachedit_fx.compile(model, **options, residual_diff_threshold=threshold)
+    got, _ = timed_generation(caching, steps, check)
+    syncs = count_host_syncs(caching, steps[:1], check)
+    return {"threshold0_max_rel_err": max(rel_err(a, b) for a, b in zip(zero_out, plain_out)),
+            "threshold0_step_s": zero_s, "inductor_step_s": plain_s, "overhead": zero_s / plain_s - 1,
+            "threshold": threshold, "reference_cached_steps": reference.cached_steps,
+            "cached_steps": cachedit_fx.summary(caching).cached_steps,
+            "max_rel_err_vs_reference": max(rel_err(a, b) for a, b in zip(got, want)),
+            "host_syncs_per_step": syncs}
+
+
+def count_host_syncs(model: Callable[..., Any], steps: list[dict[str, Any]], check: Check) -> Optional[int]:
+    """Synchronising CUDA calls in one step, from ``torch.cuda.set_sync_debug_mode("warn")``."""
+    if check.device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for step in steps:
+                model(**step, return_dict=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) // max(len(steps), 1)
+
+
+def check_reduce_overhead(check: Check) -> dict[str, Any]:
+    import cachedit_fx
+    import cachedit_fx.passes.lower as lower
+    from torch._functorch._aot_autograd.frontend_utils import _try_get_metadata_from_dynamo
+
+    static: list[int] = []
+    compile_piece = lower.compile_piece
+
+    def counting(piece: Any, settings: Any) -> Any:
+        count = len(list(piece.graph.find_nodes(op="placeholder")))
+        static.append(len(_try_get_metadata_from_dynamo(piece, {}.keys(), count, [])[1]))
+        return compile_piece(piece, settings)
+
+    lower.compile_piece = counting
+    try:
+        count = 4 if check.dry_run else 8
+        model, inputs = check.flux()
+        steps = steps_of(inputs, count)
+        mode = None if check.dry_run else "reduce-overhead"
+        plain = torch.compile(model, backend=check.inner) if check.dry_run else torch.compile(model, mode=mode)
+        timed_generation(plain, steps, check)
+        _, plain_s = timed_generation(plain, steps, check)
+        torch._dynamo.reset()
+        options = dict(inner_backend=check.inner, Fn_compute_blocks=1, max_warmup_steps=1, num_inference_steps=count,
+                       residual_diff_threshold=0.0, **({} if mode is None else {"mode": mode}))
+        compiled = cachedit_fx.compile(model, **options)
+        timed_generation(compiled, steps, check)
+        _, cached_s = timed_generation(compiled, steps, check)
+    finally:
+        lower.compile_piece = compile_piece
+    return {"static_inputs_per_piece": static, "parameters": sum(1 for _ in model.parameters()),
+            "step_s": cached_s, "inductor_step_s": plain_s, "overhead": cached_s / plain_s - 1}
+
+
+def check_flux_dev(check: Check) -> dict[str, Any]:
+    import cachedit_fx
+
+    if not check.dry_run and check.left_s() < 240:
+        return {"skipped": f"{check.left_s():.0f} s left of the budget"}
+    count = 4 if check.dry_run else 28
+    model, inputs = check.flux(full=True)
+    steps = steps_of(inputs, count)
+    plain = torch.compile(model, backend=check.inner)
+    timed_generation(plain, steps[:2], check)
+    reference, plain_s = timed_generation(plain, steps, check)
+    torch._dynamo.reset()
+    mask = cachedit_fx.steps_mask(mask_policy="fast", total_steps=count)
+    compiled = cachedit_fx.compile(model, inner_backend=check.inner, Fn_compute_blocks=1, max_warmup_steps=4,
+                                   num_inference_steps=count, steps_computation_mask=mask,
+                                   steps_computation_policy="static")
+    timed_generation(compiled, steps[:2], check)
+    cachedit_fx.refresh(compiled)
+    got, cached_s = timed_generation(compiled, steps, check)
+    return {"steps": count, "inductor_s_per_step": plain_s, "scm_fast_s_per_step": cached_s,
+            "speedup": plain_s / cached_s, "cached_steps": cachedit_fx.summary(compiled).cached_steps,
+            "max_rel_err": max(rel_err(a, b) for a, b in zip(got, reference))}
+
+
+CHECKS: dict[str, Callable[[Check], dict[str, Any]]] = {
+    "kernels": check_kernels, "mid_flux": check_mid_flux, "reduce_overhead": check_reduce_overhead,
+    "flux_dev": check_flux_dev,
+}
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (what CI runs)")
+    parser.add_argument("--out", default="benchmarks/results/gpu_check")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--budget-s", type=float, default=450.0, help="skip flux_dev when less is left")
+    args = parser.parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        parser.error("no CUDA GPU: run with --dry-run on CPU")
+    check = Check(args.dry_run, args.budget_s)
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if not args.dry_run else "CPU (dry run)",
+                               "torch": torch.__version__, "sections": {}}
+    for name in args.sections.split(","):
+        start = time.perf_counter()
+        try:
+            entry = {"status": "ok", **CHECKS[name](check)}
+        except Exception as error:  # every section reports; one failure does not stop the run
+            entry = {"status": "error", "error": f"{type(error).__name__}: {error}"[:2000],
+                     "traceback": traceback.format_exc()[-3000:]}
+        entry["seconds"] = round(time.perf_counter() - start, 1)
+        results["sections"][name] = entry
+        print(f"{name}: {entry['status']} ({entry['seconds']} s)", flush=True)
+        torch._dynamo.reset()
+        if check.device.type == "cuda":
+            torch.cuda.empty_cache()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=1, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()
