@@ -240,10 +240,15 @@ def note(row: dict[str, Any]) -> str:
     breaks = "; ".join(row.get("breaks") or [])
     state = status(row)
     if state == "cached":
-        return f"graph breaks outside the chain: {breaks}" if breaks else ""
+        after = [part.split(" epilogue")[0] for chain in row.get("chains") or [] for part in chain.split(", ")
+                 if part.endswith(" epilogue")]
+        parts = ([f"graph breaks outside the chain: {breaks}"] if breaks else []) + (
+            [f"after the chain, not cached: {', '.join(after)}"] if after else [])
+        return "; ".join(parts)
     if state == "error":
         return row["error"]
-    reasons = [r for r in row.get("fallbacks") or [] if not r.startswith("no repeated transformer blocks found")]
+    reasons = [r.split(" If an earlier call")[0] for r in row.get("fallbacks") or []
+               if not r.startswith("no repeated transformer blocks found")]
     parts = [KNOWN_LIMITS.get(row["class"], "")] + reasons + ([f"graph breaks: {breaks}"] if breaks else [])
     if state == "wrong":
         parts.insert(0, f"threshold 0 differs from eager ({row.get('threshold0_max_rel_err'):.1e}) or output not finite")

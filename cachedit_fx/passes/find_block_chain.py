@@ -181,27 +181,7 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
             "class runs in it); if the model has block lists, a graph break split them (see torch._dynamo.explain)"
         )
     main = max((l for l in lists if l.repeated), key=lambda l: (l.flops, sum(r[3] - r[2] + 1 for r in l.runs), -l.first))
-    chain = [main]
-    while True:
-        start, stop = min(l.first for l in chain), max(l.last for l in chain)
-        first_run = min((r for l in chain for r in l.runs), key=lambda r: r[2])
-        last_run = max((r for l in chain for r in l.runs), key=lambda r: r[3])
-        before = max((l for l in lists if l.last < start), key=lambda l: l.last, default=None)
-        if before is not None and _continues_into(nodes, before.runs[-1], first_run, lists):
-            chain.append(before)
-            continue
-        after = min((l for l in lists if l.first > stop), key=lambda l: l.first, default=None)
-        if after is not None and _continues_into(nodes, last_run, after.runs[0], lists):
-            chain.append(after)
-            continue
-        runs = sorted((r for l in chain for r in l.runs), key=lambda r: r[2])
-        inside = next((l for l in lists if l not in chain and start < l.first < stop
-                       and _interleaved_into(nodes, l, runs, lists)), None)
-        if inside is not None:
-            chain.append(inside)
-            continue
-        break
-    chain.sort(key=lambda l: l.first)
+    chain = _grown_chain(nodes, lists, main)
     blocks = _chain_blocks(nodes, chain)
     _check_graph_break(gm, nodes, blocks)
     start, stop = blocks[0].first, blocks[-1].last
@@ -211,6 +191,26 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
                 else "interleaved")
         infos.append(ListInfo(info.path, info.kind, info.count, info.flops, role))
     return BlockChain(tuple(blocks), tuple(infos), sum(node_flops(n) for n in nodes))
+
+
+def _grown_chain(nodes: list[fx.Node], lists: list[_List], main: _List) -> list[_List]:
+    """``main`` and every list that joins it (the module docstring's rules), in program order."""
+    chain = [main]
+    while True:
+        start, stop = min(l.first for l in chain), max(l.last for l in chain)
+        runs = sorted((r for l in chain for r in l.runs), key=lambda r: r[2])
+        before = max((l for l in lists if l.last < start), key=lambda l: l.last, default=None)
+        after = min((l for l in lists if l.first > stop), key=lambda l: l.first, default=None)
+        if before is not None and _continues_into(nodes, before.runs[-1], runs[0], lists):
+            chain.append(before)
+        elif after is not None and _continues_into(nodes, max(runs, key=lambda r: r[3]), after.runs[0], lists):
+            chain.append(after)
+        else:
+            inside = next((l for l in lists if l not in chain and start < l.first < stop
+                           and _interleaved_into(nodes, l, runs, lists)), None)
+            if inside is None:
+                return sorted(chain, key=lambda l: l.first)
+            chain.append(inside)
 
 
 def _block_lists(nodes: list[fx.Node]) -> list[_List]:

@@ -8,10 +8,10 @@ block's cross-attention added to it) runs as written:
 
   * a block output continues the block input of the same shape and dtype that it reaches first
     walking back through the block's own nodes (the residual path), preferring inputs no other
-    block reads (a position embedding added in every block is shared, not a stream); when two
-    are equally near, the one defined by the previous block (not a long skip connection); two
-    alike from the previous block (text and image with equal token counts) cannot be told
-    apart: an error;
+    block reads (a position embedding added in every block is shared, not a stream); among
+    equally near ones, the one whose tokens the output slices back out of a concatenation
+    (text and image of equal length in a single-stream block), else the one defined by the
+    previous block (not a long skip connection); when that leaves two or none: an error;
   * a glue node is re-applied (``Replay``) to the sources of its operands.
 
 ``StreamGraph.source(value, cut)`` returns an ``Expr`` over values defined before position
@@ -30,8 +30,6 @@ from cachedit_fx.passes.alias_classes import op_name, writes_in_place
 from cachedit_fx.passes.compute import numel_hint
 from cachedit_fx.passes.dataflow import is_module_state, nearest_ancestors, same_layout, tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
-
-
 
 
 @dataclass(frozen=True)
@@ -59,10 +57,6 @@ Expr = Union[fx.Node, Replay]
 
 def expr_leaves(expr: Expr) -> list[fx.Node]:
     return [expr] if isinstance(expr, fx.Node) else expr.leaves()
-
-
-def describe(expr: Expr) -> str:
-    return expr.name if isinstance(expr, fx.Node) else str(expr)
 
 
 @dataclass(frozen=True)
@@ -296,6 +290,3 @@ def _uses_to_output(start: fx.Node, output: fx.Node) -> float:
                 seen.add(user)
                 queue.append((user, depth + 1))
     return float("inf")
-
-
-__all__ = ["Expr", "Replay", "StreamGraph", "StreamPair", "describe", "expr_leaves", "hidden_exit", "materialize"]

@@ -71,12 +71,10 @@ def capture_model(model, inputs):
 
 def _continuations(gm):
     """Every chain block output's name -> the name of the input it continues."""
-    from cachedit_fx.passes.dataflow import node_positions
     from cachedit_fx.passes.streams import StreamGraph
 
     chain = analyze_block_chain(gm)
-    nodes, pos = list(gm.graph.nodes), node_positions(gm.graph)
-    streams = StreamGraph(nodes, [(b.first, b.last) for b in chain.blocks])
+    streams = StreamGraph(list(gm.graph.nodes), [(b.first, b.last) for b in chain.blocks])
     return {o.name: streams.continued_input(o).name for i in range(len(chain)) for o in streams.block_outputs(i)}
 
 
