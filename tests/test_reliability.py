@@ -216,7 +216,7 @@ def _solo_runs_then_a_fresh_compile(model, *requests):
     return want, cachedit_fx.compile(model, **SOLO)
 
 
-def test_threads_without_contexts_never_share_cache_state():
+def test_threads_and_asyncio_tasks_without_contexts_never_share_cache_state():
     model, first, second = _two_requests()
     want, compiled = _solo_runs_then_a_fresh_compile(model, first, second)
     run(compiled, first[:1])  # compile once on the main thread
@@ -235,14 +235,6 @@ def test_threads_without_contexts_never_share_cache_state():
         t.start()
     for t in threads:
         t.join()
-    for key, (outputs, cached) in results.items():
-        assert cached == want[key][1]
-        assert all(torch.equal(a, b) for a, b in zip(outputs, want[key][0]))
-
-
-def test_asyncio_tasks_without_contexts_never_share_cache_state():
-    model, first, second = _two_requests()
-    want, compiled = _solo_runs_then_a_fresh_compile(model, first, second)
 
     async def request(steps):
         outputs = []
@@ -254,9 +246,10 @@ def test_asyncio_tasks_without_contexts_never_share_cache_state():
     async def serve():
         return await asyncio.gather(request(first), request(second))
 
-    for (outputs, cached), (want_out, want_cached) in zip(asyncio.run(serve()), want):
-        assert cached == want_cached
-        assert all(torch.equal(a, b) for a, b in zip(outputs, want_out))
+    for got in (results[0], results[1]), asyncio.run(serve()):
+        for (outputs, cached), (want_out, want_cached) in zip(got, want):
+            assert cached == want_cached
+            assert all(torch.equal(a, b) for a, b in zip(outputs, want_out))
 
 
 def _held_bytes(cache) -> int:
@@ -296,29 +289,28 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(FAILURES))
-def test_a_failed_call_leaves_this_model_and_a_fresh_one_as_in_a_clean_process(kind):
-    options = SOLO
+def test_a_failed_call_leaves_this_model_and_a_fresh_one_as_in_a_clean_process():
     model, inputs = tiny_flux()
     steps = steps_of(inputs)
     fresh, _ = tiny_flux(seed=3)
     want = _solo(model, steps)
     want_fresh = _solo(fresh, steps)
-    for m in (model, fresh):
-        cachedit_fx.disable(m)
-    torch._dynamo.reset()
-    compiled = cachedit_fx.compile(model, **options)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(Exception):
-            run(compiled, [FAILURES[kind](steps[0])])
-    got = run(compiled, steps)
-    assert cachedit_fx.summary(compiled).cached_steps == want[1]
-    assert all(torch.equal(a, b) for a, b in zip(got, want[0]))
-    compiled_fresh = cachedit_fx.compile(fresh, **options)
-    got_fresh = run(compiled_fresh, steps)
-    assert cachedit_fx.summary(compiled_fresh).cached_steps == want_fresh[1]
-    assert all(torch.equal(a, b) for a, b in zip(got_fresh, want_fresh[0]))
+    for kind, failing in sorted(FAILURES.items()):
+        for m in (model, fresh):
+            cachedit_fx.disable(m)
+        torch._dynamo.reset()
+        compiled = cachedit_fx.compile(model, **SOLO)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(Exception):
+                run(compiled, [failing(steps[0])])
+        got = run(compiled, steps)
+        assert cachedit_fx.summary(compiled).cached_steps == want[1], kind
+        assert all(torch.equal(a, b) for a, b in zip(got, want[0])), kind
+        compiled_fresh = cachedit_fx.compile(fresh, **SOLO)
+        got_fresh = run(compiled_fresh, steps)
+        assert cachedit_fx.summary(compiled_fresh).cached_steps == want_fresh[1], kind
+        assert all(torch.equal(a, b) for a, b in zip(got_fresh, want_fresh[0])), kind
 
 
 def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_one_is_clean(monkeypatch):

@@ -9,6 +9,8 @@ import torch
 from distributed_harness import run_on_ranks
 
 NAMES = ["flux", "wan", "qwen_image"]
+TP_NAMES = ["flux", "wan"]
+"""Qwen-Image shards like FLUX (both dual-stream): it runs under CP only."""
 POLICY_CASES = ["flux/taylorseer", "flux/dbprune"]
 TP_POLICY_CASES = ["flux/dbprune"]
 """Under TP every rank holds the whole hidden stream, so decisions cannot drift apart; DBPrune
@@ -39,7 +41,7 @@ def _check(results: list[dict], names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def tp_results(tmp_path_factory):
-    return run_on_ranks(tmp_path_factory.mktemp("tp"), "parallel.ranks", "compare", "tp_size", NAMES + TP_POLICY_CASES)
+    return run_on_ranks(tmp_path_factory.mktemp("tp"), "parallel.ranks", "compare", "tp_size", TP_NAMES + TP_POLICY_CASES)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def cp_results(tmp_path_factory):
 
 
 def test_tensor_parallel_equals_single_process(tp_results):
-    _check(tp_results, NAMES)
+    _check(tp_results, TP_NAMES)
 
 
 def test_tensor_parallel_dbprune_decides_alike_on_every_rank(tp_results):
@@ -57,14 +59,14 @@ def test_tensor_parallel_dbprune_decides_alike_on_every_rank(tp_results):
 
 
 def test_tensor_parallel_all_reduces_once_per_row_linear(tp_results):
-    for name in NAMES:
+    for name in TP_NAMES:
         report = tp_results[0][name]["report"]
         assert report.columns and report.rows, name
         assert report.collectives == {"all_reduce": len(report.rows) + RMS_NORMS_ACROSS_HEADS[name]}, name
 
 
 def test_tensor_parallel_ranks_hold_only_their_weight_shards(tp_results):
-    for name in NAMES:
+    for name in TP_NAMES:
         for per_rank in tp_results:
             report = per_rank[name]["report"]
             assert sum(per_rank[name]["storage"]) == report.weight_bytes_full - report.released_bytes, name
