@@ -18,6 +18,7 @@ from cachedit_fx.config import (
     TaylorSeerCalibratorConfig,
     parse_options,
 )
+from cachedit_fx.export import RESET_INPUT, cache_state, export, exported_summary, package
 from cachedit_fx.inspection import InspectReport
 from cachedit_fx.parallelism import ParallelismConfig
 from cachedit_fx.passes.errors import ParallelismError
@@ -34,7 +35,7 @@ from cachedit_fx.runtime.step_masks import steps_mask
 __all__ = [
     "BackendSettings", "CacheContext", "ParallelismConfig", "ParallelismError", "ShardingReport", "sharding_report", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "quantize", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
     "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "cache_context", "parse_options", "refresh", "steps_mask", "summary",
-    "trace_blocks_once",
+    "trace_blocks_once", "export", "package", "cache_state", "RESET_INPUT",
 ]
 
 BACKEND_NAME = "cachedit"
@@ -42,16 +43,30 @@ BACKEND_NAME = "cachedit"
 
 def summary(model: Any, stream: str = "default", context: Optional[str] = None) -> CacheSummary:
     """Cache statistics of the latest generation of ``model`` (a compiled transformer, its
-    original module, or a pipeline with one transformer).
+    original module, a pipeline with one transformer, or an exported program: the
+    ``ExportedProgram``, its ``module()``, or the ``cache_state`` a package runs on).
 
     ``stream``: "default", or "uncond" for the unconditional calls of a separate-CFG run;
     ``context``: a ``cache_context`` name (None: the active one, else "default")."""
+    if _is_exported(model):
+        return exported_summary(model)
     modules = cached_modules(model)
     if len(modules) != 1:
         raise ValueError(f"{type(model).__name__} has {len(modules)} transformers; ask for one of them "
                          "(e.g. cachedit_fx.summary(pipe.transformer_2))")
     cache = cache_for_model(modules[0])
     return cache.summary(context or cache.active_name(), stream)
+
+
+def _is_exported(model: Any) -> bool:
+    import torch
+
+    from cachedit_fx.export import STATE_PREFIX
+
+    if isinstance(model, (torch.export.ExportedProgram, dict)):
+        return True
+    return isinstance(model, torch.nn.Module) and any(
+        name.startswith(STATE_PREFIX) for name, _ in model.named_buffers())
 
 
 def sharding_report(model: Any) -> Optional[ShardingReport]:
