@@ -36,6 +36,8 @@ class CacheSetting:
     """DBPrune (per-block guards) instead of DBCache (cachedit only)."""
     regional: bool = False
     """``regional_compile=True``: each distinct block compiled once (cachedit only)."""
+    in_graph: bool = False
+    """``in_graph_decision=True``: the step decided inside one compiled program (cachedit only)."""
 
 
 @dataclass
@@ -79,6 +81,8 @@ def cachedit_options(setting: CacheSetting, steps: int, inner_backend: str) -> d
         keys.update(steps_computation_mask=cachedit_fx.steps_mask(mask_policy=setting.mask_policy, total_steps=steps),
                     steps_computation_policy="static")
     options: dict[str, Any] = dict(inner_backend=inner_backend, regional_compile=setting.regional)
+    if setting.in_graph:
+        options.update(in_graph_decision=True, enable_separate_cfg=False)
     if setting.prune:
         options["cache_config"] = cachedit_fx.DBPruneConfig(**keys)
     else:
@@ -123,7 +127,7 @@ def _restored_compile_configs() -> Iterator[None]:
 
 
 def cache_dit_system(setting: CacheSetting, steps: int, compiled: bool, inner_backend: str) -> System:
-    if setting.foca or setting.prune or setting.regional:
+    if setting.foca or setting.prune or setting.regional or setting.in_graph:
         raise ValueError(f"{setting.name}: the cache-dit system runs DBCache (residual reuse or TaylorSeer) only")
     import cache_dit
 

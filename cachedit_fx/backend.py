@@ -6,12 +6,15 @@
     context_parallel     (ulysses_size > 1) sequence sharded at the chain entry, all-to-all attention
     partition            DBCache: head | middle | tail pieces, carried/shared values, streams
     partition_blocks     DBPrune: one piece per prunable block, its streams
+    insert_in_graph_step (in_graph_decision=True) the whole step in the graph, state as inputs;
+                         the selector/branch passes below then leave the program alone
     insert_cache_selector  the call's cache state, chosen from the parameters it receives
     insert_cache_branch  DBCache: guarded branch around the middle piece
     insert_prune_branches  DBPrune: a guarded branch around every prunable block
     fuse_diff_into_head  (cache_kernels="inductor-fused") diff sums computed by the head piece
     split_blocks         (regional_compile=True) one sub-piece per chain block
-    lower                compile each distinct piece once with the inner backend
+    lower                compile each distinct piece once with the inner backend (the in-graph
+                         program: compile it whole)
 
 Graphs that cannot be cached (no repeated blocks, a graph break in the chain, ambiguous
 streams) are compiled whole by the inner backend after one warning; ``strict=True`` raises.
@@ -30,7 +33,7 @@ import torch.fx as fx
 from torch.utils._pytree import tree_map_only
 
 from cachedit_fx.config import BackendSettings, parse_options
-from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
+from cachedit_fx.passes import CHAIN_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
 from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import NoBlocks, UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import BlockChain, find_block_chain
@@ -38,6 +41,8 @@ from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
+from cachedit_fx.passes.insert_in_graph_step import check_in_graph_support, insert_in_graph_step
+from cachedit_fx.runtime.in_graph_program import in_graph_program
 from cachedit_fx.passes.lower import DynamoInputs, compile_piece, lower, uses_cuda_graphs
 from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
 from cachedit_fx.passes.partition import partition
@@ -59,7 +64,8 @@ Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
 NORMALIZE_PASSES: tuple[Pass, ...] = (inline_block_regions,)
 ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
 REWRITE_PASSES: tuple[Pass, ...] = (
-    tensor_parallel, context_parallel, partition, partition_blocks, insert_cache_selector, insert_cache_branch, insert_prune_branches,
+    tensor_parallel, context_parallel, partition, partition_blocks, insert_in_graph_step, insert_cache_selector,
+    insert_cache_branch, insert_prune_branches,
     fuse_diff_into_head, split_blocks, lower,
 )
 
@@ -75,6 +81,8 @@ def cachedit_backend(
     """``torch.compile(model, backend="cachedit", options={...})``; ``mode=`` given to
     ``torch.compile`` instead of ``options`` is Inductor's mode for every piece."""
     settings = parse_options(options if mode is None else {**(options or {}), "mode": mode})
+    if settings.in_graph_decision:
+        check_in_graph_support(settings)
     settings.dynamo_inputs = DynamoInputs.of(gm)
     dump = GraphDumper(settings.dump_dir)
     dump("dynamo", gm)
@@ -112,7 +120,10 @@ def cachedit_backend(
     log.info("cachedit: chain %s, %s F%dB%d, pieces %s", description,
              type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
              gm.meta[PARTITION_META_KEY].piece_sizes)
-    program = gm.forward if run is None else _with_weight_shards(gm.forward, run)
+    if IN_GRAPH_META_KEY in gm.meta:
+        program = in_graph_program(gm, settings.model_cache.bound)
+    else:
+        program = gm.forward if run is None else _with_weight_shards(gm.forward, run)
     if run is not None:
         settings.model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
     return outputs_owned(program) if uses_cuda_graphs(settings) else program

@@ -222,6 +222,10 @@ class BackendSettings:
     regional_compile: bool = False
     """Split the pieces per chain block and compile each distinct block once (cold compile
     time stops growing with depth; costs one call per block at run time)."""
+    in_graph_decision: bool = False
+    """Decide each step inside the compiled program (``runtime/in_graph_step.py``): one
+    program per graph, the cache state as its inputs, no host read; DBCache without
+    calibrator or separate CFG streams (``enable_separate_cfg=False``)."""
     parallelism: Optional[ParallelismConfig] = None
     """Tensor- or context-parallel execution (``parallelism_config``, or ``tp_size`` /
     ``ulysses_size`` as plain keys)."""
@@ -242,7 +246,7 @@ class BackendSettings:
             raise ValueError(f"cache_kernels must be one of {CACHE_KERNELS}, got {self.cache_kernels!r}")
         if self.parallelism is not None and not isinstance(self.parallelism, ParallelismConfig):
             raise ValueError(f"parallelism_config must be a ParallelismConfig, got {type(self.parallelism).__name__}")
-        for name in ("strict", "regional_compile"):
+        for name in ("strict", "regional_compile", "in_graph_decision"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.dump_dir is not None:
@@ -251,7 +255,7 @@ class BackendSettings:
 
 BACKEND_KEYS = frozenset(
     {"cache_config", "calibrator_config", "inner_backend", "mode", "inductor_options", "strict", "dump_dir",
-     "cache_kernels", "regional_compile", "parallelism_config"}
+     "cache_kernels", "regional_compile", "parallelism_config", "in_graph_decision"}
 )
 PARALLELISM_KEYS = frozenset({"tp_size", "ulysses_size"})
 

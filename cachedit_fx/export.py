@@ -3,7 +3,7 @@
 The forward is captured by Dynamo, cut by the backend's analysis passes, and the middle is
 replaced by the in-graph DBCache step (``passes/insert_in_graph_step.py``). The module's
 parameters and buffers become the program's state, with the cache state beside them as the
-``in_graph_step.*`` buffers; the call's tensor arguments stay inputs, by name, plus
+``in_graph_state.*`` buffers; the call's tensor arguments stay inputs, by name, plus
 ``RESET_INPUT``: a nonzero value starts a new generation (refresh without Python state).
 An AOTInductor package built from the program (``package``) runs a cached generation in a
 process that imports only torch.
@@ -23,7 +23,7 @@ from cachedit_fx.passes import CHAIN_META_KEY
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import find_block_chain
 from cachedit_fx.passes.inline_block_regions import inline_block_regions
-from cachedit_fx.passes.insert_in_graph_step import STEP_MODULE, check_in_graph_support, insert_in_graph_step
+from cachedit_fx.passes.insert_in_graph_step import STATE_MODULE, check_in_graph_support, rewrite_middle_as_step
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.pipelines import CAPTURE_SETTINGS
 from cachedit_fx.runtime.in_graph_step import LOGGED_STATE, logged_summary
@@ -31,7 +31,7 @@ from cachedit_fx.runtime.stats import CacheSummary
 
 RESET_INPUT = "cachedit_reset"
 """Name of the exported program's reset input (int64, shape [2]): nonzero starts a new generation."""
-STATE_PREFIX = f"{STEP_MODULE}."
+STATE_PREFIX = f"{STATE_MODULE}."
 """Prefix of the cache-state buffers in the exported program's state dict."""
 
 
@@ -46,8 +46,6 @@ def export(model: torch.nn.Module, kwargs: dict[str, Any], options: Optional[dic
     options["inner_backend"] = "eager"
     settings = parse_options(options)
     check_in_graph_support(settings)
-    if settings.parallelism is not None:
-        raise ValueError("export: tensor- and context-parallel programs are not exported (drop tp_size / ulysses_size)")
     gm, inputs = _captured_program(model, kwargs, settings)
     example = {name: kwargs[name] for name in inputs}
     example[RESET_INPUT] = torch.zeros(2, dtype=torch.int64, device=_device(model))
@@ -112,7 +110,7 @@ def _cut(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     gm = find_block_chain(gm, settings)
     settings.cache.check_against_chain(len(gm.meta[CHAIN_META_KEY]))
     gm = partition(gm, settings)
-    return insert_in_graph_step(gm, settings, reset_input=RESET_INPUT)
+    return rewrite_middle_as_step(gm, settings.cache, state_as_inputs=False, reset_input=RESET_INPUT)
 
 
 def _as_program_state(gm: fx.GraphModule, sources: dict[str, tuple[Any, Any]]) -> list[str]:

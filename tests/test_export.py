@@ -15,6 +15,7 @@ import torch
 import cachedit_fx
 from cachedit_fx.tiny_models import TINY_MODELS, _build
 from models import BLOCK_LISTS, run, trajectory
+from in_graph_configs import CONFIGS
 from reference_dbcache import ReferenceDBCache
 
 RESET = cachedit_fx.RESET_INPUT
@@ -30,24 +31,6 @@ def _call(program, step, reset=0):
         return program(**kwargs, **{RESET: torch.tensor([reset, 0])})[0].clone()
 
 
-def _backend(model, options, generations):
-    """The compiled backend (eager pieces, host decision) over ``generations``: outputs and cached steps."""
-    torch._dynamo.reset()
-    compiled = cachedit_fx.compile(model, **dict(options, inner_backend="eager", cache_kernels="torch",
-                                                 enable_separate_cfg=False))
-    outputs, cached = [], []
-    for steps in generations:
-        outputs += run(compiled, steps)
-        cached.append(cachedit_fx.summary(compiled).cached_steps)
-    return outputs, cached, cachedit_fx.summary(compiled)
-
-
-CONFIGS = {
-    "flux": dict(Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.3, max_continuous_cached_steps=3),
-    "wan": dict(Fn_compute_blocks=1, Bn_compute_blocks=1, max_warmup_steps=1, residual_diff_threshold=0.3,
-                max_cached_steps=4, max_accumulated_residual_diff_threshold=1.0,
-                steps_computation_mask=[1, 1, 0, 0, 0, 1, 0, 0, 0, 1], steps_computation_policy="dynamic"),
-}
 REFERENCE_KEYS = dict(Fn_compute_blocks="Fn", Bn_compute_blocks="Bn", max_warmup_steps="warmup",
                       residual_diff_threshold="threshold", max_cached_steps="max_cached",
                       max_continuous_cached_steps="max_continuous",
@@ -58,43 +41,48 @@ REFERENCE_KEYS = dict(Fn_compute_blocks="Fn", Bn_compute_blocks="Bn", max_warmup
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_exported_program_decides_like_the_backend_and_the_reference(name):
     """Two generations back to back (the second starts where the timestep rises), every
-    control of the config exercised; outputs bitwise equal to the backend's."""
+    control of the config exercised, then an aborted request and one started by the reset
+    input at a lower timestep; outputs bitwise equal to the backend's (``refresh`` there)."""
     model, inputs = TINY_MODELS[name]()
     options = dict(CONFIGS[name], num_inference_steps=None)
     generations = [list(trajectory(inputs, 10)), list(trajectory(inputs, 10, seed=2))]
+    aborted = generations[0][:5]
+    lower = [dict(s, timestep=(s["timestep"] * 0.5).to(s["timestep"].dtype)) for s in trajectory(inputs, 10, seed=3)]
     program = cachedit_fx.export(model, dict(inputs, return_dict=False), options).module()
     got, got_cached = [], []
     for steps in generations:
         got += [_call(program, s) for s in steps]
         got_cached.append(cachedit_fx.summary(program).cached_steps)
-    want, want_cached, want_summary = _backend(model, options, generations)
+    summary = cachedit_fx.summary(program)
+    for s in aborted:
+        _call(program, s)
+    got += [_call(program, s, reset=int(k == 0)) for k, s in enumerate(lower)]
+    got_cached.append(cachedit_fx.summary(program).cached_steps)
+
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **dict(options, inner_backend="eager", cache_kernels="torch",
+                                                 enable_separate_cfg=False))
+    want, want_cached = [], []
+    for steps in generations:
+        want += run(compiled, steps)
+        want_cached.append(cachedit_fx.summary(compiled).cached_steps)
+    want_summary = cachedit_fx.summary(compiled)
+    run(compiled, aborted)
+    cachedit_fx.refresh(compiled)
+    want += run(compiled, lower)
+    want_cached.append(cachedit_fx.summary(compiled).cached_steps)
     assert got_cached == want_cached and all(got_cached), "the exported program never cached"
     assert all(torch.equal(g, w) for g, w in zip(got, want))
-    summary = cachedit_fx.summary(program)
     assert summary.residual_diffs == want_summary.residual_diffs
     assert (summary.computed_blocks, summary.cached_blocks) == (want_summary.computed_blocks, want_summary.cached_blocks)
 
     reference = ReferenceDBCache(model, BLOCK_LISTS[name], **{"Bn": 0, **{
         REFERENCE_KEYS[k]: v for k, v in options.items() if k in REFERENCE_KEYS}})
-    for steps, cached in zip(generations, got_cached):
+    for steps, cached in zip(generations + [lower], got_cached):
         reference.reset()
         run(reference, steps)
         assert reference.cached_steps == cached
     reference.close()
-
-
-def test_a_reset_input_starts_a_generation_like_refresh():
-    model, inputs = TINY_MODELS["flux"]()
-    options = CONFIGS["flux"]
-    aborted = list(trajectory(inputs, 10))[:5]
-    lower = [dict(s, timestep=s["timestep"] * 0.5) for s in trajectory(inputs, 10, seed=3)]
-    program = cachedit_fx.export(model, dict(inputs, return_dict=False), options).module()
-    for s in aborted:
-        _call(program, s)
-    got = [_call(program, s, reset=int(k == 0)) for k, s in enumerate(lower)]
-    want, (want_cached,), _ = _backend(model, options, [lower])
-    assert cachedit_fx.summary(program).cached_steps == want_cached and want_cached
-    assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
 @pytest.mark.parametrize("options, needle", [
@@ -138,10 +126,12 @@ def test_package_runs_a_cached_generation_in_a_process_that_imports_only_torch(t
     subprocess.run([sys.executable, "-c", PACKAGE_RUN, path, str(tmp_path / "run.pt"), str(tmp_path / "out.pt")],
                    check=True, timeout=600)
     result = torch.load(tmp_path / "out.pt")
-    want, (want_cached,), _ = _backend(model, options, [steps])
-    summary = cachedit_fx.summary({k: v for k, v in result["state"].items()}
-                                  | {k: v for k, v in cachedit_fx.cache_state(program).items()
-                                     if k not in result["state"]})
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **dict(options, inner_backend="eager", cache_kernels="torch",
+                                                 enable_separate_cfg=False))
+    want = run(compiled, steps)
+    want_cached = cachedit_fx.summary(compiled).cached_steps
+    summary = cachedit_fx.summary({**cachedit_fx.cache_state(program), **result["state"]})
     assert summary.cached_steps == want_cached and len(want_cached) >= 10
     assert summary.num_steps == 28
     assert max_rel_err(result["final"], want[-1]) <= 1e-5

@@ -1,7 +1,7 @@
 """The Inductor tests: tiny FLUX pieces compiled by Inductor (cache shared via
 TORCHINDUCTOR_CACHE_DIR), threshold 0 against plain Inductor, a caching run against the
-eager-piece run, the diff fused into the Inductor head piece against the separate op, and
-regional compilation (one compiled block serving every equal block)."""
+eager-piece run, the diff fused into the Inductor head piece against the separate op, the
+in-graph program (decision inside one Inductor program) against both, and regional compilation (one compiled block serving every equal block)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def test_inductor_pieces_match_plain_inductor_and_cache():
     assert list(fused_summary.residual_diffs.values()) == pytest.approx(
         list(separate_summary.residual_diffs.values()), rel=1e-4)
     for a, b in zip(fused_out, separate_out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+    one_program = torch.compile(model, backend="cachedit", options={
+        **options, "in_graph_decision": True, "enable_separate_cfg": False})
+    for a, b in zip(run(one_program, steps), plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    cachedit_fx.refresh(one_program, residual_diff_threshold=0.3)
+    one_program_out = run(one_program, steps)
+    assert cachedit_fx.summary(one_program).cached_steps == separate_summary.cached_steps
+    for a, b in zip(one_program_out, separate_out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 

@@ -13,14 +13,14 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import PARTITION_META_KEY
+from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.runtime.cache_selector import CacheSelector
 
 CACHE_STATE = "cachedit_cache_state"
 
 
 def insert_cache_selector(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    if PARTITION_META_KEY not in parent.meta:
+    if PARTITION_META_KEY not in parent.meta or IN_GRAPH_META_KEY in parent.meta:
         return parent
     placeholders = [n for n in parent.graph.nodes if n.op == "placeholder"]
     anchor = next(n for n in placeholders if isinstance(getattr(n.meta.get("grapharg"), "example", None),

@@ -1,13 +1,16 @@
 """Replace the call of the middle piece with the in-graph DBCache step
 (``runtime/in_graph_step.py``): decision, ``torch.cond`` and state updates traced into the
-program, state held as buffers of the ``in_graph_step`` submodule.
+program.
 
 Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``), static
-shapes, a ``DBCacheConfig`` without a calibrator and without separate CFG streams.
-Guarantees: the step receives x0, hF, the timestep input (when the graph has one), every call
-input (for warm-up detection), the head value each middle output continues and the middle's
-own inputs, and, when ``reset_input`` names a new placeholder, that placeholder as its reset
-request; its outputs replace the middle's outputs one for one.
+shapes, a ``DBCacheConfig`` the step implements (``check_in_graph_support``).
+Guarantees: the step receives its state tensors, x0, hF, the timestep input (when the graph
+has one), every call input (for warm-up detection), the head value each middle output
+continues, the middle's own inputs and the reset input (when one is added); its outputs
+replace the middle's outputs one for one. The state is either graph inputs appended after
+Dynamo's (named ``STATE_INPUT_PREFIX + name``; the backend's shim passes each context's
+tensors) or buffers of the ``in_graph_state`` submodule (an exported program);
+``meta[IN_GRAPH_META_KEY]`` records the ``StepLayout``.
 """
 
 from __future__ import annotations
@@ -16,17 +19,20 @@ from typing import Optional
 
 import torch
 import torch.fx as fx
+from torch._guards import detect_fake_mode
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
-from cachedit_fx.passes import PARTITION_META_KEY
+from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.insert_cache_branch import find_timestep_input
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
-from cachedit_fx.runtime.in_graph_step import InGraphDBCacheStep
+from cachedit_fx.runtime.in_graph_step import InGraphDBCacheStep, StepLayout
 
 STEP_MODULE = "in_graph_step"
+STATE_MODULE = "in_graph_state"
+STATE_INPUT_PREFIX = "cachedit_state_"
 
 
 def check_in_graph_support(settings: BackendSettings) -> None:
@@ -37,53 +43,90 @@ def check_in_graph_support(settings: BackendSettings) -> None:
                          "implements DBCache only")
     if settings.calibrator is not None:
         raise ValueError("calibrators (TaylorSeer, FoCa) are not in the in-graph step yet; drop the calibrator option")
-    if cache.enable_separate_cfg:
-        raise ValueError("enable_separate_cfg=True: separate CFG streams are not in the in-graph step yet; "
-                         "batch the conditional and unconditional calls, or set enable_separate_cfg=False")
+    if cache.enable_separate_cfg is not False:
+        raise ValueError(f"enable_separate_cfg={cache.enable_separate_cfg}: separate CFG streams (and their "
+                         "detection) are not in the in-graph step yet; batch the conditional and unconditional "
+                         "calls and set enable_separate_cfg=False")
+    if settings.parallelism is not None:
+        raise ValueError("tensor- and context-parallel programs decide on the host (drop tp_size / ulysses_size)")
+    if settings.regional_compile:
+        raise ValueError("regional_compile compiles blocks apart; the in-graph step compiles one program")
 
 
-def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings,
-                         reset_input: Optional[str] = None) -> fx.GraphModule:
+def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
+    """Backend pass (``in_graph_decision=True``): the state becomes graph inputs."""
+    if not settings.in_graph_decision or not isinstance(parent.meta.get(PARTITION_META_KEY), Partition):
+        return parent
+    return rewrite_middle_as_step(parent, settings.cache, state_as_inputs=True)
+
+
+def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, state_as_inputs: bool,
+                           reset_input: Optional[str] = None) -> fx.GraphModule:
     part = parent.meta[PARTITION_META_KEY]
-    if not isinstance(part, Partition) or not isinstance(settings.cache, DBCacheConfig):
-        raise UnsupportedGraph("the in-graph step needs a DBCache partition")
     by_name = {n.name: n for n in parent.graph.nodes}
     _, middle_outputs = piece_io(parent, "middle")
     if middle_outputs != [s.middle_output for s in part.streams]:
         raise AssertionError("middle outputs do not match the partition's streams")
-    placeholders = [n for n in parent.graph.nodes if n.op == "placeholder"]
+    placeholders = list(parent.graph.find_nodes(op="placeholder"))
     signature = [n for n in placeholders if not is_module_state(n) and tensor_meta(n) is not None]
-    timestep = find_timestep_input(signature)
     partners = [by_name[s.head_value] for s in part.streams]
-    hidden_cut = _static_example(by_name[part.hidden_cut])
-    step = InGraphDBCacheStep(
-        parent.get_submodule("middle"), settings.cache, hidden_cut, [_static_example(p) for p in partners],
+    hidden = _static_example(by_name[part.hidden_cut])
+    layout = StepLayout(
+        hidden=(tuple(hidden.shape), hidden.dtype),
+        values=tuple((tuple(v.shape), v.dtype) for v in map(_static_example, partners)),
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
         skipped_blocks=part.num_blocks - part.Fn - part.Bn)
-    parent.add_submodule(STEP_MODULE, step)
+    state = layout.new_state(config, hidden.device) if not state_as_inputs else None
+    parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout))
+    state_nodes = (_state_inputs(parent, layout, placeholders, hidden) if state_as_inputs
+                   else _state_buffers(parent, layout, state, placeholders))
     reset = None
     if reset_input is not None:
         with parent.graph.inserting_after(placeholders[-1]):
             reset = parent.graph.placeholder(reset_input)
-        reset.meta["example_value"] = torch.zeros(2, dtype=torch.int64)
+        reset.meta["example_value"] = torch.zeros(2, dtype=torch.int64, device=hidden.device)
     call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
     with parent.graph.inserting_before(call):
         node = parent.graph.create_node(
             "call_module", STEP_MODULE,
-            (by_name[part.hidden_entry], by_name[part.hidden_cut], timestep, tuple(signature), tuple(partners),
-             tuple(call.args), reset),
+            (tuple(state_nodes), by_name[part.hidden_entry], by_name[part.hidden_cut],
+             find_timestep_input(signature), tuple(signature), tuple(partners), tuple(call.args), reset),
             name="cachedit_call_in_graph_step",
         )
     call.replace_all_uses_with(node)
     parent.graph.erase_node(call)
     parent.delete_submodule("middle")
+    parent.meta[IN_GRAPH_META_KEY] = layout
     parent.recompile()
     return parent
 
 
-def in_graph_step(parent: fx.GraphModule) -> InGraphDBCacheStep:
-    """The step module ``insert_in_graph_step`` added."""
-    return parent.get_submodule(STEP_MODULE)
+def _state_inputs(parent: fx.GraphModule, layout: StepLayout, placeholders: list[fx.Node],
+                  hidden: torch.Tensor) -> list[fx.Node]:
+    """One placeholder per state tensor after the last of Dynamo's, with fake example values."""
+    fake_mode = detect_fake_mode([tensor_meta(n) for n in placeholders if tensor_meta(n) is not None])
+    nodes = []
+    anchor = placeholders[-1]
+    for name, (shape, dtype) in layout.shapes().items():
+        with parent.graph.inserting_after(anchor):
+            node = anchor = parent.graph.placeholder(STATE_INPUT_PREFIX + name)
+        real = torch.empty(shape, dtype=dtype, device=hidden.device)
+        node.meta["example_value"] = fake_mode.from_tensor(real) if fake_mode is not None else real
+        nodes.append(node)
+    return nodes
+
+
+def _state_buffers(parent: fx.GraphModule, layout: StepLayout, state: dict[str, torch.Tensor],
+                   placeholders: list[fx.Node]) -> list[fx.Node]:
+    holder = torch.nn.Module()
+    for name in layout.names:
+        holder.register_buffer(name, state[name])
+    parent.add_submodule(STATE_MODULE, holder)
+    nodes = []
+    with parent.graph.inserting_after(placeholders[-1]):
+        for name in reversed(layout.names):
+            nodes.append(parent.graph.get_attr(f"{STATE_MODULE}.{name}"))
+    return nodes[::-1]
 
 
 def _static_example(node: fx.Node) -> torch.Tensor:

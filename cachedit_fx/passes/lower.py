@@ -9,7 +9,9 @@ input shapes, strides and dtypes) are compiled once and share the compiled calla
 sound because every parameter is a graph input (not under CUDA graphs, whose static weights
 live at fixed addresses: there each piece is compiled alone); everything is compiled from fake inputs in Dynamo's
 fake mode (nothing runs); the parent graph and the branch modules keep their structure.
-``meta[COMPILE_REPORT_META_KEY]`` records pieces and distinct compiles.
+``meta[COMPILE_REPORT_META_KEY]`` records pieces and distinct compiles. A program with the
+in-graph step (``meta[IN_GRAPH_META_KEY]``) is compiled whole instead, as one unit, into
+``meta[ONE_PROGRAM_META_KEY]``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import BLOCKWISE_META_KEY, COMPILE_REPORT_META_KEY
+from cachedit_fx.passes import BLOCKWISE_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY
 from cachedit_fx.passes.split_pieces import piece_modules
 
 log = logging.getLogger("cachedit_fx")
@@ -86,6 +88,8 @@ STATIC_WEIGHT_META_KEY = "cachedit_fx.static_weight"
 
 
 def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
+    if IN_GRAPH_META_KEY in parent.meta:
+        return _lower_as_one_program(parent, settings)
     compiled: dict[Hashable, Callable[..., Any]] = {}
     units = 0
     for owner, name, piece in piece_modules(parent):
@@ -102,6 +106,17 @@ def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
             units += 1
     parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(units, len(compiled))
     log.info("cachedit: %d pieces, %d distinct compiles", units, len(compiled))
+    return parent
+
+
+def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
+    """The in-graph step's program (pieces, decision and state updates) compiled as one unit;
+    ``meta[ONE_PROGRAM_META_KEY]`` holds the compiled callable."""
+    if settings.dynamo_inputs is not None:
+        settings.dynamo_inputs.carry_onto(parent)
+    parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings)
+    parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(1, 1)
+    log.info("cachedit: one program (decision in the graph)")
     return parent
 
 

@@ -36,6 +36,7 @@ from cachedit_fx.runtime.cfg import DEFAULT_STREAM, UNCOND_STREAM, CfgSchedule
 from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 from cachedit_fx.runtime.histories import Calibrator, value_plans
+from cachedit_fx.runtime.in_graph_step import StepLayout, apply_config, logged_summary, request_reset
 from cachedit_fx.runtime.stream_state import ChainShape, StreamState
 
 log = logging.getLogger("cachedit_fx")
@@ -78,6 +79,9 @@ class ModelCacheState:
         self.head_sums_stream: Optional[str] = None
         """The stream whose ``prev`` buffer the head piece compared against this call."""
         self.pruning: Optional[_CallPruning] = None
+        self.in_graph: dict[object, tuple[dict[str, torch.Tensor], list[torch.Tensor]]] = {}
+        """Graph key -> the state tensors of an in-graph step (by name, and in its input order)."""
+        self.latest_in_graph: Optional[object] = None
         self._set_config(config)
 
     def _set_config(self, config: DBCacheConfig) -> None:
@@ -110,6 +114,8 @@ class ModelCacheState:
             self.chain = chain
             self.calibrator = calibrator
             self.streams.clear()
+            self.in_graph.clear()
+            self.latest_in_graph = None
             self._set_config(config)
 
     def refresh(self, num_inference_steps: Optional[int] = None, **config_changes) -> None:
@@ -119,17 +125,37 @@ class ModelCacheState:
             changes["num_inference_steps"] = num_inference_steps
         if changes:
             self._set_config(check_refresh_changes(changes, self.config))
+            for tensors, _ in self.in_graph.values():
+                apply_config(tensors, self.config)
         self._new_generation("refresh")
 
     def _new_generation(self, reason: str) -> None:
         for stream in self.streams.values():
             stream.start_generation(reason, self.context)
+        for tensors, _ in self.in_graph.values():
+            request_reset(tensors)
         self.cfg.restart()
         self.last_timestep = None
         self.first_decision = None
         self.first_inputs = None
 
+    def in_graph_tensors(self, key: object, layout: StepLayout, device: torch.device) -> list[torch.Tensor]:
+        """The state tensors of the in-graph step of graph ``key`` in this context, created at
+        the first call (a new generation)."""
+        entry = self.in_graph.get(key)
+        if entry is None:
+            tensors = layout.new_state(self.config, device)
+            entry = self.in_graph[key] = (tensors, [tensors[name] for name in layout.names])
+        self.latest_in_graph = key
+        return entry[1]
+
+    def restart_in_graph(self, key: object) -> None:
+        """A call of graph ``key`` raised: its next call starts a new generation."""
+        request_reset(self.in_graph[key][0])
+
     def summary(self, stream: str = DEFAULT_STREAM) -> CacheSummary:
+        if self.latest_in_graph is not None and stream == DEFAULT_STREAM:
+            return logged_summary(self.in_graph[self.latest_in_graph][0])
         stats = self.streams[stream].latest_stats() if stream in self.streams else None
         if stats is None:
             stats = GenerationStats(self.chain.num_blocks, self.chain.Fn + self.chain.Bn)

@@ -1,0 +1,100 @@
+"""``in_graph_decision=True``: the step decided inside one compiled program equals the host
+decision between pieces (bit for bit with eager and aot_eager pieces, every control of the
+config exercised, two generations), keeps per-thread contexts apart, takes ``refresh``
+changes without recompiling, and names the options it does not implement."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import cachedit_fx
+from cachedit_fx.tiny_models import TINY_MODELS
+from in_graph_configs import CONFIGS
+from models import run, trajectory
+
+
+def _compiled(model, options, in_graph, inner="eager"):
+    return cachedit_fx.compile(model, **dict(options, inner_backend=inner, cache_kernels="torch",
+                                             enable_separate_cfg=False, in_graph_decision=in_graph))
+
+
+def _generations(compiled, generations):
+    outputs, cached = [], []
+    for steps in generations:
+        outputs += run(compiled, steps)
+        cached.append(cachedit_fx.summary(compiled).cached_steps)
+    return outputs, cached, cachedit_fx.summary(compiled)
+
+
+@pytest.mark.parametrize("name, inner", [("flux", "eager"), ("wan", "aot_eager")])
+def test_in_graph_program_equals_the_host_decision(name, inner):
+    model, inputs = TINY_MODELS[name]()
+    generations = [list(trajectory(inputs, 10)), list(trajectory(inputs, 10, seed=2))]
+    results = {}
+    for in_graph in (False, True):
+        torch._dynamo.reset()
+        results[in_graph] = _generations(_compiled(model, CONFIGS[name], in_graph, inner), generations)
+        cachedit_fx.disable(model)
+    (want, want_cached, want_summary), (got, got_cached, got_summary) = results[False], results[True]
+    assert got_cached == want_cached and all(got_cached)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert got_summary.residual_diffs == want_summary.residual_diffs
+    assert (got_summary.computed_blocks, got_summary.cached_blocks) == (want_summary.computed_blocks,
+                                                                        want_summary.cached_blocks)
+
+
+def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own_state(compile_reports):
+    model, inputs = TINY_MODELS["flux"]()
+    options = CONFIGS["flux"]
+    first, second = list(trajectory(inputs, 10)), list(trajectory(inputs, 10, seed=2))
+    solo = {}
+    for threshold in (options["residual_diff_threshold"], 0.6):
+        torch._dynamo.reset()
+        solo[threshold] = _generations(_compiled(model, dict(options, residual_diff_threshold=threshold), True),
+                                       [first])
+        cachedit_fx.disable(model)
+    torch._dynamo.reset()
+    compile_reports.clear()
+    compiled = _compiled(model, options, True)
+    run(compiled, first)
+    cachedit_fx.refresh(compiled, residual_diff_threshold=0.6)
+    assert _generations(compiled, [first])[1] == solo[0.6][1] != solo[options["residual_diff_threshold"]][1]
+    assert len(compile_reports) == 1, "refresh recompiled"
+
+    cachedit_fx.refresh(compiled, residual_diff_threshold=options["residual_diff_threshold"])
+    barrier, results = threading.Barrier(2), {}
+
+    def request(key, steps):
+        outputs = []
+        for step in steps:
+            barrier.wait()  # interleaved step by step, no cache_context
+            outputs.append(run(compiled, [step])[0])
+        results[key] = (outputs, cachedit_fx.summary(compiled).cached_steps)
+
+    threads = [threading.Thread(target=request, args=(k, s)) for k, s in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch._dynamo.reset()
+    want_second = _generations(_compiled(model, options, True), [second])
+    for (outputs, cached), (want, want_cached, _) in zip((results[0], results[1]),
+                                                         (solo[options["residual_diff_threshold"]], want_second)):
+        assert cached == want_cached[0]
+        assert all(torch.equal(a, b) for a, b in zip(outputs, want))
+
+
+@pytest.mark.parametrize("options, needle", [
+    (dict(enable_separate_cfg=None), "enable_separate_cfg"),
+    (dict(taylorseer_order=1), "calibrators"),
+    (dict(regional_compile=True), "regional_compile"),
+])
+def test_options_the_in_graph_step_does_not_implement_are_named(options, needle):
+    model, inputs = TINY_MODELS["flux"]()
+    compiled = torch.compile(model, backend="cachedit", options=dict(
+        dict(Fn_compute_blocks=1, enable_separate_cfg=False, inner_backend="eager", in_graph_decision=True), **options))
+    with pytest.raises(Exception, match=needle):
+        run(compiled, [inputs])
