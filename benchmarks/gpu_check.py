@@ -13,7 +13,8 @@ section does not stop the others:
      image + 512 text tokens, bf16, 8 steps: threshold 0 against plain Inductor (error and
      step time), a caching run's decisions against the eager reference DBCache
      (``tests/reference_dbcache.py``), and host syncs per step under
-     ``torch.cuda.set_sync_debug_mode``;
+     ``torch.cuda.set_sync_debug_mode``; the same with ``in_graph_decision=True`` (the step
+     decided inside one compiled program);
   3. ``reduce_overhead``: the same model with ``mode="reduce-overhead"``: static inputs per
      piece (Inductor's own count) and step time against plain Inductor in that mode;
   4. ``flux_dev``: the FLUX.1-dev transformer (random bf16 weights, 1024px) with the SCM-fast
@@ -167,12 +168,27 @@ def check_mid_flux(check: Check) -> dict[str, Any]:
     caching = cachedit_fx.compile(model, **options, residual_diff_threshold=threshold)
     got, _ = timed_generation(caching, steps, check)
     syncs = count_host_syncs(caching, steps[:1], check)
+    summary = cachedit_fx.summary(caching)
+    cachedit_fx.disable(model)
+    torch._dynamo.reset()
+    in_graph = dict(options, in_graph_decision=True, enable_separate_cfg=False)
+    one_zero = cachedit_fx.compile(model, **in_graph, residual_diff_threshold=0.0)
+    timed_generation(one_zero, steps, check)
+    one_zero_out, one_zero_s = timed_generation(one_zero, steps, check)
+    cachedit_fx.refresh(one_zero, residual_diff_threshold=threshold)
+    one_got, _ = timed_generation(one_zero, steps, check)
+    one_syncs = count_host_syncs(one_zero, steps[:1], check)
     return {"threshold0_max_rel_err": max(rel_err(a, b) for a, b in zip(zero_out, plain_out)),
             "threshold0_step_s": zero_s, "inductor_step_s": plain_s, "overhead": zero_s / plain_s - 1,
             "threshold": threshold, "reference_cached_steps": reference.cached_steps,
-            "cached_steps": cachedit_fx.summary(caching).cached_steps,
+            "cached_steps": summary.cached_steps,
             "max_rel_err_vs_reference": max(rel_err(a, b) for a, b in zip(got, want)),
-            "host_syncs_per_step": syncs}
+            "host_syncs_per_step": syncs,
+            "in_graph_threshold0_max_rel_err": max(rel_err(a, b) for a, b in zip(one_zero_out, plain_out)),
+            "in_graph_threshold0_step_s": one_zero_s, "in_graph_overhead": one_zero_s / plain_s - 1,
+            "in_graph_cached_steps": cachedit_fx.summary(one_zero).cached_steps,
+            "in_graph_max_rel_err_vs_reference": max(rel_err(a, b) for a, b in zip(one_got, want)),
+            "in_graph_host_syncs_per_step": one_syncs}
 
 
 def count_host_syncs(model: Callable[..., Any], steps: list[dict[str, Any]], check: Check) -> Optional[int]:

@@ -39,6 +39,30 @@ def trajectory(inputs: dict[str, Any], steps: int, seed: int = 1, offset: float 
         yield step_inputs
 
 
+def run_in_threads_interleaved(compiled, *requests) -> list[tuple[list[torch.Tensor], list[int]]]:
+    """Each request's steps in a thread of its own, the threads advancing in lock step (no
+    ``cache_context``); per request, its outputs and the cached steps its summary reports."""
+    import threading
+
+    import cachedit_fx
+
+    barrier, results = threading.Barrier(len(requests)), {}
+
+    def worker(key, steps):
+        outputs = []
+        for step in steps:
+            barrier.wait()
+            outputs.append(run(compiled, [step])[0])
+        results[key] = (outputs, cachedit_fx.summary(compiled).cached_steps)
+
+    threads = [threading.Thread(target=worker, args=(k, s)) for k, s in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [results[k] for k in range(len(requests))]
+
+
 def run(model_fn, steps_inputs) -> list[torch.Tensor]:
     with torch.no_grad():
         return [model_fn(**s, return_dict=False)[0].clone() for s in steps_inputs]

@@ -147,5 +147,6 @@ def test_gpu_check_dry_run_runs_every_section_on_cpu(tmp_path):
     mid = sections["mid_flux"]
     assert mid["threshold0_max_rel_err"] <= 1e-5 and mid["cached_steps"] == mid["reference_cached_steps"]
     assert mid["max_rel_err_vs_reference"] <= 1e-5 and 0 < len(mid["cached_steps"]) < 3
+    assert mid["in_graph_threshold0_max_rel_err"] <= 1e-5 and mid["in_graph_cached_steps"] == mid["cached_steps"]
     assert all(n > 0 for n in sections["reduce_overhead"]["static_inputs_per_piece"])
     assert json.loads((tmp_path / "gpu_check.json").read_text())["sections"].keys() == sections.keys()

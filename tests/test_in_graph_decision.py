@@ -5,15 +5,13 @@ changes without recompiling, and names the options it does not implement."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 import cachedit_fx
 from cachedit_fx.tiny_models import TINY_MODELS
 from in_graph_configs import CONFIGS
-from models import run, trajectory
+from models import run, run_in_threads_interleaved, trajectory
 
 
 def _compiled(model, options, in_graph, inner="eager"):
@@ -65,23 +63,10 @@ def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own
     assert len(compile_reports) == 1, "refresh recompiled"
 
     cachedit_fx.refresh(compiled, residual_diff_threshold=options["residual_diff_threshold"])
-    barrier, results = threading.Barrier(2), {}
-
-    def request(key, steps):
-        outputs = []
-        for step in steps:
-            barrier.wait()  # interleaved step by step, no cache_context
-            outputs.append(run(compiled, [step])[0])
-        results[key] = (outputs, cachedit_fx.summary(compiled).cached_steps)
-
-    threads = [threading.Thread(target=request, args=(k, s)) for k, s in enumerate((first, second))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threaded = run_in_threads_interleaved(compiled, first, second)
     torch._dynamo.reset()
     want_second = _generations(_compiled(model, options, True), [second])
-    for (outputs, cached), (want, want_cached, _) in zip((results[0], results[1]),
+    for (outputs, cached), (want, want_cached, _) in zip(threaded,
                                                          (solo[options["residual_diff_threshold"]], want_second)):
         assert cached == want_cached[0]
         assert all(torch.equal(a, b) for a, b in zip(outputs, want))

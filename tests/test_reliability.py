@@ -19,7 +19,7 @@ import cachedit_fx
 from cachedit_fx.runtime.contexts import MAX_CONTEXTS
 from cachedit_fx.runtime.registry import cache_for_model
 from cachedit_fx.tiny_models import tiny_flux
-from models import run, trajectory
+from models import run, run_in_threads_interleaved, trajectory
 
 STEPS = 6
 ALWAYS = 1e9
@@ -221,20 +221,7 @@ def test_threads_and_asyncio_tasks_without_contexts_never_share_cache_state():
     want, compiled = _solo_runs_then_a_fresh_compile(model, first, second)
     run(compiled, first[:1])  # compile once on the main thread
     cachedit_fx.refresh(compiled)
-    barrier, results = threading.Barrier(2), {}
-
-    def worker(key, steps):
-        outputs = []
-        for step in steps:
-            barrier.wait()  # the two generations advance in lock step, interleaved
-            outputs.append(run(compiled, [step])[0])
-        results[key] = (outputs, cachedit_fx.summary(compiled).cached_steps)
-
-    threads = [threading.Thread(target=worker, args=(k, s)) for k, s in enumerate((first, second))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threaded = run_in_threads_interleaved(compiled, first, second)
 
     async def request(steps):
         outputs = []
@@ -246,7 +233,7 @@ def test_threads_and_asyncio_tasks_without_contexts_never_share_cache_state():
     async def serve():
         return await asyncio.gather(request(first), request(second))
 
-    for got in (results[0], results[1]), asyncio.run(serve()):
+    for got in threaded, asyncio.run(serve()):
         for (outputs, cached), (want_out, want_cached) in zip(got, want):
             assert cached == want_cached
             assert all(torch.equal(a, b) for a, b in zip(outputs, want_out))
