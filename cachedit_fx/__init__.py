@@ -49,7 +49,7 @@ def summary(model: Any, stream: str = "default", context: Optional[str] = None) 
     ``stream``: "default", or "uncond" for the unconditional calls of a separate-CFG run;
     ``context``: a ``cache_context`` name (None: the active one, else "default")."""
     if _is_exported(model):
-        return exported_summary(model)
+        return exported_summary(model, stream)
     modules = cached_modules(model)
     if len(modules) != 1:
         raise ValueError(f"{type(model).__name__} has {len(modules)} transformers; ask for one of them "

@@ -38,11 +38,10 @@ STATE_PREFIX = f"{STATE_MODULE}."
 def export(model: torch.nn.Module, kwargs: dict[str, Any], options: Optional[dict[str, Any]] = None
            ) -> torch.export.ExportedProgram:
     """Export ``model(**kwargs)`` (tensor arguments are inputs, others constants) with DBCache
-    decided inside the program. ``options``: the backend's cache options; the program runs one
-    stream (one call per step) and has no calibrator. Raises ``ValueError`` for an option the
+    decided inside the program. ``options``: the backend's cache options (separate-CFG streams
+    included; no calibrator, no DBPrune). Raises ``ValueError`` for an option the
     in-graph step does not implement and ``UnsupportedGraph`` for a forward it cannot cut."""
     options = dict(options or {})
-    options.setdefault("enable_separate_cfg", False)
     options["inner_backend"] = "eager"
     settings = parse_options(options)
     check_in_graph_support(settings)
@@ -70,9 +69,10 @@ def cache_state(program: torch.export.ExportedProgram) -> dict[str, torch.Tensor
     return {name: value.clone() for name, value in program.state_dict.items() if name.startswith(STATE_PREFIX)}
 
 
-def exported_summary(state: Any) -> CacheSummary:
-    """The latest generation's statistics of an exported program: ``state`` is the
-    ``ExportedProgram``, its ``module()``, or the cache-state dict a package runs on."""
+def exported_summary(state: Any, stream: str = "default") -> CacheSummary:
+    """The latest generation's statistics of an exported program (of ``stream``: "default", or
+    "uncond" with separate CFG): ``state`` is the ``ExportedProgram``, its ``module()``, or the
+    cache-state dict a package runs on."""
     if isinstance(state, torch.export.ExportedProgram):
         state = state.state_dict
     elif isinstance(state, torch.nn.Module):
@@ -80,7 +80,7 @@ def exported_summary(state: Any) -> CacheSummary:
     missing = [STATE_PREFIX + name for name in LOGGED_STATE if STATE_PREFIX + name not in state]
     if missing:
         raise ValueError(f"no cache state of an exported program: {', '.join(missing)} missing")
-    return logged_summary({name: state[STATE_PREFIX + name] for name in LOGGED_STATE})
+    return logged_summary({name: state[STATE_PREFIX + name] for name in LOGGED_STATE}, stream)
 
 
 def _captured_program(model: torch.nn.Module, kwargs: dict[str, Any], settings: BackendSettings

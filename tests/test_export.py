@@ -86,7 +86,6 @@ def test_exported_program_decides_like_the_backend_and_the_reference(name):
 
 
 @pytest.mark.parametrize("options, needle", [
-    (dict(enable_separate_cfg=True), "separate CFG"),
     (dict(taylorseer_order=1), "calibrators"),
     (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
     (dict(tp_size=2), "parallel"),

@@ -73,13 +73,12 @@ def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own
 
 
 @pytest.mark.parametrize("options, needle", [
-    (dict(enable_separate_cfg=None), "enable_separate_cfg"),
     (dict(taylorseer_order=1), "calibrators"),
     (dict(regional_compile=True), "regional_compile"),
 ])
 def test_options_the_in_graph_step_does_not_implement_are_named(options, needle):
     model, inputs = TINY_MODELS["flux"]()
     compiled = torch.compile(model, backend="cachedit", options=dict(
-        dict(Fn_compute_blocks=1, enable_separate_cfg=False, inner_backend="eager", in_graph_decision=True), **options))
+        dict(Fn_compute_blocks=1, inner_backend="eager", in_graph_decision=True), **options))
     with pytest.raises(Exception, match=needle):
         run(compiled, [inputs])

@@ -1,5 +1,6 @@
 """Separate-CFG streams: a loop calling the model twice per step (different conditioning).
-Each stream's decisions and outputs equal a run of that stream alone; no cross-talk."""
+Each stream's decisions and outputs equal a run of that stream alone; no cross-talk. The same
+with the step decided inside the compiled program (``in_graph_decision``)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,12 @@ def solo_runs():
     ({"enable_separate_cfg": True}, False),
     ({"cfg_compute_first": True}, True),
     ({"enable_separate_cfg": True, "cfg_compute_first": True, "num_inference_steps": STEPS}, True),
-], ids=["auto", "forced", "auto-uncond-first", "forced-uncond-first-steps"])
+    ({"in_graph_decision": True}, False),
+    ({"in_graph_decision": True, "cfg_compute_first": True, "inner_backend": "aot_eager"}, True),
+    ({"in_graph_decision": True, "enable_separate_cfg": True, "cfg_compute_first": True,
+      "num_inference_steps": STEPS}, True),
+], ids=["auto", "forced", "auto-uncond-first", "forced-uncond-first-steps", "in-graph-auto",
+        "in-graph-auto-uncond-first", "in-graph-forced-uncond-first-steps"])
 def test_each_stream_equals_its_solo_run(solo_runs, options, uncond_first):
     model, inputs, solo = solo_runs
     compiled = compile_wan(model, **options)
@@ -74,18 +80,20 @@ def test_each_stream_equals_its_solo_run(solo_runs, options, uncond_first):
                 torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_one_stream_when_separate_cfg_is_off(solo_runs):
+@pytest.mark.parametrize("in_graph", [False, True])
+def test_one_stream_when_separate_cfg_is_off(solo_runs, in_graph):
     model, inputs, solo = solo_runs
-    compiled = compile_wan(model, enable_separate_cfg=False)
+    compiled = compile_wan(model, enable_separate_cfg=False, in_graph_decision=in_graph)
     run_roles(compiled, calls(inputs, False))
     summary = cachedit_fx.summary(compiled)
     assert summary.num_steps == 2 * STEPS
     assert cachedit_fx.summary(compiled, stream="uncond").num_steps == 0
 
 
-def test_uncond_follows_cond_decision_without_separate_diff(solo_runs):
+@pytest.mark.parametrize("in_graph", [False, True])
+def test_uncond_follows_cond_decision_without_separate_diff(solo_runs, in_graph):
     model, inputs, solo = solo_runs
-    compiled = compile_wan(model, cfg_diff_compute_separate=False)
+    compiled = compile_wan(model, cfg_diff_compute_separate=False, in_graph_decision=in_graph)
     run_roles(compiled, calls(inputs, False))
     cond = cachedit_fx.summary(compiled)
     uncond = cachedit_fx.summary(compiled, stream="uncond")

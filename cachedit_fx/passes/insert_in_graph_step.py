@@ -28,7 +28,7 @@ from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.insert_cache_branch import find_timestep_input
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
-from cachedit_fx.runtime.in_graph_step import InGraphDBCacheStep, StepLayout
+from cachedit_fx.runtime.in_graph_step import InGraphDBCacheStep, StepLayout, streams_for
 
 STEP_MODULE = "in_graph_step"
 STATE_MODULE = "in_graph_state"
@@ -43,10 +43,6 @@ def check_in_graph_support(settings: BackendSettings) -> None:
                          "implements DBCache only")
     if settings.calibrator is not None:
         raise ValueError("calibrators (TaylorSeer, FoCa) are not in the in-graph step yet; drop the calibrator option")
-    if cache.enable_separate_cfg is not False:
-        raise ValueError(f"enable_separate_cfg={cache.enable_separate_cfg}: separate CFG streams (and their "
-                         "detection) are not in the in-graph step yet; batch the conditional and unconditional "
-                         "calls and set enable_separate_cfg=False")
     if settings.parallelism is not None:
         raise ValueError("tensor- and context-parallel programs decide on the host (drop tp_size / ulysses_size)")
     if settings.regional_compile:
@@ -75,7 +71,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, state_
         hidden=(tuple(hidden.shape), hidden.dtype),
         values=tuple((tuple(v.shape), v.dtype) for v in map(_static_example, partners)),
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
-        skipped_blocks=part.num_blocks - part.Fn - part.Bn)
+        skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config))
     state = layout.new_state(config, hidden.device) if not state_as_inputs else None
     parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout))
     state_nodes = (_state_inputs(parent, layout, placeholders, hidden) if state_as_inputs

@@ -35,32 +35,42 @@ from cachedit_fx.config import DBCacheConfig
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 
-STEP, CACHED, CONTINUOUS, HAS_RESIDUAL, RESET, GENERATIONS, NUM_BLOCKS, SKIPPED_BLOCKS = range(8)
+CALLS, RESET, GENERATIONS, NUM_BLOCKS, SKIPPED_BLOCKS, MODE, SWAP, FIRST_DECISION = range(8)
 COUNTERS = 8
-ACCUMULATED, LAST_TIMESTEP, HAS_LAST_TIMESTEP = range(3)
+"""``counters``: calls this generation, reset request, generations started, chain shape, CFG mode
+(-1 undecided, 0 one stream, 1 separate), stream swap (the first call's stream was relabelled
+"uncond"), the decision of the step's first call."""
+STEP, CACHED, CONTINUOUS, HAS_RESIDUAL = range(4)
+STREAM_COUNTERS = 4
+LAST_TIMESTEP, HAS_LAST_TIMESTEP, FIRST_TIMESTEP = range(3)
 FLOATS = 3
+ACCUMULATED = 0
+STREAM_FLOATS = 2
 (THRESHOLD, MAX_WARMUP, WARMUP_INTERVAL, MAX_CACHED, MAX_CONTINUOUS, MAX_ACCUMULATED, STEPS,
- STATIC_MASK) = range(8)
-SETTINGS = 8
+ STATIC_MASK, FORCED_MODE, COMPUTE_FIRST, DIFF_SEPARATE) = range(11)
+SETTINGS = 11
 LOG_CAPACITY = 1000
-"""Steps logged per generation, and the longest step mask (later steps are decided and
-counted, not logged; a mask entry past it means "compute")."""
-FIXED_STATE = ("counters", "floats", "settings", "mask", "fingerprint", "prev_fn", "log_cached", "log_has_diff",
-               "log_diff")
-LOGGED_STATE = ("counters", "log_cached", "log_has_diff", "log_diff")
+"""Steps logged per stream and generation, and the longest step mask (later steps are decided
+and counted, not logged; a mask entry past it means "compute")."""
+FIXED_STATE = ("counters", "stream_counters", "floats", "stream_floats", "settings", "mask", "fingerprint", "prev_fn",
+               "log_cached", "log_has_diff", "log_diff")
+LOGGED_STATE = ("counters", "stream_counters", "log_cached", "log_has_diff", "log_diff")
 """The state tensors ``logged_summary`` reads."""
+STREAM_INDEX = {"default": 0, "uncond": 1}
 
 
 @dataclass(frozen=True)
 class StepLayout:
     """Shapes of a step's state: the hidden cut (``prev_fn``) and each carried value
-    (``residual_k``); ``num_fingerprints``: the call inputs compared to spot a warm-up call."""
+    (``residual_k``), per stream (``streams``: 2 when separate-CFG streams may occur, else 1);
+    ``num_fingerprints``: the call inputs compared to spot a warm-up call."""
 
     hidden: tuple[tuple[int, ...], torch.dtype]
     values: tuple[tuple[tuple[int, ...], torch.dtype], ...]
     num_fingerprints: int
     num_blocks: int
     skipped_blocks: int
+    streams: int
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -68,14 +78,17 @@ class StepLayout:
 
     def shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of every state tensor, by name (in ``names`` order)."""
+        n = self.streams
         shapes = {
-            "counters": ((COUNTERS,), torch.int64), "floats": ((FLOATS,), torch.float64),
+            "counters": ((COUNTERS,), torch.int64), "stream_counters": ((n, STREAM_COUNTERS), torch.int64),
+            "floats": ((FLOATS,), torch.float64), "stream_floats": ((n, STREAM_FLOATS), torch.float64),
             "settings": ((SETTINGS,), torch.float64), "mask": ((LOG_CAPACITY + 1,), torch.int64),
-            "fingerprint": ((max(self.num_fingerprints, 2),), torch.float64), "prev_fn": self.hidden,
-            "log_cached": ((LOG_CAPACITY,), torch.int64), "log_has_diff": ((LOG_CAPACITY,), torch.int64),
-            "log_diff": ((LOG_CAPACITY,), torch.float64),
+            "fingerprint": ((max(self.num_fingerprints, 2),), torch.float64),
+            "prev_fn": ((n, *self.hidden[0]), self.hidden[1]),
+            "log_cached": ((n, LOG_CAPACITY), torch.int64), "log_has_diff": ((n, LOG_CAPACITY), torch.int64),
+            "log_diff": ((n, LOG_CAPACITY), torch.float64),
         }
-        shapes.update({f"residual_{k}": value for k, value in enumerate(self.values)})
+        shapes.update({f"residual_{k}": ((n, *shape), dtype) for k, (shape, dtype) in enumerate(self.values)})
         return shapes
 
     def new_state(self, config: DBCacheConfig, device: torch.device) -> dict[str, torch.Tensor]:
@@ -86,12 +99,20 @@ class StepLayout:
         return state
 
 
+def streams_for(config: DBCacheConfig) -> int:
+    """Streams a step compiled for ``config`` holds: one when separate CFG is off."""
+    return 1 if config.enable_separate_cfg is False else 2
+
+
 def apply_config(state: dict[str, torch.Tensor], config: DBCacheConfig) -> None:
     """Write the settings of ``config`` into ``state`` and request a new generation."""
     limit = config.max_accumulated_residual_diff_threshold
     mask = config.steps_computation_mask
     if mask is not None and len(mask) > LOG_CAPACITY:
         raise ValueError(f"steps_computation_mask has {len(mask)} entries; the in-graph step holds {LOG_CAPACITY}")
+    if streams_for(config) > state["stream_counters"].shape[0]:
+        raise ValueError("enable_separate_cfg: this program was compiled with enable_separate_cfg=False and holds "
+                         "one stream; compile again to allow separate CFG streams")
     values = [0.0] * SETTINGS
     values[THRESHOLD] = config.residual_diff_threshold
     values[MAX_WARMUP], values[WARMUP_INTERVAL] = config.max_warmup_steps, config.warmup_interval
@@ -99,6 +120,9 @@ def apply_config(state: dict[str, torch.Tensor], config: DBCacheConfig) -> None:
     values[MAX_ACCUMULATED] = math.inf if limit is None else limit
     values[STEPS] = -1 if config.num_inference_steps is None else config.num_inference_steps
     values[STATIC_MASK] = float(mask is not None and config.steps_computation_policy == "static")
+    values[FORCED_MODE] = -1.0 if config.enable_separate_cfg is None else float(config.enable_separate_cfg)
+    values[COMPUTE_FIRST] = float(config.cfg_compute_first)
+    values[DIFF_SEPARATE] = float(config.cfg_diff_compute_separate)
     with torch.no_grad():
         state["settings"].copy_(torch.tensor(values, dtype=torch.float64))
         entries = torch.zeros(LOG_CAPACITY + 1, dtype=torch.int64)
@@ -115,6 +139,11 @@ def request_reset(state: dict[str, torch.Tensor]) -> None:
         state["counters"][RESET] = 1
 
 
+def _one(t: torch.Tensor, slot: int) -> torch.Tensor:
+    """Element ``slot`` of a 1-d state tensor as a [1] view."""
+    return t[slot:slot + 1]
+
+
 class InGraphDBCacheStep(torch.nn.Module):
     """``forward(state, hidden_entry, hidden_cut, timestep, fingerprint_inputs, partners,
     middle_inputs, reset)`` returns the middle's outputs, computed by ``middle`` or forecast
@@ -122,7 +151,10 @@ class InGraphDBCacheStep(torch.nn.Module):
 
     ``partners[k]``: the head value middle output k continues; ``timestep``: the call's
     timestep input (None: the graph has none); ``reset``: an input that starts a new generation
-    when any element is nonzero (the exported program's refresh)."""
+    when any element is nonzero (the exported program's refresh). Separate-CFG streams follow
+    ``runtime/cfg.py``: call ``c`` of a CFG generation is position ``c % 2`` of its step, the
+    mode is detected at the second call (same timestep as the first), streams share the call
+    count and nothing else."""
 
     def __init__(self, middle: torch.nn.Module, layout: StepLayout) -> None:
         super().__init__()
@@ -134,55 +166,88 @@ class InGraphDBCacheStep(torch.nn.Module):
                 partners: Sequence[torch.Tensor], middle_inputs: Sequence[torch.Tensor],
                 reset: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.layout.names, state))
-        counters, floats, settings, prev_fn = named["counters"], named["floats"], named["settings"], named["prev_fn"]
-        residuals = [named[f"residual_{k}"] for k in range(len(partners))]
+        counters, floats, settings = named["counters"], named["floats"], named["settings"]
         level = timestep.reshape(-1).to(torch.float64).sum().reshape(1) if timestep is not None else None
-
-        boundary = counters[RESET:RESET + 1] > 0
-        if reset is not None:
-            boundary = boundary | (reset.reshape(-1) != 0).any().reshape(1)
-        if level is not None:
-            boundary = boundary | ((floats[HAS_LAST_TIMESTEP:HAS_LAST_TIMESTEP + 1] > 0)
-                                   & (level > floats[LAST_TIMESTEP:LAST_TIMESTEP + 1]))
-        steps = settings[STEPS:STEPS + 1]
-        boundary = boundary | ((steps >= 0) & (counters[STEP:STEP + 1].to(torch.float64) >= steps))
         fingerprint = _fingerprint(fingerprint_inputs, named["fingerprint"].shape[0], hidden_cut.device)
-        if self.layout.num_fingerprints > 0:
-            boundary = boundary | ((counters[STEP:STEP + 1] == 1)
-                                   & (fingerprint == named["fingerprint"]).all().reshape(1))
+        boundary, mode, swap, calls = self._generation(named, level, fingerprint, reset)
+
+        separate = mode == 1
+        position = torch.where(separate, calls % 2, 0)
+        compute_first = _one(settings, COMPUTE_FIRST) > 0
+        second = position == 1
+        stream = (separate & (second != compute_first)).to(torch.int64) ^ swap
         kept = (~boundary).to(torch.int64)
-        step = counters[STEP:STEP + 1] * kept
-        cached_steps = counters[CACHED:CACHED + 1] * kept
-        continuous = counters[CONTINUOUS:CONTINUOUS + 1] * kept
-        has_residual = (counters[HAS_RESIDUAL:HAS_RESIDUAL + 1] * kept) > 0
-        accumulated = torch.where(boundary, 0.0, floats[ACCUMULATED:ACCUMULATED + 1])
+        stream_counters = named["stream_counters"] * kept
+        stream_floats = torch.where(boundary, 0.0, named["stream_floats"])
+        mine = stream_counters.index_select(0, stream).reshape(STREAM_COUNTERS)
+        step, cached_steps, continuous = _one(mine, STEP), _one(mine, CACHED), _one(mine, CONTINUOUS)
+        has_residual = _one(mine, HAS_RESIDUAL) > 0
+        accumulated = _one(stream_floats.index_select(0, stream).reshape(STREAM_FLOATS), ACCUMULATED)
+        prev_fn = named["prev_fn"].index_select(0, stream)[0]
+        residuals = [named[f"residual_{k}"].index_select(0, stream)[0] for k in range(len(partners))]
 
         sums = l1_rel_diff_reference(prev_fn, hidden_cut, hidden_entry).to(torch.float64)
         diff = torch.where(sums[1:2] == 0, torch.where(sums[0:1] == 0, 0.0, math.inf), sums[0:1] / sums[1:2])
-        cache = _decide(settings, named["mask"], step, cached_steps, continuous, accumulated, has_residual, diff)
+        follows = separate & (_one(settings, DIFF_SEPARATE) == 0) & second
+        decided = _decide(settings, named["mask"], step, cached_steps, continuous, accumulated, has_residual, diff)
+        cache = torch.where(follows, (_one(counters, FIRST_DECISION) > 0) & has_residual, decided)
+        has_diff = has_residual & ~follows
 
         operands, positions = _distinct((*partners, *residuals, *middle_inputs))
         outputs = torch.ops.higher_order.cond(cache.reshape(()), _CachedBranch(len(partners), positions),
                                               _ComputeBranch(self.middle, len(partners), positions), operands)
 
-        for out, partner, residual in zip(outputs, partners, residuals):
-            residual.copy_(torch.where(cache, residual, (out.float() - partner.float()).to(residual.dtype)))
-        prev_fn.copy_(torch.where(cache, prev_fn, (hidden_cut.float() - hidden_entry.float()).to(prev_fn.dtype)))
-        _log_step(named, boundary, step, cache, has_residual, diff)
+        for k, (out, partner, residual) in enumerate(zip(outputs, partners, residuals)):
+            fresh = torch.where(cache, residual, (out.float() - partner.float()).to(residual.dtype))
+            named[f"residual_{k}"].index_copy_(0, stream, fresh.unsqueeze(0))
+        fresh_fn = torch.where(cache, prev_fn, (hidden_cut.float() - hidden_entry.float()).to(prev_fn.dtype))
+        named["prev_fn"].index_copy_(0, stream, fresh_fn.unsqueeze(0))
+        _log_step(named, kept, stream, step, cache, has_diff, diff)
         cached = cache.to(torch.int64)
-        positive = has_residual & torch.isfinite(diff) & (diff > 0)
-        counters.copy_(torch.cat([
+        positive = has_diff & torch.isfinite(diff) & (diff > 0)
+        named["stream_counters"].copy_(stream_counters.index_copy(0, stream, torch.cat([
             step + 1, cached_steps + cached, (continuous + cached) * cached, (has_residual | ~cache).to(torch.int64),
-            torch.zeros_like(step), counters[GENERATIONS:GENERATIONS + 1] + boundary.to(torch.int64),
-            counters[NUM_BLOCKS:],
+        ]).unsqueeze(0)))
+        named["stream_floats"].copy_(stream_floats.index_copy(0, stream, torch.cat([
+            accumulated + torch.where(cache & positive, diff, 0.0), torch.zeros_like(accumulated)]).unsqueeze(0)))
+        counters.copy_(torch.cat([
+            calls + 1, torch.zeros_like(calls), _one(counters, GENERATIONS) + boundary.to(torch.int64),
+            counters[NUM_BLOCKS:MODE], mode, swap,
+            torch.where(position == 0, cached, _one(counters, FIRST_DECISION)),
         ]))
-        floats.copy_(torch.cat([
-            accumulated + torch.where(cache & positive, diff, 0.0),
-            level if level is not None else floats[LAST_TIMESTEP:LAST_TIMESTEP + 1],
-            torch.ones_like(accumulated) if level is not None else floats[HAS_LAST_TIMESTEP:HAS_LAST_TIMESTEP + 1],
-        ]))
-        named["fingerprint"].copy_(torch.where(step == 0, fingerprint, named["fingerprint"]))
+        if level is not None:
+            floats.copy_(torch.cat([level, torch.ones_like(level),
+                                    torch.where(calls == 0, level, _one(floats, FIRST_TIMESTEP))]))
+        named["fingerprint"].copy_(torch.where(calls == 0, fingerprint, named["fingerprint"]))
         return outputs
+
+    def _generation(self, named: dict[str, torch.Tensor], level: Optional[torch.Tensor], fingerprint: torch.Tensor,
+                    reset: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Generation boundaries and CFG detection, in ``ModelCacheState._resolve_call``'s order:
+        returns (boundary, CFG mode, stream swap, calls so far), all after this call's boundary."""
+        counters, floats, settings = named["counters"], named["floats"], named["settings"]
+        calls, mode = _one(counters, CALLS), _one(counters, MODE)
+        steps = _one(settings, STEPS)
+
+        def steps_reached(mode: torch.Tensor) -> torch.Tensor:
+            return (steps >= 0) & (calls.to(torch.float64) >= steps * torch.where(mode == 1, 2.0, 1.0))
+
+        boundary = _one(counters, RESET) > 0
+        if reset is not None:
+            boundary = boundary | (reset.reshape(-1) != 0).any().reshape(1)
+        if level is not None:
+            boundary = boundary | ((_one(floats, HAS_LAST_TIMESTEP) > 0) & (level > _one(floats, LAST_TIMESTEP)))
+        boundary = boundary | (steps_reached(mode) & ~((mode < 0) & (calls == 1)))
+        if self.layout.num_fingerprints > 0:
+            boundary = boundary | ((calls == 1) & (fingerprint == named["fingerprint"]).all().reshape(1))
+        forced = _one(settings, FORCED_MODE).to(torch.int64)
+        detect = ~boundary & (mode < 0) & (calls == 1)
+        separate_now = detect & (level == _one(floats, FIRST_TIMESTEP)) if level is not None else detect & False
+        mode = torch.where(detect, separate_now.to(torch.int64), mode)
+        swap = torch.where(separate_now & (_one(settings, COMPUTE_FIRST) > 0), 1, _one(counters, SWAP))
+        boundary = boundary | (detect & steps_reached(mode))
+        return (boundary, torch.where(boundary, forced, mode), torch.where(boundary, 0, swap),
+                torch.where(boundary, 0, calls))
 
 
 class _CachedBranch(torch.nn.Module):
@@ -246,29 +311,34 @@ def _decide(settings: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, cach
     return torch.where(setting(STATIC_MASK) > 0, allowed, dynamic) & has_residual
 
 
-def _log_step(state: dict[str, torch.Tensor], boundary: torch.Tensor, step: torch.Tensor, cache: torch.Tensor,
-              has_residual: torch.Tensor, diff: torch.Tensor) -> None:
-    """Clear the log at a boundary, then record this step (steps past ``LOG_CAPACITY`` are not logged)."""
-    kept = (~boundary).to(torch.int64)
-    index = step.clamp(max=LOG_CAPACITY - 1)
+def _log_step(state: dict[str, torch.Tensor], kept: torch.Tensor, stream: torch.Tensor, step: torch.Tensor,
+              cache: torch.Tensor, has_diff: torch.Tensor, diff: torch.Tensor) -> None:
+    """Clear every stream's log at a boundary, then record this step in its stream's row
+    (steps past ``LOG_CAPACITY`` are not logged)."""
+    index = stream * LOG_CAPACITY + step.clamp(max=LOG_CAPACITY - 1)
     logging = step < LOG_CAPACITY
-    entries = (("log_cached", cache.to(torch.int64)), ("log_has_diff", has_residual.to(torch.int64)),
-               ("log_diff", torch.where(has_residual, diff, 0.0)))
+    entries = (("log_cached", cache.to(torch.int64)), ("log_has_diff", has_diff.to(torch.int64)),
+               ("log_diff", torch.where(has_diff, diff, 0.0)))
     for name, value in entries:
         log = state[name]
-        log.copy_(log * kept.to(log.dtype))
-        log.index_copy_(0, index, torch.where(logging, value, log.index_select(0, index)))
+        flat = (log * kept.to(log.dtype)).reshape(-1)
+        log.copy_(flat.index_copy(0, index, torch.where(logging, value, flat.index_select(0, index))).view_as(log))
 
 
-def logged_summary(state: dict[str, torch.Tensor]) -> CacheSummary:
-    """The latest generation's statistics from the step's state (``LOGGED_STATE`` by name)."""
+def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> CacheSummary:
+    """The latest generation's statistics of ``stream`` from the step's state (``LOGGED_STATE``
+    by name)."""
     counters = state["counters"].tolist()
-    cached, has_diff, diffs = (state[name].tolist() for name in LOGGED_STATE[1:])
+    row = STREAM_INDEX[stream] ^ counters[SWAP]
     num_blocks = counters[NUM_BLOCKS]
     stats = GenerationStats(num_blocks, num_blocks - counters[SKIPPED_BLOCKS])
-    for step in range(min(counters[STEP], len(cached))):
+    if row >= state["stream_counters"].shape[0]:
+        return stats.summary()
+    steps = state["stream_counters"][row, STEP].item()
+    cached, has_diff, diffs = (state[name][row].tolist() for name in LOGGED_STATE[2:])
+    for step in range(min(steps, LOG_CAPACITY)):
         stats.record(step, bool(cached[step]), diffs[step] if has_diff[step] else None)
-    stats.steps = counters[STEP]
+    stats.steps = steps
     return stats.summary()
 
 

@@ -154,8 +154,8 @@ class ModelCacheState:
         request_reset(self.in_graph[key][0])
 
     def summary(self, stream: str = DEFAULT_STREAM) -> CacheSummary:
-        if self.latest_in_graph is not None and stream == DEFAULT_STREAM:
-            return logged_summary(self.in_graph[self.latest_in_graph][0])
+        if self.latest_in_graph is not None:
+            return logged_summary(self.in_graph[self.latest_in_graph][0], stream)
         stats = self.streams[stream].latest_stats() if stream in self.streams else None
         if stats is None:
             stats = GenerationStats(self.chain.num_blocks, self.chain.Fn + self.chain.Bn)
