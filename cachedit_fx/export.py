@@ -110,7 +110,7 @@ def _cut(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     gm = find_block_chain(gm, settings)
     settings.cache.check_against_chain(len(gm.meta[CHAIN_META_KEY]))
     gm = partition(gm, settings)
-    return rewrite_middle_as_step(gm, settings.cache, state_as_inputs=False, reset_input=RESET_INPUT)
+    return rewrite_middle_as_step(gm, settings.cache, settings.calibrator, state_as_inputs=False, reset_input=RESET_INPUT)
 
 
 def _as_program_state(gm: fx.GraphModule, sources: dict[str, tuple[Any, Any]]) -> list[str]:

@@ -35,7 +35,7 @@ REFERENCE_KEYS = dict(Fn_compute_blocks="Fn", Bn_compute_blocks="Bn", max_warmup
                       residual_diff_threshold="threshold", max_cached_steps="max_cached",
                       max_continuous_cached_steps="max_continuous",
                       max_accumulated_residual_diff_threshold="max_accumulated", steps_computation_mask="mask",
-                      steps_computation_policy="mask_policy")
+                      steps_computation_policy="mask_policy", taylorseer_order="taylor_order")
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -86,7 +86,7 @@ def test_exported_program_decides_like_the_backend_and_the_reference(name):
 
 
 @pytest.mark.parametrize("options, needle", [
-    (dict(taylorseer_order=1), "calibrators"),
+    (dict(calibrator_config=cachedit_fx.FoCaCalibratorConfig()), "FoCa"),
     (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
     (dict(tp_size=2), "parallel"),
     (dict(Fn_compute_blocks=8, Bn_compute_blocks=4), "Fn_compute_blocks"),
@@ -115,7 +115,8 @@ def test_package_runs_a_cached_generation_in_a_process_that_imports_only_torch(t
         joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]), lambda r, gen: dict(
         hidden_states=r(1, 16, 4), encoder_hidden_states=r(1, 24, 32), pooled_projections=r(1, 32),
         img_ids=r(16, 3), txt_ids=r(24, 3), timestep=torch.tensor([1.0])), 0)
-    options = dict(Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.3, num_inference_steps=28)
+    options = dict(Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.3, num_inference_steps=28,
+                   taylorseer_order=1)
     steps = list(trajectory(inputs, 28))
     program = cachedit_fx.export(model, dict(inputs, return_dict=False), options)
     path = cachedit_fx.package(program, str(tmp_path / "flux.pt2"))

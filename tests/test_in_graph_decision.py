@@ -12,6 +12,7 @@ import cachedit_fx
 from cachedit_fx.tiny_models import TINY_MODELS
 from in_graph_configs import CONFIGS
 from models import run, run_in_threads_interleaved, trajectory
+from test_separate_cfg import calls, compile_wan, run_roles
 
 
 def _compiled(model, options, in_graph, inner="eager"):
@@ -44,6 +45,25 @@ def test_in_graph_program_equals_the_host_decision(name, inner):
                                                                         want_summary.cached_blocks)
 
 
+def test_taylorseer_ladders_per_cfg_stream_equal_the_host_runtime():
+    """Separate-CFG streams each keep their own TaylorSeer ladders (order 3, outputs cached as
+    hidden states): both streams' outputs and decisions equal the host runtime bit for bit."""
+    model, inputs = TINY_MODELS["wan"]()
+    options = dict(taylorseer_order=3, calibrator_cache_type="hidden_states", cache_kernels="torch")
+    results = {}
+    for in_graph in (False, True):
+        compiled = compile_wan(model, in_graph_decision=in_graph, **options)
+        outputs = [run_roles(compiled, calls(inputs, False)) for _ in range(2)]
+        results[in_graph] = outputs, [cachedit_fx.summary(compiled, stream=s).cached_steps
+                                      for s in ("default", "uncond")]
+        cachedit_fx.disable(model)
+    (want, want_cached), (got, got_cached) = results[False], results[True]
+    assert got_cached == want_cached and all(got_cached)
+    for got_generation, want_generation in zip(got, want):
+        for role in ("cond", "uncond"):
+            assert all(torch.equal(g, w) for g, w in zip(got_generation[role], want_generation[role]))
+
+
 def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own_state(compile_reports):
     model, inputs = TINY_MODELS["flux"]()
     options = CONFIGS["flux"]
@@ -73,7 +93,7 @@ def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own
 
 
 @pytest.mark.parametrize("options, needle", [
-    (dict(taylorseer_order=1), "calibrators"),
+    (dict(calibrator_config=cachedit_fx.FoCaCalibratorConfig()), "FoCa"),
     (dict(regional_compile=True), "regional_compile"),
 ])
 def test_options_the_in_graph_step_does_not_implement_are_named(options, needle):

@@ -3,7 +3,7 @@
 program.
 
 Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``), static
-shapes, a ``DBCacheConfig`` the step implements (``check_in_graph_support``).
+shapes, a ``DBCacheConfig`` and calibrator the step implements (``check_in_graph_support``).
 Guarantees: the step receives its state tensors, x0, hF, the timestep input (when the graph
 has one), every call input (for warm-up detection), the head value each middle output
 continues, the middle's own inputs and the reset input (when one is added); its outputs
@@ -21,14 +21,15 @@ import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 
-from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
+from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig, FoCaCalibratorConfig
 from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.insert_cache_branch import find_timestep_input
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
-from cachedit_fx.runtime.in_graph_step import InGraphDBCacheStep, StepLayout, streams_for
+from cachedit_fx.runtime.histories import Calibrator, value_plans
+from cachedit_fx.runtime.in_graph_step import InGraphDBCacheStep, StepLayout, ValueLadder, streams_for
 
 STEP_MODULE = "in_graph_step"
 STATE_MODULE = "in_graph_state"
@@ -41,8 +42,9 @@ def check_in_graph_support(settings: BackendSettings) -> None:
     if isinstance(cache, DBPruneConfig):
         raise ValueError("DBPrune decides per block, with one host read per block; the in-graph step "
                          "implements DBCache only")
-    if settings.calibrator is not None:
-        raise ValueError("calibrators (TaylorSeer, FoCa) are not in the in-graph step yet; drop the calibrator option")
+    if isinstance(settings.calibrator, FoCaCalibratorConfig):
+        raise ValueError("the FoCa calibrator swaps its histories on cached steps, which the in-graph step does "
+                         "not implement; use the TaylorSeer calibrator or in_graph_decision=False")
     if settings.parallelism is not None:
         raise ValueError("tensor- and context-parallel programs decide on the host (drop tp_size / ulysses_size)")
     if settings.regional_compile:
@@ -53,11 +55,11 @@ def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> f
     """Backend pass (``in_graph_decision=True``): the state becomes graph inputs."""
     if not settings.in_graph_decision or not isinstance(parent.meta.get(PARTITION_META_KEY), Partition):
         return parent
-    return rewrite_middle_as_step(parent, settings.cache, state_as_inputs=True)
+    return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True)
 
 
-def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, state_as_inputs: bool,
-                           reset_input: Optional[str] = None) -> fx.GraphModule:
+def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibrator: Optional[Calibrator],
+                           state_as_inputs: bool, reset_input: Optional[str] = None) -> fx.GraphModule:
     part = parent.meta[PARTITION_META_KEY]
     by_name = {n.name: n for n in parent.graph.nodes}
     _, middle_outputs = piece_io(parent, "middle")
@@ -67,9 +69,11 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, state_
     signature = [n for n in placeholders if not is_module_state(n) and tensor_meta(n) is not None]
     partners = [by_name[s.head_value] for s in part.streams]
     hidden = _static_example(by_name[part.hidden_cut])
+    plans = value_plans(calibrator, len(partners), part.hidden_position)
     layout = StepLayout(
         hidden=(tuple(hidden.shape), hidden.dtype),
-        values=tuple((tuple(v.shape), v.dtype) for v in map(_static_example, partners)),
+        values=tuple(ValueLadder(tuple(v.shape), v.dtype, plan.order, plan.residual)
+                     for v, plan in zip(map(_static_example, (by_name[name] for name in middle_outputs)), plans)),
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
         skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config))
     state = layout.new_state(config, hidden.device) if not state_as_inputs else None

@@ -5,10 +5,12 @@ Traced into the program that calls it (``passes/insert_in_graph_step.py``), so A
 Inductor and ``torch.export`` see one graph: no host read, no Python between pieces. The state
 tensors (``StepLayout.names``) are arguments: graph inputs chosen per cache context by the
 backend's shim, or buffers of an exported program. Semantics equal
-``ModelCacheState.run_middle`` for one stream without a calibrator (DESIGN section 3):
-generation boundaries (a reset request, the timestep rising, the step count reached, a
-warm-up call repeated), then warmup, step mask, max_cached, max_continuous, max_accumulated,
-threshold, no previous residual, diff < threshold (strict).
+``ModelCacheState.run_middle`` with no calibrator or TaylorSeer, separate-CFG streams
+included (DESIGN section 3): generation boundaries (a reset request, the timestep rising, the
+step count reached, a warm-up call repeated) and CFG detection, then warmup, step mask,
+max_cached, max_continuous, max_accumulated, threshold, no previous residual, diff < threshold
+(strict). A cached step forecasts each carried value from its ladder (order 0: the last
+residual) exactly as ``kernels.reference`` does.
 
 Invariants:
   * the ``torch.cond`` branches are pure (no state writes, fresh contiguous outputs); every
@@ -16,9 +18,11 @@ Invariants:
   * counters and settings live in tensors of two or more elements (AOTInductor folds
     one-element attributes into constants, so a mutated scalar buffer would never advance);
   * every setting ``refresh`` may change (threshold, limits, warmup, step count, mask and its
-    policy) is a tensor value, never a graph constant: refreshing never recompiles;
-  * a residual is read only when ``counters[HAS_RESIDUAL]`` says a computed step of this
-    generation wrote it;
+    policy, the CFG options) is a tensor value, never a graph constant: refreshing never
+    recompiles;
+  * a stream's ladders are read only when its ``stream_counters[HAS_RESIDUAL]`` says a computed
+    step of this generation wrote them, and only the levels its ``UPDATES`` filled; a boundary
+    clears every stream's counters;
   * the per-step log (cached flag, diff) holds the latest generation until the next one starts,
     so statistics are read from the tensors alone (``logged_summary``).
 """
@@ -40,8 +44,10 @@ COUNTERS = 8
 """``counters``: calls this generation, reset request, generations started, chain shape, CFG mode
 (-1 undecided, 0 one stream, 1 separate), stream swap (the first call's stream was relabelled
 "uncond"), the decision of the step's first call."""
-STEP, CACHED, CONTINUOUS, HAS_RESIDUAL = range(4)
-STREAM_COUNTERS = 4
+STEP, CACHED, CONTINUOUS, HAS_RESIDUAL, UPDATES, LAST_COMPUTED = range(6)
+STREAM_COUNTERS = 6
+"""``stream_counters`` per stream: its step, cached steps, cached in a row, a residual written,
+computed steps pushed into the ladders (capped at the deepest ladder), the last computed step."""
 LAST_TIMESTEP, HAS_LAST_TIMESTEP, FIRST_TIMESTEP = range(3)
 FLOATS = 3
 ACCUMULATED = 0
@@ -60,13 +66,25 @@ STREAM_INDEX = {"default": 0, "uncond": 1}
 
 
 @dataclass(frozen=True)
+class ValueLadder:
+    """How one carried value is remembered: its shape and dtype, the Taylor ``order`` of its
+    difference ladder (0: the last residual, plain DBCache) and whether the ladder holds the
+    residual ``out - in`` or the output itself."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    order: int = 0
+    residual: bool = True
+
+
+@dataclass(frozen=True)
 class StepLayout:
-    """Shapes of a step's state: the hidden cut (``prev_fn``) and each carried value
-    (``residual_k``), per stream (``streams``: 2 when separate-CFG streams may occur, else 1);
-    ``num_fingerprints``: the call inputs compared to spot a warm-up call."""
+    """Shapes of a step's state: the hidden cut (``prev_fn``) and each carried value's ladder
+    (``residual_k``: ``order + 1`` levels), per stream (``streams``: 2 when separate-CFG streams
+    may occur, else 1); ``num_fingerprints``: the call inputs compared to spot a warm-up call."""
 
     hidden: tuple[tuple[int, ...], torch.dtype]
-    values: tuple[tuple[tuple[int, ...], torch.dtype], ...]
+    values: tuple[ValueLadder, ...]
     num_fingerprints: int
     num_blocks: int
     skipped_blocks: int
@@ -88,7 +106,7 @@ class StepLayout:
             "log_cached": ((n, LOG_CAPACITY), torch.int64), "log_has_diff": ((n, LOG_CAPACITY), torch.int64),
             "log_diff": ((n, LOG_CAPACITY), torch.float64),
         }
-        shapes.update({f"residual_{k}": ((n, *shape), dtype) for k, (shape, dtype) in enumerate(self.values)})
+        shapes.update({f"residual_{k}": ((n, v.order + 1, *v.shape), v.dtype) for k, v in enumerate(self.values)})
         return shapes
 
     def new_state(self, config: DBCacheConfig, device: torch.device) -> dict[str, torch.Tensor]:
@@ -182,9 +200,12 @@ class InGraphDBCacheStep(torch.nn.Module):
         mine = stream_counters.index_select(0, stream).reshape(STREAM_COUNTERS)
         step, cached_steps, continuous = _one(mine, STEP), _one(mine, CACHED), _one(mine, CONTINUOUS)
         has_residual = _one(mine, HAS_RESIDUAL) > 0
+        updates, last_computed = _one(mine, UPDATES), _one(mine, LAST_COMPUTED)
         accumulated = _one(stream_floats.index_select(0, stream).reshape(STREAM_FLOATS), ACCUMULATED)
         prev_fn = named["prev_fn"].index_select(0, stream)[0]
-        residuals = [named[f"residual_{k}"].index_select(0, stream)[0] for k in range(len(partners))]
+        ladders = [named[f"residual_{k}"].index_select(0, stream)[0] for k in range(len(partners))]
+        elapsed = (step - last_computed).to(torch.float64)
+        forecast = [_forecast_weights(ladder.shape[0], updates, elapsed) for ladder in ladders]
 
         sums = l1_rel_diff_reference(prev_fn, hidden_cut, hidden_entry).to(torch.float64)
         diff = torch.where(sums[1:2] == 0, torch.where(sums[0:1] == 0, 0.0, math.inf), sums[0:1] / sums[1:2])
@@ -193,20 +214,26 @@ class InGraphDBCacheStep(torch.nn.Module):
         cache = torch.where(follows, (_one(counters, FIRST_DECISION) > 0) & has_residual, decided)
         has_diff = has_residual & ~follows
 
-        operands, positions = _distinct((*partners, *residuals, *middle_inputs))
-        outputs = torch.ops.higher_order.cond(cache.reshape(()), _CachedBranch(len(partners), positions),
+        weights = [w for pair in forecast for w in pair]
+        operands, positions = _distinct((*partners, *ladders, *weights, *middle_inputs))
+        plans = tuple(v.residual for v in self.layout.values)
+        outputs = torch.ops.higher_order.cond(cache.reshape(()), _CachedBranch(plans, positions),
                                               _ComputeBranch(self.middle, len(partners), positions), operands)
 
-        for k, (out, partner, residual) in enumerate(zip(outputs, partners, residuals)):
-            fresh = torch.where(cache, residual, (out.float() - partner.float()).to(residual.dtype))
-            named[f"residual_{k}"].index_copy_(0, stream, fresh.unsqueeze(0))
+        gap = torch.where(updates > 0, step - last_computed, 1).to(torch.float32)
+        for k, (out, partner, ladder, plan) in enumerate(zip(outputs, partners, ladders, self.layout.values)):
+            value = out.float() - partner.float() if plan.residual else out.float()
+            pushed = _ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
+            named[f"residual_{k}"].index_copy_(0, stream, torch.where(cache, ladder, pushed).unsqueeze(0))
         fresh_fn = torch.where(cache, prev_fn, (hidden_cut.float() - hidden_entry.float()).to(prev_fn.dtype))
         named["prev_fn"].index_copy_(0, stream, fresh_fn.unsqueeze(0))
         _log_step(named, kept, stream, step, cache, has_diff, diff)
         cached = cache.to(torch.int64)
         positive = has_diff & torch.isfinite(diff) & (diff > 0)
+        deepest = max(v.order for v in self.layout.values) + 1
         named["stream_counters"].copy_(stream_counters.index_copy(0, stream, torch.cat([
             step + 1, cached_steps + cached, (continuous + cached) * cached, (has_residual | ~cache).to(torch.int64),
+            torch.where(cache, updates, (updates + 1).clamp(max=deepest)), torch.where(cache, last_computed, step),
         ]).unsqueeze(0)))
         named["stream_floats"].copy_(stream_floats.index_copy(0, stream, torch.cat([
             accumulated + torch.where(cache & positive, diff, 0.0), torch.zeros_like(accumulated)]).unsqueeze(0)))
@@ -251,23 +278,34 @@ class InGraphDBCacheStep(torch.nn.Module):
 
 
 class _CachedBranch(torch.nn.Module):
-    """``(partners, residuals, middle_inputs) -> partner + residual`` per carried value; the
-    operands arrive without repeats, ``positions`` maps each argument to its operand."""
+    """``(partners, ladders, forecast weights, middle_inputs)`` -> per carried value its Taylor
+    forecast (``base + sum_k ladder[k] * weight[k]`` over the levels in use; base: the partner
+    for a residual ladder, zero otherwise); the operands arrive without repeats, ``positions``
+    maps each argument to its operand."""
 
-    def __init__(self, num_values: int, positions: tuple[int, ...]) -> None:
+    def __init__(self, residual_plans: tuple[bool, ...], positions: tuple[int, ...]) -> None:
         super().__init__()
-        self.num_values = num_values
+        self.residual_plans = residual_plans
         self.positions = positions
 
     def forward(self, *operands: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n = self.num_values
+        n = len(self.residual_plans)
         arguments = [operands[k] for k in self.positions]
-        return tuple((p.float() + r.float()).to(p.dtype).contiguous()
-                     for p, r in zip(arguments[:n], arguments[n:2 * n]))
+        partners, ladders, weights = arguments[:n], arguments[n:2 * n], arguments[2 * n:4 * n]
+        outputs = []
+        for k, (partner, ladder, residual) in enumerate(zip(partners, ladders, self.residual_plans)):
+            used, factor = weights[2 * k], weights[2 * k + 1]
+            acc = partner.float() if residual else torch.zeros(partner.shape, dtype=torch.float32,
+                                                               device=partner.device)
+            for level in range(ladder.shape[0]):
+                acc = torch.where(used[level], acc + ladder[level].float() * factor[level], acc)
+            outputs.append(acc.to(ladder.dtype).contiguous())
+        return tuple(outputs)
 
 
 class _ComputeBranch(torch.nn.Module):
-    """``(partners, residuals, middle_inputs) -> middle(middle_inputs)``, fresh and contiguous."""
+    """``(partners, ladders, forecast weights, middle_inputs) -> middle(middle_inputs)``, fresh and
+    contiguous."""
 
     def __init__(self, middle: torch.nn.Module, num_values: int, positions: tuple[int, ...]) -> None:
         super().__init__()
@@ -277,7 +315,7 @@ class _ComputeBranch(torch.nn.Module):
 
     def forward(self, *operands: torch.Tensor) -> tuple[torch.Tensor, ...]:
         arguments = [operands[k] for k in self.positions]
-        outputs = self.middle(*arguments[2 * self.num_values:])
+        outputs = self.middle(*arguments[4 * self.num_values:])
         return tuple(o.clone(memory_format=torch.contiguous_format) for o in outputs)
 
 
@@ -293,6 +331,28 @@ def _distinct(arguments: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, 
             operands.append(value)
         positions.append(index[id(value)])
     return tuple(operands), tuple(positions)
+
+
+def _forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which ladder levels a forecast uses (the first ``min(updates, levels)``) and their
+    weights ``elapsed**k / k!`` (fp32, as the ladder kernels take them)."""
+    k = torch.arange(levels, device=updates.device)
+    used = k < updates.clamp(max=levels)
+    factorials = torch.tensor([float(math.factorial(i)) for i in range(levels)], dtype=torch.float64,
+                              device=updates.device)
+    return used, (elapsed.pow(k.to(torch.float64)) / factorials).to(torch.float32)
+
+
+def _ladder_push(ladder: torch.Tensor, value: torch.Tensor, gap: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """``taylor_update_reference_`` as a pure function: ``value`` (fp32) becomes level 0 and
+    each of the first ``levels`` levels becomes the difference of the one below, over ``gap``."""
+    rows = []
+    new = value
+    for k in range(ladder.shape[0]):
+        old = ladder[k].float()
+        rows.append(torch.where(levels > k, new, old).to(ladder.dtype))
+        new = (new - old) / gap
+    return torch.stack(rows)
 
 
 def _decide(settings: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, cached_steps: torch.Tensor,
