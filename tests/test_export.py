@@ -86,7 +86,6 @@ def test_exported_program_decides_like_the_backend_and_the_reference(name):
 
 
 @pytest.mark.parametrize("options, needle", [
-    (dict(calibrator_config=cachedit_fx.FoCaCalibratorConfig()), "FoCa"),
     (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
     (dict(tp_size=2), "parallel"),
     (dict(Fn_compute_blocks=8, Bn_compute_blocks=4), "Fn_compute_blocks"),

@@ -45,11 +45,15 @@ def test_in_graph_program_equals_the_host_decision(name, inner):
                                                                         want_summary.cached_blocks)
 
 
-def test_taylorseer_ladders_per_cfg_stream_equal_the_host_runtime():
-    """Separate-CFG streams each keep their own TaylorSeer ladders (order 3, outputs cached as
-    hidden states): both streams' outputs and decisions equal the host runtime bit for bit."""
+@pytest.mark.parametrize("calibrator", [
+    cachedit_fx.TaylorSeerCalibratorConfig(taylorseer_order=3, calibrator_cache_type="hidden_states"),
+    cachedit_fx.FoCaCalibratorConfig(),
+], ids=["taylorseer3-hidden-states", "foca"])
+def test_calibrator_histories_per_cfg_stream_equal_the_host_runtime(calibrator):
+    """Separate-CFG streams each keep their own calibrator histories: both streams' outputs
+    and decisions equal the host runtime bit for bit."""
     model, inputs = TINY_MODELS["wan"]()
-    options = dict(taylorseer_order=3, calibrator_cache_type="hidden_states", cache_kernels="torch")
+    options = dict(calibrator_config=calibrator, cache_kernels="torch")
     results = {}
     for in_graph in (False, True):
         compiled = compile_wan(model, in_graph_decision=in_graph, **options)
@@ -93,7 +97,7 @@ def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own
 
 
 @pytest.mark.parametrize("options, needle", [
-    (dict(calibrator_config=cachedit_fx.FoCaCalibratorConfig()), "FoCa"),
+    (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
     (dict(regional_compile=True), "regional_compile"),
 ])
 def test_options_the_in_graph_step_does_not_implement_are_named(options, needle):

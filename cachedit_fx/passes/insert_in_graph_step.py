@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 
-from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig, FoCaCalibratorConfig
+from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
 from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
@@ -42,9 +42,6 @@ def check_in_graph_support(settings: BackendSettings) -> None:
     if isinstance(cache, DBPruneConfig):
         raise ValueError("DBPrune decides per block, with one host read per block; the in-graph step "
                          "implements DBCache only")
-    if isinstance(settings.calibrator, FoCaCalibratorConfig):
-        raise ValueError("the FoCa calibrator swaps its histories on cached steps, which the in-graph step does "
-                         "not implement; use the TaylorSeer calibrator or in_graph_decision=False")
     if settings.parallelism is not None:
         raise ValueError("tensor- and context-parallel programs decide on the host (drop tp_size / ulysses_size)")
     if settings.regional_compile:
@@ -72,7 +69,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     plans = value_plans(calibrator, len(partners), part.hidden_position)
     layout = StepLayout(
         hidden=(tuple(hidden.shape), hidden.dtype),
-        values=tuple(ValueLadder(tuple(v.shape), v.dtype, plan.order, plan.residual)
+        values=tuple(ValueLadder(tuple(v.shape), v.dtype, plan.order, plan.residual, plan.kind)
                      for v, plan in zip(map(_static_example, (by_name[name] for name in middle_outputs)), plans)),
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
         skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config))

@@ -5,12 +5,14 @@ Traced into the program that calls it (``passes/insert_in_graph_step.py``), so A
 Inductor and ``torch.export`` see one graph: no host read, no Python between pieces. The state
 tensors (``StepLayout.names``) are arguments: graph inputs chosen per cache context by the
 backend's shim, or buffers of an exported program. Semantics equal
-``ModelCacheState.run_middle`` with no calibrator or TaylorSeer, separate-CFG streams
-included (DESIGN section 3): generation boundaries (a reset request, the timestep rising, the
+``ModelCacheState.run_middle`` with any calibrator (none, TaylorSeer, FoCa), separate-CFG
+streams included (DESIGN section 3): generation boundaries (a reset request, the timestep rising, the
 step count reached, a warm-up call repeated) and CFG detection, then warmup, step mask,
 max_cached, max_continuous, max_accumulated, threshold, no previous residual, diff < threshold
-(strict). A cached step forecasts each carried value from its ladder (order 0: the last
-residual) exactly as ``kernels.reference`` does.
+(strict). A cached step forecasts each carried value from its history exactly as
+``runtime/histories.py`` does with the reference arithmetic (order 0: the last residual); the
+FoCa prediction is computed before the branch (it also updates the history), the Taylor series
+inside it.
 
 Invariants:
   * the ``torch.cond`` branches are pure (no state writes, fresh contiguous outputs); every
@@ -44,10 +46,13 @@ COUNTERS = 8
 """``counters``: calls this generation, reset request, generations started, chain shape, CFG mode
 (-1 undecided, 0 one stream, 1 separate), stream swap (the first call's stream was relabelled
 "uncond"), the decision of the step's first call."""
-STEP, CACHED, CONTINUOUS, HAS_RESIDUAL, UPDATES, LAST_COMPUTED = range(6)
-STREAM_COUNTERS = 6
+STEP, CACHED, CONTINUOUS, HAS_RESIDUAL, UPDATES, LAST_COMPUTED, ANCHORS, SEEN = range(8)
+STREAM_COUNTERS = 8
 """``stream_counters`` per stream: its step, cached steps, cached in a row, a residual written,
-computed steps pushed into the ladders (capped at the deepest ladder), the last computed step."""
+computed steps pushed into the ladders (capped at the deepest ladder), the last computed step,
+and the FoCa histories' computed anchors and values seen (each capped at 2)."""
+FULL, FULL_PREV, LATEST, PREVIOUS = range(4)
+"""Levels of a FoCa history: the two latest computed values, the two latest values seen."""
 LAST_TIMESTEP, HAS_LAST_TIMESTEP, FIRST_TIMESTEP = range(3)
 FLOATS = 3
 ACCUMULATED = 0
@@ -67,20 +72,26 @@ STREAM_INDEX = {"default": 0, "uncond": 1}
 
 @dataclass(frozen=True)
 class ValueLadder:
-    """How one carried value is remembered: its shape and dtype, the Taylor ``order`` of its
-    difference ladder (0: the last residual, plain DBCache) and whether the ladder holds the
-    residual ``out - in`` or the output itself."""
+    """How one carried value is remembered (``runtime/histories.py``): its shape and dtype, its
+    ``kind`` ("taylor": a difference ladder of ``order + 1`` levels, order 0 being the last
+    residual of plain DBCache; "foca": the four levels ``FULL .. PREVIOUS``) and whether it holds
+    the residual ``out - in`` or the output itself."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
     order: int = 0
     residual: bool = True
+    kind: str = "taylor"
+
+    @property
+    def levels(self) -> int:
+        return 4 if self.kind == "foca" else self.order + 1
 
 
 @dataclass(frozen=True)
 class StepLayout:
     """Shapes of a step's state: the hidden cut (``prev_fn``) and each carried value's ladder
-    (``residual_k``: ``order + 1`` levels), per stream (``streams``: 2 when separate-CFG streams
+    (``residual_k``: ``ValueLadder.levels``), per stream (``streams``: 2 when separate-CFG streams
     may occur, else 1); ``num_fingerprints``: the call inputs compared to spot a warm-up call."""
 
     hidden: tuple[tuple[int, ...], torch.dtype]
@@ -106,7 +117,7 @@ class StepLayout:
             "log_cached": ((n, LOG_CAPACITY), torch.int64), "log_has_diff": ((n, LOG_CAPACITY), torch.int64),
             "log_diff": ((n, LOG_CAPACITY), torch.float64),
         }
-        shapes.update({f"residual_{k}": ((n, v.order + 1, *v.shape), v.dtype) for k, v in enumerate(self.values)})
+        shapes.update({f"residual_{k}": ((n, v.levels, *v.shape), v.dtype) for k, v in enumerate(self.values)})
         return shapes
 
     def new_state(self, config: DBCacheConfig, device: torch.device) -> dict[str, torch.Tensor]:
@@ -201,11 +212,16 @@ class InGraphDBCacheStep(torch.nn.Module):
         step, cached_steps, continuous = _one(mine, STEP), _one(mine, CACHED), _one(mine, CONTINUOUS)
         has_residual = _one(mine, HAS_RESIDUAL) > 0
         updates, last_computed = _one(mine, UPDATES), _one(mine, LAST_COMPUTED)
+        anchors, seen = _one(mine, ANCHORS), _one(mine, SEEN)
         accumulated = _one(stream_floats.index_select(0, stream).reshape(STREAM_FLOATS), ACCUMULATED)
         prev_fn = named["prev_fn"].index_select(0, stream)[0]
         ladders = [named[f"residual_{k}"].index_select(0, stream)[0] for k in range(len(partners))]
         elapsed = (step - last_computed).to(torch.float64)
-        forecast = [_forecast_weights(ladder.shape[0], updates, elapsed) for ladder in ladders]
+        foca = {k: _foca_forecast(ladder, anchors, seen) for k, (ladder, v) in enumerate(zip(ladders, self.layout.values))
+                if v.kind == "foca"}
+        series = [foca[k][0].unsqueeze(0) if k in foca else ladder for k, ladder in enumerate(ladders)]
+        forecast = [_forecast_weights(1 if k in foca else ladder.shape[0], torch.ones_like(updates) if k in foca else updates, elapsed)
+                    for k, ladder in enumerate(ladders)]
 
         sums = l1_rel_diff_reference(prev_fn, hidden_cut, hidden_entry).to(torch.float64)
         diff = torch.where(sums[1:2] == 0, torch.where(sums[0:1] == 0, 0.0, math.inf), sums[0:1] / sums[1:2])
@@ -215,7 +231,7 @@ class InGraphDBCacheStep(torch.nn.Module):
         has_diff = has_residual & ~follows
 
         weights = [w for pair in forecast for w in pair]
-        operands, positions = _distinct((*partners, *ladders, *weights, *middle_inputs))
+        operands, positions = _distinct((*partners, *series, *weights, *middle_inputs))
         plans = tuple(v.residual for v in self.layout.values)
         outputs = torch.ops.higher_order.cond(cache.reshape(()), _CachedBranch(plans, positions),
                                               _ComputeBranch(self.middle, len(partners), positions), operands)
@@ -223,8 +239,13 @@ class InGraphDBCacheStep(torch.nn.Module):
         gap = torch.where(updates > 0, step - last_computed, 1).to(torch.float32)
         for k, (out, partner, ladder, plan) in enumerate(zip(outputs, partners, ladders, self.layout.values)):
             value = out.float() - partner.float() if plan.residual else out.float()
-            pushed = _ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
-            named[f"residual_{k}"].index_copy_(0, stream, torch.where(cache, ladder, pushed).unsqueeze(0))
+            if k in foca:
+                kept_history = _foca_after_forecast(ladder, foca[k][1], seen)
+                pushed = torch.stack([value.to(ladder.dtype), ladder[FULL], value.to(ladder.dtype), ladder[LATEST]])
+            else:
+                kept_history = ladder
+                pushed = _ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
+            named[f"residual_{k}"].index_copy_(0, stream, torch.where(cache, kept_history, pushed).unsqueeze(0))
         fresh_fn = torch.where(cache, prev_fn, (hidden_cut.float() - hidden_entry.float()).to(prev_fn.dtype))
         named["prev_fn"].index_copy_(0, stream, fresh_fn.unsqueeze(0))
         _log_step(named, kept, stream, step, cache, has_diff, diff)
@@ -234,6 +255,7 @@ class InGraphDBCacheStep(torch.nn.Module):
         named["stream_counters"].copy_(stream_counters.index_copy(0, stream, torch.cat([
             step + 1, cached_steps + cached, (continuous + cached) * cached, (has_residual | ~cache).to(torch.int64),
             torch.where(cache, updates, (updates + 1).clamp(max=deepest)), torch.where(cache, last_computed, step),
+            torch.where(cache, anchors, (anchors + 1).clamp(max=2)), torch.where(cache, seen, (seen + 1).clamp(max=2)),
         ]).unsqueeze(0)))
         named["stream_floats"].copy_(stream_floats.index_copy(0, stream, torch.cat([
             accumulated + torch.where(cache & positive, diff, 0.0), torch.zeros_like(accumulated)]).unsqueeze(0)))
@@ -341,6 +363,24 @@ def _forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor)
     factorials = torch.tensor([float(math.factorial(i)) for i in range(levels)], dtype=torch.float64,
                               device=updates.device)
     return used, (elapsed.pow(k.to(torch.float64)) / factorials).to(torch.float32)
+
+
+def _foca_forecast(history: torch.Tensor, anchors: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``FocaHistory.forecast`` as a pure function: (the forecast value in fp32, the
+    prediction it stores); the latest value seen while fewer than two were, else the BDF2
+    step plus the Heun correction once two anchors exist."""
+    latest, previous = history[LATEST].float(), history[PREVIOUS].float()
+    predicted = 2.0 * latest - previous
+    corrected = predicted + 0.5 * ((history[FULL].float() - history[FULL_PREV].float()) - (latest - previous))
+    predicted = torch.where(anchors == 2, corrected, predicted)
+    return torch.where(seen < 2, latest, predicted), predicted
+
+
+def _foca_after_forecast(history: torch.Tensor, predicted: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """A FoCa history after a cached step: the prediction becomes the latest value seen (once
+    two were seen; before that nothing changes)."""
+    advanced = torch.stack([history[FULL], history[FULL_PREV], predicted.to(history.dtype), history[LATEST]])
+    return torch.where(seen >= 2, advanced, history)
 
 
 def _ladder_push(ladder: torch.Tensor, value: torch.Tensor, gap: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
