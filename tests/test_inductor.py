@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cachedit_fx
+from torch._dynamo.utils import counters
 from models import TINY_MODELS, run, trajectory
 
 
@@ -56,6 +57,12 @@ def test_inductor_pieces_match_plain_inductor_and_cache():
     assert cachedit_fx.summary(one_program).cached_steps == separate_summary.cached_steps
     for a, b in zip(one_program_out, separate_out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+    counters.clear()
+    again = torch.compile(model, backend="cachedit", options={
+        **options, "in_graph_decision": True, "enable_separate_cfg": False, "residual_diff_threshold": 0.3})
+    assert torch.equal(run(again, steps[:1])[0], one_program_out[0])
+    assert counters["inductor"]["fxgraph_cache_hit"] == 1, "the torch.cond program must hit Inductor's graph cache"
 
 
 def test_regional_compile_reuses_inductor_blocks_across_weights(compile_reports):

@@ -16,6 +16,7 @@ in-graph step (``meta[IN_GRAPH_META_KEY]``) is compiled whole instead, as one un
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
@@ -109,11 +110,26 @@ def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     return parent
 
 
+COND_CACHE_KEY = "torch.ops.higher_order.cond"
+"""Inductor's FX graph cache and AOTAutograd's cache skip graphs holding a ``torch.cond`` unless
+the HOP is named in ``unsafe_marked_cacheable_functions``. Sound for the in-graph step: its
+branches are ``GraphModule`` submodules, whose code the cache key pickles with the parent's."""
+
+
 def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    """The in-graph step's program (pieces, decision and state updates) compiled as one unit;
-    ``meta[ONE_PROGRAM_META_KEY]`` holds the compiled callable."""
+    """The in-graph step's program (pieces, decision and state updates) compiled as one unit
+    (cacheable by Inductor's caches: ``COND_CACHE_KEY``); ``meta[ONE_PROGRAM_META_KEY]`` holds
+    the compiled callable."""
     if settings.dynamo_inputs is not None:
         settings.dynamo_inputs.carry_onto(parent)
+    if settings.inner_backend == "inductor":
+        from torch._inductor import config as inductor_config
+
+        marked = {**inductor_config.unsafe_marked_cacheable_functions,
+                  **settings.inductor_options.get("unsafe_marked_cacheable_functions", {}),
+                  COND_CACHE_KEY: torch.__version__}
+        settings = dataclasses.replace(settings, inductor_options={
+            **settings.inductor_options, "unsafe_marked_cacheable_functions": marked})
     parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings)
     parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(1, 1)
     log.info("cachedit: one program (decision in the graph)")
