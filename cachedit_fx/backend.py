@@ -41,7 +41,8 @@ from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
-from cachedit_fx.passes.insert_in_graph_step import check_in_graph_support, insert_in_graph_step
+from cachedit_fx.passes.insert_in_graph_step import (
+    check_in_graph_inputs, check_in_graph_support, insert_in_graph_step)
 from cachedit_fx.runtime.in_graph_program import in_graph_program
 from cachedit_fx.passes.lower import DynamoInputs, compile_piece, lower, uses_cuda_graphs
 from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
@@ -83,6 +84,7 @@ def cachedit_backend(
     settings = parse_options(options if mode is None else {**(options or {}), "mode": mode})
     if settings.in_graph_decision:
         check_in_graph_support(settings)
+        check_in_graph_inputs(example_inputs)
     settings.dynamo_inputs = DynamoInputs.of(gm)
     dump = GraphDumper(settings.dump_dir)
     dump("dynamo", gm)

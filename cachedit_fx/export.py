@@ -23,7 +23,8 @@ from cachedit_fx.passes import CHAIN_META_KEY
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import find_block_chain
 from cachedit_fx.passes.inline_block_regions import inline_block_regions
-from cachedit_fx.passes.insert_in_graph_step import STATE_MODULE, check_in_graph_support, rewrite_middle_as_step
+from cachedit_fx.passes.insert_in_graph_step import (
+    STATE_MODULE, check_in_graph_inputs, check_in_graph_support, rewrite_middle_as_step)
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.pipelines import CAPTURE_SETTINGS
 from cachedit_fx.runtime.in_graph_step import LOGGED_STATE, logged_summary
@@ -45,6 +46,7 @@ def export(model: torch.nn.Module, kwargs: dict[str, Any], options: Optional[dic
     options["inner_backend"] = "eager"
     settings = parse_options(options)
     check_in_graph_support(settings)
+    check_in_graph_inputs([*model.parameters(), *model.buffers()])
     gm, inputs = _captured_program(model, kwargs, settings)
     example = {name: kwargs[name] for name in inputs}
     example[RESET_INPUT] = torch.zeros(2, dtype=torch.int64, device=_device(model))

@@ -96,6 +96,18 @@ def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own
         assert all(torch.equal(a, b) for a, b in zip(outputs, want))
 
 
+def test_quantized_weights_are_named_as_unsupported():
+    from cachedit_fx.quantization import quantize
+
+    model, inputs = TINY_MODELS["flux"]()
+    quantize(model, "int8_weight_only")
+    compiled = cachedit_fx.compile(model, Fn_compute_blocks=1, inner_backend="eager", in_graph_decision=True)
+    with pytest.raises(Exception, match="tensor subclass Int8Tensor"):
+        run(compiled, [inputs])
+    with pytest.raises(ValueError, match="tensor subclass Int8Tensor"):
+        cachedit_fx.export(model, dict(inputs, return_dict=False), {"Fn_compute_blocks": 1})
+
+
 @pytest.mark.parametrize("options, needle", [
     (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
     (dict(regional_compile=True), "regional_compile"),

@@ -15,11 +15,12 @@ tensors) or buffers of the ``in_graph_state`` submodule (an exported program);
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
 from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
@@ -46,6 +47,15 @@ def check_in_graph_support(settings: BackendSettings) -> None:
         raise ValueError("tensor- and context-parallel programs decide on the host (drop tp_size / ulysses_size)")
     if settings.regional_compile:
         raise ValueError("regional_compile compiles blocks apart; the in-graph step compiles one program")
+
+
+def check_in_graph_inputs(values: Iterable[Any]) -> None:
+    """Raise ``ValueError`` when a graph input (a weight, typically) is a tensor subclass:
+    ``torch.cond`` has no rule for subclasses such as torchao's quantized tensors."""
+    for value in values:
+        if isinstance(value, torch.Tensor) and is_traceable_wrapper_subclass(value):
+            raise ValueError(f"in_graph_decision: torch.cond cannot take tensor subclass {type(value).__name__} "
+                             "(quantized weights); use the host decision (in_graph_decision=False)")
 
 
 def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
