@@ -208,14 +208,14 @@ class InGraphDBCacheStep(torch.nn.Module):
         kept = (~boundary).to(torch.int64)
         stream_counters = named["stream_counters"] * kept
         stream_floats = torch.where(boundary, 0.0, named["stream_floats"])
-        mine = stream_counters.index_select(0, stream).reshape(STREAM_COUNTERS)
+        mine = self._row(stream_counters, stream)
         step, cached_steps, continuous = _one(mine, STEP), _one(mine, CACHED), _one(mine, CONTINUOUS)
         has_residual = _one(mine, HAS_RESIDUAL) > 0
         updates, last_computed = _one(mine, UPDATES), _one(mine, LAST_COMPUTED)
         anchors, seen = _one(mine, ANCHORS), _one(mine, SEEN)
-        accumulated = _one(stream_floats.index_select(0, stream).reshape(STREAM_FLOATS), ACCUMULATED)
-        prev_fn = named["prev_fn"].index_select(0, stream)[0]
-        ladders = [named[f"residual_{k}"].index_select(0, stream)[0] for k in range(len(partners))]
+        accumulated = _one(self._row(stream_floats, stream), ACCUMULATED)
+        prev_fn = self._row(named["prev_fn"], stream)
+        ladders = [self._row(named[f"residual_{k}"], stream) for k in range(len(partners))]
         elapsed = (step - last_computed).to(torch.float64)
         foca = {k: _foca_forecast(ladder, anchors, seen) for k, (ladder, v) in enumerate(zip(ladders, self.layout.values))
                 if v.kind == "foca"}
@@ -245,20 +245,20 @@ class InGraphDBCacheStep(torch.nn.Module):
             else:
                 kept_history = ladder
                 pushed = _ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
-            named[f"residual_{k}"].index_copy_(0, stream, torch.where(cache, kept_history, pushed).unsqueeze(0))
+            self._write_row(named[f"residual_{k}"], stream, torch.where(cache, kept_history, pushed))
         fresh_fn = torch.where(cache, prev_fn, (hidden_cut.float() - hidden_entry.float()).to(prev_fn.dtype))
-        named["prev_fn"].index_copy_(0, stream, fresh_fn.unsqueeze(0))
+        self._write_row(named["prev_fn"], stream, fresh_fn)
         _log_step(named, kept, stream, step, cache, has_diff, diff)
         cached = cache.to(torch.int64)
         positive = has_diff & torch.isfinite(diff) & (diff > 0)
         deepest = max(v.order for v in self.layout.values) + 1
-        named["stream_counters"].copy_(stream_counters.index_copy(0, stream, torch.cat([
+        named["stream_counters"].copy_(self._with_row(stream_counters, stream, torch.cat([
             step + 1, cached_steps + cached, (continuous + cached) * cached, (has_residual | ~cache).to(torch.int64),
             torch.where(cache, updates, (updates + 1).clamp(max=deepest)), torch.where(cache, last_computed, step),
             torch.where(cache, anchors, (anchors + 1).clamp(max=2)), torch.where(cache, seen, (seen + 1).clamp(max=2)),
-        ]).unsqueeze(0)))
-        named["stream_floats"].copy_(stream_floats.index_copy(0, stream, torch.cat([
-            accumulated + torch.where(cache & positive, diff, 0.0), torch.zeros_like(accumulated)]).unsqueeze(0)))
+        ])))
+        named["stream_floats"].copy_(self._with_row(stream_floats, stream, torch.cat([
+            accumulated + torch.where(cache & positive, diff, 0.0), torch.zeros_like(accumulated)])))
         counters.copy_(torch.cat([
             calls + 1, torch.zeros_like(calls), _one(counters, GENERATIONS) + boundary.to(torch.int64),
             counters[NUM_BLOCKS:MODE], mode, swap,
@@ -269,6 +269,21 @@ class InGraphDBCacheStep(torch.nn.Module):
                                     torch.where(calls == 0, level, _one(floats, FIRST_TIMESTEP))]))
         named["fingerprint"].copy_(torch.where(calls == 0, fingerprint, named["fingerprint"]))
         return outputs
+
+    def _row(self, stacked: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
+        """The ``stream`` row of a per-stream tensor (a plain view when there is one stream)."""
+        return stacked[0] if self.layout.streams == 1 else stacked.index_select(0, stream)[0]
+
+    def _with_row(self, stacked: torch.Tensor, stream: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        """``stacked`` with its ``stream`` row replaced by ``row`` (out of place)."""
+        return row.unsqueeze(0) if self.layout.streams == 1 else stacked.index_copy(0, stream, row.unsqueeze(0))
+
+    def _write_row(self, stacked: torch.Tensor, stream: torch.Tensor, row: torch.Tensor) -> None:
+        """Write ``row`` into the ``stream`` row of ``stacked`` in place."""
+        if self.layout.streams == 1:
+            stacked[0].copy_(row)
+        else:
+            stacked.index_copy_(0, stream, row.unsqueeze(0))
 
     def _generation(self, named: dict[str, torch.Tensor], level: Optional[torch.Tensor], fingerprint: torch.Tensor,
                     reset: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
