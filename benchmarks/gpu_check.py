@@ -148,7 +148,8 @@ def check_mid_flux(check: Check) -> dict[str, Any]:
     timed_generation(plain, steps, check)  # compiles
     plain_out, plain_s = timed_generation(plain, steps, check)
     torch._dynamo.reset()
-    options = dict(inner_backend=check.inner, Fn_compute_blocks=1, max_warmup_steps=1, num_inference_steps=count)
+    options = dict(inner_backend=check.inner, Fn_compute_blocks=1, max_warmup_steps=1, num_inference_steps=count,
+                   in_graph_decision=False)
     zero = cachedit_fx.compile(model, **options, residual_diff_threshold=0.0)
     timed_generation(zero, steps, check)
     zero_out, zero_s = timed_generation(zero, steps, check)

@@ -5,8 +5,9 @@
     python -m benchmarks.memory --readme   # also rewrite README's memory section
 
 For each cache policy a few steps run (so every buffer exists), then the buffers each stream
-keeps alive are counted (``runtime/memory.py``) against one copy of the values the cached
-middle hands on. Goal (issue 8): held <= (calibrator order + 2) x carried, order 0 for plain
+keeps alive are counted (``runtime/memory.py``, host decision: the in-graph program holds the
+same values per stream as state tensors) against one copy of the values the cached middle
+hands on. Goal (issue 8): held <= (calibrator order + 2) x carried, order 0 for plain
 DBCache, k for TaylorSeer, 2 for FoCa (BDF2). On a GPU the peak allocated memory of a
 generation is also reported against plain Inductor's.
 """
@@ -44,7 +45,7 @@ def measure(model_key: str, size: str, policy: str, device: torch.device, dtype:
 
     order, extra = POLICIES[policy]
     options = {"Fn_compute_blocks": 1, "residual_diff_threshold": 0.0, "max_warmup_steps": STEPS,
-               "num_inference_steps": STEPS, "inner_backend": inner_backend, **extra}
+               "num_inference_steps": STEPS, "inner_backend": inner_backend, "in_graph_decision": False, **extra}
     bench = MODELS[size][model_key]
     torch._dynamo.reset()
     model = bench.build(device, dtype)

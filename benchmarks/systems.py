@@ -37,7 +37,8 @@ class CacheSetting:
     regional: bool = False
     """``regional_compile=True``: each distinct block compiled once (cachedit only)."""
     in_graph: bool = False
-    """``in_graph_decision=True``: the step decided inside one compiled program (cachedit only)."""
+    """``in_graph_decision``: True, the step decided inside one compiled program; False (the
+    suite's rows), the host decision between pieces (cachedit only)."""
 
 
 @dataclass
@@ -80,9 +81,10 @@ def cachedit_options(setting: CacheSetting, steps: int, inner_backend: str) -> d
     if setting.mask_policy:
         keys.update(steps_computation_mask=cachedit_fx.steps_mask(mask_policy=setting.mask_policy, total_steps=steps),
                     steps_computation_policy="static")
-    options: dict[str, Any] = dict(inner_backend=inner_backend, regional_compile=setting.regional)
+    options: dict[str, Any] = dict(inner_backend=inner_backend, regional_compile=setting.regional,
+                                   in_graph_decision=setting.in_graph)
     if setting.in_graph:
-        options.update(in_graph_decision=True, enable_separate_cfg=False)
+        options["enable_separate_cfg"] = False
     if setting.prune:
         options["cache_config"] = cachedit_fx.DBPruneConfig(**keys)
     else:

@@ -39,7 +39,7 @@ def run_with(model, steps, name, kernels, **extra):
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="cachedit", options={
         "inner_backend": "aot_eager", "Fn_compute_blocks": 1, "max_warmup_steps": 2,
-        "residual_diff_threshold": THRESHOLDS[name], "cache_kernels": kernels, **extra})
+        "residual_diff_threshold": THRESHOLDS[name], "cache_kernels": kernels, "in_graph_decision": False, **extra})
     outputs = run(compiled, steps)
     return outputs, cachedit_fx.summary(compiled)
 

@@ -19,7 +19,8 @@ def test_held_buffers_are_the_residual_and_the_histories(calibrator, held_over_c
     DBCache holds residual + one level, TaylorSeer order k holds k + 1 levels, FoCa four values."""
     model, inputs = TINY_MODELS["wan"]()
     compiled = torch.compile(model, backend="cachedit", options={
-        "Fn_compute_blocks": 1, "residual_diff_threshold": 0.0, "inner_backend": "eager", **calibrator})
+        "Fn_compute_blocks": 1, "residual_diff_threshold": 0.0, "inner_backend": "eager", "in_graph_decision": False,
+        **calibrator})
     with torch.no_grad():
         for step in trajectory(inputs, 3):
             compiled(**step, return_dict=False)
