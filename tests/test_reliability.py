@@ -175,11 +175,12 @@ def test_marked_blocks_and_a_compiled_pipeline_pickle_as_their_original_classes(
     assert not hasattr(restored, "_cachedit_fx_originals")
 
 
-def test_non_finite_diffs_are_counted_apart_and_never_cache(caplog):
+@pytest.mark.parametrize("in_graph", [False, True], ids=["host", "in-graph"])
+def test_non_finite_diffs_are_counted_apart_and_never_cache(caplog, in_graph):
     model, inputs = tiny_flux()
     steps = steps_of(inputs)
     steps[3] = dict(steps[3], hidden_states=torch.full_like(steps[3]["hidden_states"], float("nan")))
-    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS))
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS, in_graph_decision=in_graph))
     with caplog.at_level(logging.INFO, logger="cachedit_fx"):
         run(compiled, steps)
     summary = cachedit_fx.summary(compiled)

@@ -2,7 +2,8 @@
 context's state tensors for this graph and calls the compiled program with them.
 
 Per call on the host: the ``CacheSelector`` (grad check, the model by its anchor parameter,
-the active context) and one dict lookup; no tensor is read, so a GPU never waits for the host.
+the active context) and one dict lookup; no tensor is read (so a GPU never waits for the host)
+unless INFO logging is on, when the small counters are read to write the generation-done line.
 A call that raises requests a new generation of that state (nothing half-updated is reused).
 """
 
@@ -33,9 +34,11 @@ def in_graph_program(parent: fx.GraphModule, binding: tuple) -> Callable[..., An
         state = selector(args[anchor])
         tensors = state.in_graph_tensors(key, layout, device)
         try:
-            return compiled(*args, *tensors)
+            outputs = compiled(*args, *tensors)
         except BaseException:
             state.restart_in_graph(key)
             raise
+        state.in_graph_call_done(key)
+        return outputs
 
     return run

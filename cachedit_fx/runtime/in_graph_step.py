@@ -440,6 +440,14 @@ def _log_step(state: dict[str, torch.Tensor], kept: torch.Tensor, stream: torch.
         log.copy_(flat.index_copy(0, index, torch.where(logging, value, flat.index_select(0, index))).view_as(log))
 
 
+def generation_progress(state: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:
+    """(generations started, steps so far per stream name) from the step's state."""
+    counters = state["counters"].tolist()
+    steps = state["stream_counters"][:, STEP].tolist()
+    return counters[GENERATIONS], {name: steps[row ^ counters[SWAP]] for name, row in STREAM_INDEX.items()
+                                   if row < len(steps)}
+
+
 def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> CacheSummary:
     """The latest generation's statistics of ``stream`` from the step's state (``LOGGED_STATE``
     by name)."""

@@ -36,8 +36,9 @@ from cachedit_fx.runtime.cfg import DEFAULT_STREAM, UNCOND_STREAM, CfgSchedule
 from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 from cachedit_fx.runtime.histories import Calibrator, value_plans
-from cachedit_fx.runtime.in_graph_step import StepLayout, apply_config, logged_summary, request_reset
-from cachedit_fx.runtime.stream_state import ChainShape, StreamState
+from cachedit_fx.runtime.in_graph_step import (
+    StepLayout, apply_config, generation_progress, logged_summary, request_reset)
+from cachedit_fx.runtime.stream_state import ChainShape, StreamState, log_generation_done
 
 log = logging.getLogger("cachedit_fx")
 Run = TypeVar("Run", bound=Callable[..., tuple[torch.Tensor, ...]])
@@ -82,6 +83,8 @@ class ModelCacheState:
         self.in_graph: dict[object, tuple[dict[str, torch.Tensor], list[torch.Tensor]]] = {}
         """Graph key -> the state tensors of an in-graph step (by name, and in its input order)."""
         self.latest_in_graph: Optional[object] = None
+        self.in_graph_logged: dict[tuple[object, str], int] = {}
+        """(graph key, stream) -> the generation whose done line was written."""
         self._set_config(config)
 
     def _set_config(self, config: DBCacheConfig) -> None:
@@ -148,6 +151,22 @@ class ModelCacheState:
             entry = self.in_graph[key] = (tensors, [tensors[name] for name in layout.names])
         self.latest_in_graph = key
         return entry[1]
+
+    def in_graph_call_done(self, key: object) -> None:
+        """After a call of graph ``key``: the generation-done INFO line of each stream that has
+        reached ``num_inference_steps``, once per generation, as the host decision writes it.
+        Reads the small counters (a sync on a GPU) only while INFO logging is on; boundaries
+        other than the step count write no line."""
+        steps = self.config.num_inference_steps
+        if steps is None or not log.isEnabledFor(logging.INFO):
+            return
+        tensors = self.in_graph[key][0]
+        generation, progress = generation_progress(tensors)
+        for stream, done in progress.items():
+            if done >= steps and self.in_graph_logged.get((key, stream)) != generation:
+                self.in_graph_logged[(key, stream)] = generation
+                log_generation_done(logged_summary(tensors, stream), "num_inference_steps reached", self.context,
+                                    stream)
 
     def restart_in_graph(self, key: object) -> None:
         """A call of graph ``key`` raised: its next call starts a new generation."""

@@ -14,7 +14,7 @@ import torch
 
 from cachedit_fx.runtime.buffers import owned_buffer
 from cachedit_fx.runtime.histories import RegionHistory
-from cachedit_fx.runtime.stats import GenerationStats
+from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 
 log = logging.getLogger("cachedit_fx")
 
@@ -112,14 +112,18 @@ class StreamState:
         if self.generation_logged or not self.stats.steps:
             return
         self.generation_logged = True
-        summary = self.stats.summary()
-        total = summary.computed_blocks + summary.cached_blocks
-        p50 = "-" if summary.diff_p50 is None else f"{summary.diff_p50:.4f}"
-        nonfinite = (f", {len(summary.nonfinite_diff_steps)} non-finite diffs at steps {summary.nonfinite_diff_steps}"
-                     if summary.nonfinite_diff_steps else "")
-        log.info("cachedit_fx: generation done (%s) context=%r stream=%r: %d/%d steps cached %s, %.1f%% of blocks "
-                 "skipped, diff p50 %s%s", reason, context, self.name, summary.num_cached_steps, summary.num_steps,
-                 summary.cached_steps, 100.0 * summary.cached_blocks / max(total, 1), p50, nonfinite)
+        log_generation_done(self.stats.summary(), reason, context, self.name)
 
     def latest_stats(self) -> Optional[GenerationStats]:
         return self.stats if self.stats.steps else self.finished
+
+
+def log_generation_done(summary: CacheSummary, reason: str, context: str, stream: str) -> None:
+    """The one INFO line of a finished generation of ``stream``."""
+    total = summary.computed_blocks + summary.cached_blocks
+    p50 = "-" if summary.diff_p50 is None else f"{summary.diff_p50:.4f}"
+    nonfinite = (f", {len(summary.nonfinite_diff_steps)} non-finite diffs at steps {summary.nonfinite_diff_steps}"
+                 if summary.nonfinite_diff_steps else "")
+    log.info("cachedit_fx: generation done (%s) context=%r stream=%r: %d/%d steps cached %s, %.1f%% of blocks "
+             "skipped, diff p50 %s%s", reason, context, stream, summary.num_cached_steps, summary.num_steps,
+             summary.cached_steps, 100.0 * summary.cached_blocks / max(total, 1), p50, nonfinite)
