@@ -217,11 +217,15 @@ class InGraphDBCacheStep(torch.nn.Module):
         prev_fn = self._row(named["prev_fn"], stream)
         ladders = [self._row(named[f"residual_{k}"], stream) for k in range(len(partners))]
         elapsed = (step - last_computed).to(torch.float64)
-        foca = {k: _foca_forecast(ladder, anchors, seen) for k, (ladder, v) in enumerate(zip(ladders, self.layout.values))
-                if v.kind == "foca"}
-        series = [foca[k][0].unsqueeze(0) if k in foca else ladder for k, ladder in enumerate(ladders)]
-        forecast = [_forecast_weights(1 if k in foca else ladder.shape[0], torch.ones_like(updates) if k in foca else updates, elapsed)
-                    for k, ladder in enumerate(ladders)]
+        series, weights, predictions = [], [], {}
+        for k, (ladder, plan) in enumerate(zip(ladders, self.layout.values)):
+            if plan.kind == "foca":  # the forecast itself, as a one-level series of weight 1
+                value, predictions[k] = _foca_forecast(ladder, anchors, seen)
+                series.append(value.unsqueeze(0))
+                weights += _forecast_weights(1, torch.ones_like(updates), elapsed)
+            else:
+                series.append(ladder)
+                weights += _forecast_weights(ladder.shape[0], updates, elapsed)
 
         sums = l1_rel_diff_reference(prev_fn, hidden_cut, hidden_entry).to(torch.float64)
         diff = torch.where(sums[1:2] == 0, torch.where(sums[0:1] == 0, 0.0, math.inf), sums[0:1] / sums[1:2])
@@ -230,17 +234,17 @@ class InGraphDBCacheStep(torch.nn.Module):
         cache = torch.where(follows, (_one(counters, FIRST_DECISION) > 0) & has_residual, decided)
         has_diff = has_residual & ~follows
 
-        weights = [w for pair in forecast for w in pair]
-        operands, positions = _distinct((*partners, *series, *weights, *middle_inputs))
+        branch_arguments = (*partners, *series, *weights)
+        operands, positions = _distinct((*branch_arguments, *middle_inputs))
         plans = tuple(v.residual for v in self.layout.values)
         outputs = torch.ops.higher_order.cond(cache.reshape(()), _CachedBranch(plans, positions),
-                                              _ComputeBranch(self.middle, len(partners), positions), operands)
+                                              _ComputeBranch(self.middle, len(branch_arguments), positions), operands)
 
         gap = torch.where(updates > 0, step - last_computed, 1).to(torch.float32)
         for k, (out, partner, ladder, plan) in enumerate(zip(outputs, partners, ladders, self.layout.values)):
             value = out.float() - partner.float() if plan.residual else out.float()
-            if k in foca:
-                kept_history = _foca_after_forecast(ladder, foca[k][1], seen)
+            if k in predictions:
+                kept_history = _foca_after_forecast(ladder, predictions[k], seen)
                 pushed = torch.stack([value.to(ladder.dtype), ladder[FULL], value.to(ladder.dtype), ladder[LATEST]])
             else:
                 kept_history = ladder
@@ -342,17 +346,17 @@ class _CachedBranch(torch.nn.Module):
 
 class _ComputeBranch(torch.nn.Module):
     """``(partners, ladders, forecast weights, middle_inputs) -> middle(middle_inputs)``, fresh and
-    contiguous."""
+    contiguous; the middle's inputs start after the first ``num_branch_arguments`` arguments."""
 
-    def __init__(self, middle: torch.nn.Module, num_values: int, positions: tuple[int, ...]) -> None:
+    def __init__(self, middle: torch.nn.Module, num_branch_arguments: int, positions: tuple[int, ...]) -> None:
         super().__init__()
         self.middle = middle
-        self.num_values = num_values
+        self.num_branch_arguments = num_branch_arguments
         self.positions = positions
 
     def forward(self, *operands: torch.Tensor) -> tuple[torch.Tensor, ...]:
         arguments = [operands[k] for k in self.positions]
-        outputs = self.middle(*arguments[4 * self.num_values:])
+        outputs = self.middle(*arguments[self.num_branch_arguments:])
         return tuple(o.clone(memory_format=torch.contiguous_format) for o in outputs)
 
 

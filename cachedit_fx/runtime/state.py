@@ -118,6 +118,7 @@ class ModelCacheState:
             self.calibrator = calibrator
             self.streams.clear()
             self.in_graph.clear()
+            self.in_graph_logged.clear()
             self.latest_in_graph = None
             self._set_config(config)
 
