@@ -17,7 +17,13 @@ section does not stop the others:
      decided inside one compiled program);
   3. ``reduce_overhead``: the same model with ``mode="reduce-overhead"``: static inputs per
      piece (Inductor's own count) and step time against plain Inductor in that mode;
-  4. ``flux_dev``: the FLUX.1-dev transformer (random bf16 weights, 1024px) with the SCM-fast
+  4. ``cuda_graph_branch``: the same model with ``in_graph_decision=True`` under
+     ``mode="reduce-overhead"`` (the step recorded as one CUDA graph, the branch a
+     conditional node): host syncs over a replayed generation, its cached steps and outputs
+     against the one program without CUDA graphs, threshold-0 step time against plain
+     Inductor in that mode (about 2 minutes on an H200 on its own:
+     ``--sections cuda_graph_branch``);
+  5. ``flux_dev``: the FLUX.1-dev transformer (random bf16 weights, 1024px) with the SCM-fast
      mask for 28 steps against plain Inductor (skipped when the time left is short).
 
 The device machine has an older torch and no diffusers: carry wheels as the device tool's
@@ -40,7 +46,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-SECTIONS = ("kernels", "mid_flux", "reduce_overhead", "flux_dev")
+SECTIONS = ("kernels", "mid_flux", "reduce_overhead", "cuda_graph_branch", "flux_dev")
 MID_FLUX = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=128,
                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
                 axes_dims_rope=[16, 56, 56])
@@ -192,8 +198,8 @@ def check_mid_flux(check: Check) -> dict[str, Any]:
             "in_graph_host_syncs_per_step": one_syncs}
 
 
-def count_host_syncs(model: Callable[..., Any], steps: list[dict[str, Any]], check: Check) -> Optional[int]:
-    """Synchronising CUDA calls in one step, from ``torch.cuda.set_sync_debug_mode("warn")``."""
+def count_host_syncs(model: Callable[..., Any], steps: list[dict[str, Any]], check: Check) -> Optional[float]:
+    """Synchronising CUDA calls per step over ``steps``, from ``torch.cuda.set_sync_debug_mode("warn")``."""
     if check.device.type != "cuda":
         return None
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
@@ -204,7 +210,7 @@ def count_host_syncs(model: Callable[..., Any], steps: list[dict[str, Any]], che
                 model(**step, return_dict=False)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught) // max(len(steps), 1)
+    return sum("synchroniz" in str(w.message) for w in caught) / max(len(steps), 1)
 
 
 def check_reduce_overhead(check: Check) -> dict[str, Any]:
@@ -241,6 +247,42 @@ def check_reduce_overhead(check: Check) -> dict[str, Any]:
             "step_s": cached_s, "inductor_step_s": plain_s, "overhead": cached_s / plain_s - 1}
 
 
+def check_cuda_graph_branch(check: Check) -> dict[str, Any]:
+    import cachedit_fx
+
+    count = 4 if check.dry_run else 8
+    model, inputs = check.flux()
+    steps = steps_of(inputs, count)
+    mode = {} if check.dry_run else {"mode": "reduce-overhead"}
+    plain = torch.compile(model, backend=check.inner) if check.dry_run else torch.compile(model, **mode)
+    timed_generation(plain, steps, check)
+    timed_generation(plain, steps, check)
+    plain_out, plain_s = timed_generation(plain, steps, check)
+    torch._dynamo.reset()
+    options = dict(inner_backend=check.inner, Fn_compute_blocks=1, max_warmup_steps=1, num_inference_steps=count,
+                   in_graph_decision=True, enable_separate_cfg=False)
+    graphs = cachedit_fx.compile(model, **options, **mode, residual_diff_threshold=0.0)
+    timed_generation(graphs, steps, check)  # warm-up run, then recording
+    timed_generation(graphs, steps, check)
+    zero_out, zero_s = timed_generation(graphs, steps, check)
+    diffs = sorted(cachedit_fx.summary(graphs).residual_diffs.values())
+    threshold = diffs[len(diffs) // 2] * 1.01
+    cachedit_fx.refresh(graphs, residual_diff_threshold=threshold)
+    timed_generation(graphs, steps, check)
+    syncs = count_host_syncs(graphs, steps, check)
+    got, _ = timed_generation(graphs, steps, check)
+    cached = cachedit_fx.summary(graphs).cached_steps
+    cachedit_fx.disable(model)
+    torch._dynamo.reset()
+    one_program = cachedit_fx.compile(model, **options, residual_diff_threshold=threshold)
+    want, _ = timed_generation(one_program, steps, check)
+    return {"host_syncs_per_step": syncs, "cached_steps": cached,
+            "one_program_cached_steps": cachedit_fx.summary(one_program).cached_steps,
+            "max_rel_err_vs_one_program": max(rel_err(a, b) for a, b in zip(got, want)),
+            "threshold0_max_rel_err": max(rel_err(a, b) for a, b in zip(zero_out, plain_out)),
+            "threshold0_step_s": zero_s, "inductor_step_s": plain_s, "overhead": zero_s / plain_s - 1}
+
+
 def check_flux_dev(check: Check) -> dict[str, Any]:
     import cachedit_fx
 
@@ -267,7 +309,7 @@ def check_flux_dev(check: Check) -> dict[str, Any]:
 
 CHECKS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "kernels": check_kernels, "mid_flux": check_mid_flux, "reduce_overhead": check_reduce_overhead,
-    "flux_dev": check_flux_dev,
+    "cuda_graph_branch": check_cuda_graph_branch, "flux_dev": check_flux_dev,
 }
 
 

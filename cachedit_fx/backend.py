@@ -6,15 +6,17 @@
     context_parallel     (ulysses_size > 1) sequence sharded at the chain entry, all-to-all attention
     partition            DBCache: head | middle | tail pieces, carried/shared values, streams
     partition_blocks     DBPrune: one piece per prunable block, its streams
-    insert_in_graph_step (in_graph_decision=True) the whole step in the graph, state as inputs;
-                         the selector/branch passes below then leave the program alone
+    insert_in_graph_step the whole step in the graph, state as inputs (by default wherever it
+                         applies: ``host_decision_reason``); the selector/branch passes below
+                         then leave the program alone
     insert_cache_selector  the call's cache state, chosen from the parameters it receives
     insert_cache_branch  DBCache: guarded branch around the middle piece
     insert_prune_branches  DBPrune: a guarded branch around every prunable block
     fuse_diff_into_head  (cache_kernels="inductor-fused") diff sums computed by the head piece
     split_blocks         (regional_compile=True) one sub-piece per chain block
     lower                compile each distinct piece once with the inner backend (the in-graph
-                         program: compile it whole)
+                         program: compile it whole; under CUDA graphs as its parts around the
+                         torch.cond, recorded with the branch as a conditional node)
 
 Graphs that cannot be cached (no repeated blocks, a graph break in the chain, ambiguous
 streams) are compiled whole by the inner backend after one warning; ``strict=True`` raises.
@@ -42,7 +44,7 @@ from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
 from cachedit_fx.passes.insert_in_graph_step import (
-    check_in_graph_inputs, check_in_graph_support, insert_in_graph_step)
+    check_in_graph_inputs, check_in_graph_support, host_decision_reason, insert_in_graph_step)
 from cachedit_fx.runtime.in_graph_program import in_graph_program
 from cachedit_fx.passes.lower import DynamoInputs, compile_piece, lower, uses_cuda_graphs
 from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
@@ -85,6 +87,11 @@ def cachedit_backend(
     if settings.in_graph_decision:
         check_in_graph_support(settings)
         check_in_graph_inputs(example_inputs)
+    elif settings.in_graph_decision is None:
+        reason = host_decision_reason(settings, example_inputs)
+        if reason is not None:
+            settings.in_graph_decision = False
+            log.info("cachedit: host decision (%s)", reason)
     settings.dynamo_inputs = DynamoInputs.of(gm)
     dump = GraphDumper(settings.dump_dir)
     dump("dynamo", gm)

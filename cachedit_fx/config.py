@@ -222,10 +222,12 @@ class BackendSettings:
     regional_compile: bool = False
     """Split the pieces per chain block and compile each distinct block once (cold compile
     time stops growing with depth; costs one call per block at run time)."""
-    in_graph_decision: bool = False
+    in_graph_decision: Optional[bool] = None
     """Decide each step inside the compiled program (``runtime/in_graph_step.py``): one
-    program per graph, the cache state as its inputs, no host read; DBCache without
-    calibrator or separate CFG streams (``enable_separate_cfg=False``)."""
+    program per graph, the cache state as its inputs, no host read. None (default): wherever
+    it applies (``passes.insert_in_graph_step.host_decision_reason`` and symbolic shapes keep
+    the host decision); True: required (what it does not implement raises); False: the host
+    decision between pieces."""
     parallelism: Optional[ParallelismConfig] = None
     """Tensor- or context-parallel execution (``parallelism_config``, or ``tp_size`` /
     ``ulysses_size`` as plain keys)."""
@@ -247,8 +249,9 @@ class BackendSettings:
         if self.parallelism is not None and not isinstance(self.parallelism, ParallelismConfig):
             raise ValueError(f"parallelism_config must be a ParallelismConfig, got {type(self.parallelism).__name__}")
         for name in ("strict", "regional_compile", "in_graph_decision"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "in_graph_decision" and value is None):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
         if self.dump_dir is not None:
             self.dump_dir = _writable_folder(self.dump_dir)
 

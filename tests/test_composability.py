@@ -248,8 +248,9 @@ def test_quantized_flux_threshold_decisions_equal_the_oracle():
 def test_resolution_changes_recompile_once_and_restart_the_generation(inner):
     """16 -> 36 -> 64 -> 16 image tokens, the timestep falling throughout, so only the shape
     change marks each new generation. The second resolution recompiles once (automatic dynamic
-    shapes), later ones reuse that graph; each generation restarts (step 0 computes, counting
-    restarts) and equals the oracle run fresh at that resolution."""
+    shapes: the host decides for that graph, the first decides in the graph), later ones reuse
+    that graph; each generation restarts (step 0 computes, counting restarts), equals the oracle
+    run fresh at that resolution, and is what ``summary`` reports."""
     from torch._dynamo.utils import counters
 
     compiles = []
@@ -263,16 +264,18 @@ def test_resolution_changes_recompile_once_and_restart_the_generation(inner):
     compiled = torch.compile(model, backend=counting_cachedit, options=options)
     counters.clear()
     gen = torch.Generator().manual_seed(5)
-    per_resolution = 3
-    for i, (tokens, expected_compiles) in enumerate([(16, 1), (36, 2), (64, 2), (16, 2)]):
+    calls = 0
+    for tokens, expected_compiles, count in [(16, 1, 3), (36, 2, 4), (64, 2, 3), (16, 2, 4)]:
         res = dict(inputs, hidden_states=torch.randn(1, tokens, 4, generator=gen),
                    img_ids=torch.randn(tokens, 3, generator=gen))
-        steps = list(trajectory(res, per_resolution, offset=(per_resolution + 0.2) * i))  # t keeps falling
+        steps = [dict(step, timestep=inputs["timestep"] * (1 - (calls + k) / 16))  # t keeps falling
+                 for k, step in enumerate(trajectory(res, count))]
+        calls += count
         want, ref = oracle(model, steps, threshold=ALWAYS, warmup=1)
         got = run(compiled, steps)
         summary = cachedit_fx.summary(compiled)
         assert len(compiles) == expected_compiles, f"{tokens} tokens"
-        assert summary.num_steps == per_resolution and summary.cached_steps == ref.cached_steps == [1, 2]
+        assert summary.num_steps == count and summary.cached_steps == ref.cached_steps == list(range(1, count))
         for k, (g, w) in enumerate(zip(got, want)):
             assert g.shape == (1, tokens, 4)
             assert max_rel_err(g, w) <= 1e-5, f"{tokens} tokens, step {k}"
@@ -323,12 +326,13 @@ def test_half_precision_flux_equals_plain_compile_and_the_oracle(dtype, cache_ke
 
 
 def test_a_call_that_raises_mid_step_restarts_the_generation():
-    """The failed call was already resolved (timestep recorded, CFG detection started): the
-    generation restarts, so the next calls behave like a fresh run."""
+    """Host decision: the failed call was already resolved (timestep recorded, CFG detection
+    started): the generation restarts, so the next calls behave like a fresh run (the in-graph
+    program's failed call: ``tests/test_reliability.py``)."""
     model, inputs = flux(small=True)
     steps = steps_of(inputs, torch.float32)
     options = {"inner_backend": "eager", "Fn_compute_blocks": 1, "residual_diff_threshold": ALWAYS,
-               "max_warmup_steps": 1}
+               "max_warmup_steps": 1, "in_graph_decision": False}
     compiled = torch.compile(model, backend="cachedit", options=options)
     want = run(compiled, steps)
     run(compiled, steps[:2])

@@ -1,14 +1,19 @@
 """``in_graph_decision=True``: the step decided inside one compiled program equals the host
 decision between pieces (bit for bit with eager and aot_eager pieces, every control of the
 config exercised, two generations), keeps per-thread contexts apart, takes ``refresh``
-changes without recompiling, and names the options it does not implement."""
+changes without recompiling, and names the options it does not implement; by default
+(``in_graph_decision=None``) it is chosen wherever it applies, and the host decision, with a
+log line saying why, elsewhere."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
 
 import cachedit_fx
+from cachedit_fx.runtime.registry import cache_for_model
 from cachedit_fx.tiny_models import TINY_MODELS
 from in_graph_configs import CONFIGS
 from models import run, run_in_threads_interleaved, trajectory
@@ -118,3 +123,37 @@ def test_options_the_in_graph_step_does_not_implement_are_named(options, needle)
         dict(Fn_compute_blocks=1, inner_backend="eager", in_graph_decision=True), **options))
     with pytest.raises(Exception, match=needle):
         run(compiled, [inputs])
+
+
+@pytest.mark.parametrize("options, host_because", [
+    ({}, None),
+    (dict(cache_kernels="torch"), None),
+    (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
+    (dict(regional_compile=True), "regional_compile"),
+    (dict(cache_kernels="triton"), "cache_kernels='triton'"),
+])
+def test_the_default_decides_in_the_graph_where_it_applies_and_logs_why_not(options, host_because, caplog):
+    model, inputs = TINY_MODELS["flux"]()
+    compiled = torch.compile(model, backend="cachedit", options=dict(
+        dict(Fn_compute_blocks=1, inner_backend="eager"), **options))
+    with caplog.at_level(logging.INFO, logger="cachedit_fx"):
+        run(compiled, list(trajectory(inputs, 2)))
+    state = cache_for_model(compiled).active()
+    host_lines = [r.getMessage() for r in caplog.records if "host decision" in r.getMessage()]
+    if host_because is None:
+        assert state.latest_in_graph is not None and not state.streams and not host_lines
+    else:
+        assert state.latest_in_graph is None and state.streams
+        assert len(host_lines) == 1 and host_because in host_lines[0]
+
+
+def test_cuda_graphs_and_quantized_weights_keep_the_host_decision_by_default():
+    from cachedit_fx.config import parse_options
+    from cachedit_fx.passes.insert_in_graph_step import host_decision_reason
+    from cachedit_fx.quantization import quantize
+
+    assert "CUDA graphs" in host_decision_reason(parse_options({"mode": "reduce-overhead"}), [])
+    assert host_decision_reason(parse_options({"mode": "max-autotune-no-cudagraphs"}), []) is None
+    model, _ = TINY_MODELS["flux"]()
+    quantize(model, "int8_weight_only")
+    assert "tensor subclass Int8Tensor" in host_decision_reason(parse_options({}), list(model.parameters()))

@@ -1,7 +1,9 @@
 """The Inductor tests: tiny FLUX pieces compiled by Inductor (cache shared via
 TORCHINDUCTOR_CACHE_DIR), threshold 0 against plain Inductor, a caching run against the
 eager-piece run, the diff fused into the Inductor head piece against the separate op, the
-in-graph program (decision inside one Inductor program) against both, and regional compilation (one compiled block serving every equal block)."""
+in-graph program (decision inside one Inductor program) against both, the same program in
+parts around its ``torch.cond`` (what ``mode="reduce-overhead"`` records on CUDA) against it,
+and regional compilation (one compiled block serving every equal block)."""
 
 from __future__ import annotations
 
@@ -57,6 +59,13 @@ def test_inductor_pieces_match_plain_inductor_and_cache():
     assert cachedit_fx.summary(one_program).cached_steps == separate_summary.cached_steps
     for a, b in zip(one_program_out, separate_out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+    parts = torch.compile(model, backend="cachedit", options={
+        **options, "in_graph_decision": True, "enable_separate_cfg": False, "residual_diff_threshold": 0.3,
+        "mode": "reduce-overhead"})  # on CPU: the parts around the torch.cond, unrecorded
+    for a, b in zip(run(parts, steps), one_program_out):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert cachedit_fx.summary(parts).cached_steps == separate_summary.cached_steps
     torch._dynamo.reset()
     counters.clear()
     again = torch.compile(model, backend="cachedit", options={

@@ -121,8 +121,7 @@ def test_a_warm_up_call_before_the_loop_changes_nothing():
     compiled = cachedit_fx.compile(model, **options)
     run(compiled, steps[:1])  # warm-up with the first step's inputs
     warmed = run(compiled, steps)
-    state = cache_for_model(model).active()
-    assert state.cfg.separate is False
+    assert cachedit_fx.summary(compiled).num_steps == len(steps), "the warm-up call is not a step"
     assert cachedit_fx.summary(compiled).cached_steps == plain_cached
     assert all(torch.equal(a, b) for a, b in zip(warmed, plain))
 
@@ -195,8 +194,8 @@ def test_non_finite_diffs_are_counted_apart_and_never_cache(caplog, in_graph):
 SOLO = dict(OPTIONS, residual_diff_threshold=0.35, cache_kernels="torch")  # Triton's CPU interpreter is not thread-safe
 
 
-def _solo(model, steps):
-    compiled = cachedit_fx.compile(model, **SOLO)
+def _solo(model, steps, **options):
+    compiled = cachedit_fx.compile(model, **{**SOLO, **options})
     out = run(compiled, steps)
     return out, cachedit_fx.summary(compiled).cached_steps
 
@@ -209,12 +208,13 @@ def _two_requests():
     return model, first, steps_of(other, seed=2)
 
 
-def _solo_runs_then_a_fresh_compile(model, *requests):
-    """Each request's solo run, then the model compiled afresh (Dynamo reset)."""
-    want = [_solo(model, steps) for steps in requests]
+def _solo_runs_then_a_fresh_compile(model, *requests, **options):
+    """Each request's solo run, then the model compiled afresh (Dynamo reset), ``options``
+    added to both."""
+    want = [_solo(model, steps, **options) for steps in requests]
     cachedit_fx.disable(model)
     torch._dynamo.reset()
-    return want, cachedit_fx.compile(model, **SOLO)
+    return want, cachedit_fx.compile(model, **{**SOLO, **options})
 
 
 def test_threads_and_asyncio_tasks_without_contexts_never_share_cache_state():
@@ -301,23 +301,49 @@ def test_a_failed_call_leaves_this_model_and_a_fresh_one_as_in_a_clean_process()
         assert all(torch.equal(a, b) for a, b in zip(got_fresh, want_fresh[0])), kind
 
 
-def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_one_is_clean(monkeypatch):
+@pytest.mark.parametrize("decision", ["host", "in-graph"])
+def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_one_is_clean(monkeypatch, decision):
+    """The middle raises at the third step (host decision: inside the cached region's runner;
+    in-graph: inside the ``torch.cond``'s compute branch, after the program read its state).
+    The next call starts a new generation: the rest of the loop runs as a fresh request would.
+    Compiled with plain ``torch.compile`` (no ``cachedit_fx.compile`` wrapper to refresh it), so
+    the compiled program's own recovery is what is checked."""
+    from cachedit_fx.runtime.in_graph_step import _ComputeBranch
     from cachedit_fx.runtime.state import ModelCacheState
 
     model, inputs = tiny_flux()
     steps = steps_of(inputs)
-    (want,), compiled = _solo_runs_then_a_fresh_compile(model, steps)
-    region_outputs = ModelCacheState._region_outputs
+    options = dict(in_graph_decision=decision == "in-graph", max_warmup_steps=2)
+    (want, want_rest), _ = _solo_runs_then_a_fresh_compile(model, steps, steps[2:], **options)
+    cachedit_fx.disable(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="cachedit", options={**SOLO, **options})
+    if decision == "host":
+        region_outputs = ModelCacheState._region_outputs
 
-    def failing(self, history, cache, run_region, inputs, partners, plans, step):
-        if step == 2:
-            raise RuntimeError("injected failure in the middle")
-        return region_outputs(self, history, cache, run_region, inputs, partners, plans, step)
+        def failing(self, history, cache, run_region, inputs, partners, plans, step):
+            if step == 2:
+                raise RuntimeError("injected failure in the middle")
+            return region_outputs(self, history, cache, run_region, inputs, partners, plans, step)
 
-    monkeypatch.setattr(ModelCacheState, "_region_outputs", failing)
+        monkeypatch.setattr(ModelCacheState, "_region_outputs", failing)
+    else:
+        compute = _ComputeBranch.forward
+        computed = []
+
+        def failing(self, *operands):
+            computed.append(1)
+            if len(computed) == 3:
+                raise RuntimeError("injected failure in the middle")
+            return compute(self, *operands)
+
+        monkeypatch.setattr(_ComputeBranch, "forward", failing)
     with pytest.raises(Exception, match="injected failure"):
         run(compiled, steps[:4])
-    monkeypatch.setattr(ModelCacheState, "_region_outputs", region_outputs)
+    monkeypatch.undo()
+    rest = run(compiled, steps[2:])
+    assert cachedit_fx.summary(compiled).cached_steps == want_rest[1]
+    assert all(torch.equal(a, b) for a, b in zip(rest, want_rest[0]))
     got = run(compiled, steps)
     assert cachedit_fx.summary(compiled).cached_steps == want[1]
     assert all(torch.equal(a, b) for a, b in zip(got, want[0]))

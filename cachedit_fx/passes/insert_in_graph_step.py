@@ -15,6 +15,7 @@ tensors) or buffers of the ``in_graph_state`` submodule (an exported program);
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Optional
 
 import torch
@@ -27,10 +28,13 @@ from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.insert_cache_branch import find_timestep_input
+from cachedit_fx.passes.lower import uses_cuda_graphs
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
 from cachedit_fx.runtime.histories import Calibrator, value_plans
 from cachedit_fx.runtime.in_graph_step import InGraphDBCacheStep, StepLayout, ValueLadder, streams_for
+
+log = logging.getLogger("cachedit_fx")
 
 STEP_MODULE = "in_graph_step"
 STATE_MODULE = "in_graph_state"
@@ -39,30 +43,66 @@ STATE_INPUT_PREFIX = "cachedit_state_"
 
 def check_in_graph_support(settings: BackendSettings) -> None:
     """Raise ``ValueError`` naming the first option the in-graph step does not implement."""
-    cache = settings.cache
-    if isinstance(cache, DBPruneConfig):
-        raise ValueError("DBPrune decides per block, with one host read per block; the in-graph step "
-                         "implements DBCache only")
-    if settings.parallelism is not None:
-        raise ValueError("tensor- and context-parallel programs decide on the host (drop tp_size / ulysses_size)")
-    if settings.regional_compile:
-        raise ValueError("regional_compile compiles blocks apart; the in-graph step compiles one program")
+    reason = unsupported_options(settings)
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def check_in_graph_inputs(values: Iterable[Any]) -> None:
-    """Raise ``ValueError`` when a graph input (a weight, typically) is a tensor subclass:
-    ``torch.cond`` has no rule for subclasses such as torchao's quantized tensors."""
+    """Raise ``ValueError`` when a graph input is a tensor subclass (``tensor_subclass_input``)."""
+    reason = tensor_subclass_input(values)
+    if reason is not None:
+        raise ValueError(reason)
+
+
+def unsupported_options(settings: BackendSettings) -> Optional[str]:
+    """Why the in-graph step does not implement these options, or None."""
+    if isinstance(settings.cache, DBPruneConfig):
+        return "DBPrune decides per block, with one host read per block; the in-graph step implements DBCache only"
+    if settings.parallelism is not None:
+        return "tensor- and context-parallel programs decide on the host (drop tp_size / ulysses_size)"
+    if settings.regional_compile:
+        return "regional_compile compiles blocks apart; the in-graph step compiles one program"
+    return None
+
+
+def tensor_subclass_input(values: Iterable[Any]) -> Optional[str]:
+    """Why these graph inputs rule the step out: ``torch.cond`` has no rule for tensor
+    subclasses such as torchao's quantized weights. None when every input is a plain tensor."""
     for value in values:
         if isinstance(value, torch.Tensor) and is_traceable_wrapper_subclass(value):
-            raise ValueError(f"in_graph_decision: torch.cond cannot take tensor subclass {type(value).__name__} "
-                             "(quantized weights); use the host decision (in_graph_decision=False)")
+            return (f"in_graph_decision: torch.cond cannot take tensor subclass {type(value).__name__} "
+                    "(quantized weights); use the host decision (in_graph_decision=False)")
+    return None
+
+
+def host_decision_reason(settings: BackendSettings, example_inputs: Iterable[Any]) -> Optional[str]:
+    """Why ``in_graph_decision=None`` keeps the host decision for this graph, or None: options
+    the step does not implement, tensor-subclass inputs, explicit ``cache_kernels`` (kernels run
+    between pieces) and CUDA graphs (Inductor turns them off for a program holding a
+    ``torch.cond``; ``in_graph_decision=True`` records it with the branch as a conditional node
+    instead). Symbolic shapes are found later, by the pass."""
+    reason = unsupported_options(settings) or tensor_subclass_input(example_inputs)
+    if reason is None and settings.cache_kernels not in ("auto", "torch"):
+        reason = f"cache_kernels={settings.cache_kernels!r} runs its kernels between pieces"
+    if reason is None and uses_cuda_graphs(settings):
+        reason = ("CUDA graphs: the program recorded with its branch as a conditional node is chosen by "
+                  "in_graph_decision=True")
+    return reason
 
 
 def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    """Backend pass (``in_graph_decision=True``): the state becomes graph inputs."""
-    if not settings.in_graph_decision or not isinstance(parent.meta.get(PARTITION_META_KEY), Partition):
+    """Backend pass: the state becomes graph inputs. With ``in_graph_decision=None`` (the
+    backend ruled out ``host_decision_reason`` already) symbolic shapes keep the host decision."""
+    if settings.in_graph_decision is False or not isinstance(parent.meta.get(PARTITION_META_KEY), Partition):
         return parent
-    return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True)
+    try:
+        return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True)
+    except UnsupportedGraph as symbolic:
+        if settings.in_graph_decision:
+            raise
+        log.info("cachedit: host decision (%s)", symbolic)
+        return parent
 
 
 def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibrator: Optional[Calibrator],

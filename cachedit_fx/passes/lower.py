@@ -11,7 +11,8 @@ live at fixed addresses: there each piece is compiled alone); everything is comp
 fake mode (nothing runs); the parent graph and the branch modules keep their structure.
 ``meta[COMPILE_REPORT_META_KEY]`` records pieces and distinct compiles. A program with the
 in-graph step (``meta[IN_GRAPH_META_KEY]``) is compiled whole instead, as one unit, into
-``meta[ONE_PROGRAM_META_KEY]``.
+``meta[ONE_PROGRAM_META_KEY]``; under CUDA graphs as its parts around the ``torch.cond``
+(``lower_conditional_program``), so the branch is captured as a conditional node.
 """
 
 from __future__ import annotations
@@ -130,7 +131,13 @@ def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> 
                   COND_CACHE_KEY: torch.__version__}
         settings = dataclasses.replace(settings, inductor_options={
             **settings.inductor_options, "unsafe_marked_cacheable_functions": marked})
-    parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings)
+    if uses_cuda_graphs(settings):
+        from cachedit_fx.passes.lower_conditional_program import compile_conditional_program
+
+        examples = [_example(n) for n in parent.graph.find_nodes(op="placeholder")]
+        parent.meta[ONE_PROGRAM_META_KEY] = compile_conditional_program(parent, examples, settings)
+    else:
+        parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings)
     parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(1, 1)
     log.info("cachedit: one program (decision in the graph)")
     return parent

@@ -83,6 +83,7 @@ class ModelCacheState:
         self.in_graph: dict[object, tuple[dict[str, torch.Tensor], list[torch.Tensor]]] = {}
         """Graph key -> the state tensors of an in-graph step (by name, and in its input order)."""
         self.latest_in_graph: Optional[object] = None
+        """The graph whose in-graph step ran last (None: the host decision ran last)."""
         self.in_graph_logged: dict[tuple[object, str], int] = {}
         """(graph key, stream) -> the generation whose done line was written."""
         self._set_config(config)
@@ -312,6 +313,7 @@ class ModelCacheState:
         the diff, the call's position in its step and whether it follows the first call's
         decision."""
         signature = tuple((tuple(t.shape), t.dtype) for t in signature_inputs)
+        self.latest_in_graph = None  # the summary reads the host streams again
         stream = self.upcoming_stream()
         follows_first = self._follows_first_decision()
         sums = None if follows_first else self._reduced(speculative_sums(stream))

@@ -1,0 +1,108 @@
+"""Cut an ATen graph holding one ``torch.cond`` into the part before it, the branches, and the
+part after it, so each can be compiled apart and the ``cond`` itself dispatched at run time
+(where CUDA-graph trees capture it as a conditional node, ``runtime/conditional_program.py``).
+
+Assumes: a functional ATen graph (AOTAutograd's inference graph, input mutations kept as
+``copy_`` on placeholders) with exactly one ``torch.ops.higher_order.cond`` node, whose
+branches are ``get_attr`` submodules and whose results are read only through ``getitem``.
+Guarantees: ``before`` takes every graph input and returns, in order, ``crossing`` (the values
+it defines that the ``cond`` or ``after`` reads); ``after`` takes ``after_inputs`` (graph
+inputs, crossing values, then the ``cond``'s results in output order) and returns what the
+graph returns; every node keeps its order and meta; ``get_attr`` constants are copied into the
+part that reads them. No node is run.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.fx as fx
+
+COND = torch.ops.higher_order.cond
+
+
+@dataclass(frozen=True)
+class CondSplit:
+    """The parts of a graph around its ``cond``; values are named by the original nodes."""
+
+    before: fx.GraphModule
+    true_branch: fx.GraphModule
+    false_branch: fx.GraphModule
+    after: fx.GraphModule
+    inputs: tuple[str, ...]
+    """The graph's placeholders, in order (``before``'s inputs)."""
+    crossing: tuple[str, ...]
+    """``before``'s outputs, in order."""
+    predicate: str
+    operands: tuple[str, ...]
+    """The ``cond``'s predicate and operands, by name (graph inputs or crossing values)."""
+    after_inputs: tuple[str, ...]
+    """``after``'s inputs: graph inputs and crossing values by name, then ``cond`` result k as
+    ``COND_RESULT.format(k)``."""
+
+
+COND_RESULT = "cond_result_{}"
+
+
+class NoSingleCond(ValueError):
+    """The graph holds no ``torch.cond``, or more than one."""
+
+
+def split_at_cond(gm: fx.GraphModule) -> CondSplit:
+    nodes = list(gm.graph.nodes)
+    conds = [n for n in nodes if n.op == "call_function" and n.target is COND]
+    if len(conds) != 1:
+        raise NoSingleCond(f"expected one torch.cond in the program, found {len(conds)}")
+    cond = conds[0]
+    at = nodes.index(cond)
+    predicate, true_attr, false_attr, operands = cond.args
+    results = [n for n in cond.users if n.op == "call_function" and n.target is operator.getitem]
+    if len(results) != len(cond.users):
+        raise NoSingleCond("the torch.cond's results are used other than through getitem")
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    output = nodes[-1]
+    before_nodes = [n for n in nodes[:at] if n.op in ("call_function", "call_method", "call_module")]
+    after_nodes = [n for n in nodes[at + 1:] if n.op in ("call_function", "call_method", "call_module")
+                   and n not in results]
+    after_set = set(after_nodes)
+
+    def read_later(node: fx.Node) -> bool:
+        return any(user in after_set or user is output for user in node.users)
+
+    crossing = [n for n in before_nodes if read_later(n) or cond in n.users]
+    after_inputs = [n for n in (*placeholders, *crossing) if read_later(n)]
+    by_index = {n.args[1]: n for n in results}
+    result_names = {n: COND_RESULT.format(k) for k, n in by_index.items()}
+    before = _subgraph(gm, placeholders, before_nodes, lambda env: tuple(env[n] for n in crossing))
+    after = _subgraph(gm, [*after_inputs, *sorted(results, key=lambda n: n.args[1])], after_nodes,
+                      lambda env: fx.map_arg(output.args[0], lambda n: env[n]), result_names)
+    return CondSplit(
+        before=before, true_branch=getattr(gm, true_attr.target), false_branch=getattr(gm, false_attr.target),
+        after=after, inputs=tuple(n.name for n in placeholders), crossing=tuple(n.name for n in crossing),
+        predicate=predicate.name, operands=tuple(n.name for n in operands),
+        after_inputs=tuple(n.name for n in after_inputs) + tuple(result_names[by_index[k]]
+                                                                 for k in sorted(by_index)))
+
+
+def _subgraph(gm: fx.GraphModule, inputs: Iterable[fx.Node], members: list[fx.Node],
+              outputs: Callable[[dict[fx.Node, fx.Node]], object],
+              renamed: dict[fx.Node, str] | None = None) -> fx.GraphModule:
+    """A graph of ``members`` (in order) reading ``inputs`` as placeholders (meta kept)."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in inputs:
+        env[node] = graph.placeholder((renamed or {}).get(node, node.name))
+        env[node].meta = dict(node.meta)
+
+    def look_up(node: fx.Node) -> fx.Node:
+        if node not in env and node.op == "get_attr":
+            env[node] = graph.node_copy(node)
+        return env[node]
+
+    for node in members:
+        env[node] = graph.node_copy(node, look_up)
+    graph.output(outputs(env))
+    return fx.GraphModule(gm, graph)

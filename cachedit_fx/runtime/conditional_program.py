@@ -1,0 +1,68 @@
+"""The one program run as its compiled parts around the ``torch.cond``
+(``passes/split_at_cond.py``): the part before, the ``cond`` dispatched at run time over the
+compiled branches, the part after.
+
+Dispatched at run time, the ``cond`` is what CUDA-graph trees capture as a conditional node
+(``torch/_higher_order_ops/cudagraph_conditional_nodes.py``): recorded under
+``cuda_graph_trees``, a whole step (head, decision, the branch taken on the device, state
+writes, tail) replays as one CUDA graph with no host read. Outside a capture (CPU, or CUDA
+graphs off) the ``cond`` reads its predicate on the host, as Inductor's own code for a
+``cond`` does.
+
+Invariants: the parts are pure but for ``after``'s writes into the state inputs; both branches
+return fresh contiguous tensors of equal shapes (the conditional node copies the false
+branch's outputs into the true branch's).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from cachedit_fx.passes.split_at_cond import COND_RESULT, CondSplit
+
+Part = Callable[..., Sequence[torch.Tensor]]
+
+
+class ConditionalProgram:
+    """``(*inputs) -> outputs`` of the split graph, each part a compiled callable taking
+    its inputs as positional arguments."""
+
+    def __init__(self, split: CondSplit, before: Part, true_branch: Part, false_branch: Part, after: Part) -> None:
+        self.before, self.true_branch, self.false_branch, self.after = before, true_branch, false_branch, after
+        slots = {name: k for k, name in enumerate((*split.inputs, *split.crossing))}
+        self.predicate = slots[split.predicate]
+        self.operands = [slots[name] for name in split.operands]
+        self.num_results = sum(name.startswith(COND_RESULT.format("")) for name in split.after_inputs)
+        base = len(slots)
+        slots.update({COND_RESULT.format(k): base + k for k in range(self.num_results)})
+        self.after_inputs = [slots[name] for name in split.after_inputs]
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        values = [*inputs, *self.before(*inputs)]
+        results = torch.ops.higher_order.cond(values[self.predicate], self.true_branch, self.false_branch,
+                                              [values[k] for k in self.operands])
+        values.extend(results)
+        return self.after(*(values[k] for k in self.after_inputs))
+
+
+def cuda_graph_trees(program: Callable[..., Any], example_inputs: Sequence[Any], static_input_indices: Sequence[int],
+                     device_index: int) -> Callable[..., Any]:
+    """``program`` recorded and replayed by Inductor's CUDA-graph trees (inputs outside
+    ``static_input_indices`` are copied into the graph's own buffers; the static ones, weights
+    and the state written in place, are read where they are)."""
+    from torch._inductor.cudagraph_trees import cudagraphify_impl
+
+    def boxed(inputs: list[Any]) -> Any:
+        arguments = list(inputs)
+        inputs.clear()
+        return program(*arguments)
+
+    recorded = cudagraphify_impl(boxed, list(example_inputs), tuple(static_input_indices), device_index=device_index,
+                                 is_backward=False, is_inference=True)
+
+    def run(*inputs: Any) -> Any:
+        return recorded(list(inputs))
+
+    return run

@@ -1,0 +1,56 @@
+"""``split_at_cond`` and the ``ConditionalProgram`` that runs its parts: on a small program
+with one ``torch.cond`` and a state write, traced by AOTAutograd as the CUDA-graph lowering
+traces the in-graph step, the parts run uncompiled give the program's outputs and state
+writes for either branch; a graph without exactly one ``cond`` is refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+from torch._dynamo.backends.common import aot_autograd
+
+from cachedit_fx.passes.split_at_cond import NoSingleCond, split_at_cond
+from cachedit_fx.runtime.conditional_program import ConditionalProgram
+
+
+def step(state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    scale = x.abs().mean()
+    out = torch.cond(x.sum() > 0, lambda x, w, s: (x * s).contiguous(), lambda x, w, s: x @ w, (x, w, scale))
+    state.add_(out.sum().reshape(1))
+    return out + scale
+
+
+def _compiled_in_parts(splits: list) -> callable:
+    def compile_parts(gm: fx.GraphModule, inputs):
+        split = split_at_cond(gm)
+        splits.append(split)
+        return ConditionalProgram(split, split.before, split.true_branch, split.false_branch, split.after)
+
+    backend = aot_autograd(fw_compiler=compile_parts, keep_inference_input_mutations=True)
+    return torch.compile(step, backend=backend, fullgraph=True)
+
+
+def test_parts_around_the_cond_reproduce_the_program_for_either_branch():
+    splits: list = []
+    program = _compiled_in_parts(splits)
+    w = torch.randn(4, 4)
+    for sign in (1.0, -1.0, 1.0):
+        x = sign * torch.rand(4, 4)
+        state, expected_state = torch.zeros(1), torch.zeros(1)
+        with torch.no_grad():
+            got = program(state, x, w)
+            want = step(expected_state, x, w)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(state, expected_state)
+    assert len(splits) == 1
+    split = splits[0]
+    assert split.predicate in split.crossing
+    assert not any(n.target is torch.ops.higher_order.cond for n in split.before.graph.nodes)
+    assert any(n.target is torch.ops.aten.copy_.default for n in split.after.graph.nodes), "the state write"
+
+
+def test_a_graph_without_one_cond_is_refused():
+    gm = fx.symbolic_trace(lambda x: x + 1)
+    with pytest.raises(NoSingleCond, match="found 0"):
+        split_at_cond(gm)
