@@ -157,3 +157,34 @@ def test_cuda_graphs_and_quantized_weights_keep_the_host_decision_by_default():
     model, _ = TINY_MODELS["flux"]()
     quantize(model, "int8_weight_only")
     assert "tensor subclass Int8Tensor" in host_decision_reason(parse_options({}), list(model.parameters()))
+
+
+def test_a_dynamic_shape_graph_decides_in_the_graph_like_the_host():
+    """Three resolutions, then the second again: the second recompiles with symbolic sizes
+    (automatic dynamic shapes) and keeps deciding in the graph, its state made anew for each
+    new size (a new generation, as the host decision starts one when input shapes change)."""
+    model, inputs = TINY_MODELS["flux"]()
+    gen = torch.Generator().manual_seed(5)
+    resolutions = []
+    for tokens in (16, 36, 64, 36):
+        res = dict(inputs, hidden_states=torch.randn(1, tokens, 4, generator=gen),
+                   img_ids=torch.randn(tokens, 3, generator=gen))
+        resolutions.append([dict(step, timestep=inputs["timestep"] * (1 - (4 * len(resolutions) + k) / 17))
+                            for k, step in enumerate(trajectory(res, 4))])  # t keeps falling
+
+    results = {}
+    for in_graph in (False, None):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="cachedit", options=dict(
+            Fn_compute_blocks=1, inner_backend="eager", residual_diff_threshold=0.3, max_warmup_steps=1,
+            in_graph_decision=in_graph))
+        runs = []
+        for steps in resolutions:
+            outputs = run(compiled, steps)
+            runs.append((outputs, cachedit_fx.summary(compiled).cached_steps))
+            assert (cache_for_model(compiled).active().latest_in_graph is not None) == (in_graph is None)
+        results[in_graph] = runs
+    assert any(cached for _, cached in results[False]), "the check needs cached steps"
+    for (host_out, host_cached), (out, cached) in zip(results[False], results[None]):
+        assert cached == host_cached
+        assert all(torch.equal(a, b) for a, b in zip(out, host_out))

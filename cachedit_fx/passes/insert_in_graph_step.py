@@ -2,15 +2,17 @@
 (``runtime/in_graph_step.py``): decision, ``torch.cond`` and state updates traced into the
 program.
 
-Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``), static
-shapes, a ``DBCacheConfig`` and calibrator the step implements (``check_in_graph_support``).
+Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``), a
+``DBCacheConfig`` and calibrator the step implements (``check_in_graph_support``); static
+shapes for an exported program (state buffers), static or symbolic ones for state inputs.
 Guarantees: the step receives its state tensors, x0, hF, the timestep input (when the graph
 has one), every call input (for warm-up detection), the head value each middle output
 continues, the middle's own inputs and the reset input (when one is added); its outputs
 replace the middle's outputs one for one. The state is either graph inputs appended after
 Dynamo's (named ``STATE_INPUT_PREFIX + name``; the backend's shim passes each context's
 tensors) or buffers of the ``in_graph_state`` submodule (an exported program);
-``meta[IN_GRAPH_META_KEY]`` records the ``StepLayout``.
+``meta[IN_GRAPH_META_KEY]`` records the ``StepLayout`` (its sizes symbolic where the graph's
+are: ``StepLayout.sized`` makes them a call's).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def host_decision_reason(settings: BackendSettings, example_inputs: Iterable[Any
     the step does not implement, tensor-subclass inputs, explicit ``cache_kernels`` (kernels run
     between pieces) and CUDA graphs (Inductor turns them off for a program holding a
     ``torch.cond``; ``in_graph_decision=True`` records it with the branch as a conditional node
-    instead). Symbolic shapes are found later, by the pass."""
+    instead)."""
     reason = unsupported_options(settings) or tensor_subclass_input(example_inputs)
     if reason is None and settings.cache_kernels not in ("auto", "torch"):
         reason = f"cache_kernels={settings.cache_kernels!r} runs its kernels between pieces"
@@ -92,16 +94,17 @@ def host_decision_reason(settings: BackendSettings, example_inputs: Iterable[Any
 
 
 def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    """Backend pass: the state becomes graph inputs. With ``in_graph_decision=None`` (the
-    backend ruled out ``host_decision_reason`` already) symbolic shapes keep the host decision."""
+    """Backend pass: the state becomes graph inputs (of symbolic shape in a dynamic-shape graph:
+    the backend's shim sizes them per call). With ``in_graph_decision=None`` (the backend ruled
+    out ``host_decision_reason`` already) a graph the step cannot take keeps the host decision."""
     if settings.in_graph_decision is False or not isinstance(parent.meta.get(PARTITION_META_KEY), Partition):
         return parent
     try:
         return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True)
-    except UnsupportedGraph as symbolic:
+    except UnsupportedGraph as reason:
         if settings.in_graph_decision:
             raise
-        log.info("cachedit: host decision (%s)", symbolic)
+        log.info("cachedit: host decision (%s)", reason)
         return parent
 
 
@@ -115,12 +118,13 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     placeholders = list(parent.graph.find_nodes(op="placeholder"))
     signature = [n for n in placeholders if not is_module_state(n) and tensor_meta(n) is not None]
     partners = [by_name[s.head_value] for s in part.streams]
-    hidden = _static_example(by_name[part.hidden_cut])
+    example = _example if state_as_inputs else _static_example
+    hidden = example(by_name[part.hidden_cut])
     plans = value_plans(calibrator, len(partners), part.hidden_position)
     layout = StepLayout(
         hidden=(tuple(hidden.shape), hidden.dtype),
         values=tuple(ValueLadder(tuple(v.shape), v.dtype, plan.order, plan.residual, plan.kind)
-                     for v, plan in zip(map(_static_example, (by_name[name] for name in middle_outputs)), plans)),
+                     for v, plan in zip(map(example, (by_name[name] for name in middle_outputs)), plans)),
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
         skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config))
     state = layout.new_state(config, hidden.device) if not state_as_inputs else None
@@ -150,15 +154,19 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
 
 def _state_inputs(parent: fx.GraphModule, layout: StepLayout, placeholders: list[fx.Node],
                   hidden: torch.Tensor) -> list[fx.Node]:
-    """One placeholder per state tensor after the last of Dynamo's, with fake example values."""
+    """One placeholder per state tensor after the last of Dynamo's, with fake example values
+    (of symbolic shape where the graph's shapes are symbolic)."""
     fake_mode = detect_fake_mode([tensor_meta(n) for n in placeholders if tensor_meta(n) is not None])
     nodes = []
     anchor = placeholders[-1]
     for name, (shape, dtype) in layout.shapes().items():
         with parent.graph.inserting_after(anchor):
             node = anchor = parent.graph.placeholder(STATE_INPUT_PREFIX + name)
-        real = torch.empty(shape, dtype=dtype, device=hidden.device)
-        node.meta["example_value"] = fake_mode.from_tensor(real) if fake_mode is not None else real
+        if fake_mode is None:
+            node.meta["example_value"] = torch.empty(shape, dtype=dtype, device=hidden.device)
+        else:
+            with fake_mode:
+                node.meta["example_value"] = torch.empty(shape, dtype=dtype, device=hidden.device)
         nodes.append(node)
     return nodes
 
@@ -174,6 +182,13 @@ def _state_buffers(parent: fx.GraphModule, layout: StepLayout, state: dict[str, 
         for name in reversed(layout.names):
             nodes.append(parent.graph.get_attr(f"{STATE_MODULE}.{name}"))
     return nodes[::-1]
+
+
+def _example(node: fx.Node) -> torch.Tensor:
+    value = tensor_meta(node)
+    if value is None:
+        raise UnsupportedGraph(f"the in-graph step needs a tensor at {node.name}")
+    return value
 
 
 def _static_example(node: fx.Node) -> torch.Tensor:

@@ -2,14 +2,15 @@
 context's state tensors for this graph and calls the compiled program with them.
 
 Per call on the host: the ``CacheSelector`` (grad check, the model by its anchor parameter,
-the active context) and one dict lookup; no tensor is read (so a GPU never waits for the host)
+the active context), one dict lookup and, for a dynamic-shape graph, the call's sizes (state
+tensors of other sizes are made anew: a new generation); no tensor is read (so a GPU never waits for the host)
 unless INFO logging is on, when the small counters are read to write the generation-done line.
 A call that raises requests a new generation of that state (nothing half-updated is reused).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.fx as fx
@@ -29,10 +30,12 @@ def in_graph_program(parent: fx.GraphModule, binding: tuple) -> Callable[..., An
     device = tensor_meta(placeholders[-1]).device
     selector = CacheSelector(*binding)
     key = object()
+    sources = symbol_sources(placeholders[:num_dynamo_inputs])
 
     def run(*args: Any) -> Any:
         state = selector(args[anchor])
-        tensors = state.in_graph_tensors(key, layout, device)
+        sized = layout.sized(call_sizes(sources, args)) if sources else layout
+        tensors = state.in_graph_tensors(key, sized, device)
         try:
             outputs = compiled(*args, *tensors)
         except BaseException:
@@ -42,3 +45,31 @@ def in_graph_program(parent: fx.GraphModule, binding: tuple) -> Callable[..., An
         return outputs
 
     return run
+
+
+SymbolSource = tuple[Any, int, Optional[int]]
+
+
+def symbol_sources(placeholders: list[fx.Node]) -> list[SymbolSource]:
+    """Where each size symbol of a dynamic-shape graph is read from a call's arguments:
+    (symbol, argument index, dimension, or None for an integer argument)."""
+    sources: list[SymbolSource] = []
+    for index, node in enumerate(placeholders):
+        value = node.meta.get("example_value")
+        if isinstance(value, torch.SymInt) and value.node.expr.is_Symbol:
+            sources.append((value.node.expr, index, None))
+        elif isinstance(value, torch.Tensor):
+            sources.extend((d.node.expr, index, dim) for dim, d in enumerate(value.shape)
+                           if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol)
+    return sources
+
+
+def call_sizes(sources: list[SymbolSource], args: tuple[Any, ...]) -> Callable[[torch.SymInt], int]:
+    """The size of a symbolic dimension in the call with ``args``."""
+    bindings = {symbol: int(args[index] if dim is None else args[index].shape[dim])
+                for symbol, index, dim in sources}
+
+    def size(dimension: torch.SymInt) -> int:
+        return int(dimension.node.expr.xreplace(bindings))
+
+    return size

@@ -31,9 +31,10 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -119,6 +120,16 @@ class StepLayout:
         }
         shapes.update({f"residual_{k}": ((n, v.levels, *v.shape), v.dtype) for k, v in enumerate(self.values)})
         return shapes
+
+    def sized(self, size: Callable[[Any], int]) -> "StepLayout":
+        """This layout with every symbolic dimension replaced by ``size(dimension)`` (a graph
+        compiled for dynamic shapes: the sizes of the call at hand)."""
+        def shape(dims: tuple[Any, ...]) -> tuple[int, ...]:
+            return tuple(d if isinstance(d, int) else size(d) for d in dims)
+
+        return dataclasses.replace(
+            self, hidden=(shape(self.hidden[0]), self.hidden[1]),
+            values=tuple(dataclasses.replace(v, shape=shape(v.shape)) for v in self.values))
 
     def new_state(self, config: DBCacheConfig, device: torch.device) -> dict[str, torch.Tensor]:
         """Fresh state tensors for ``config`` on ``device`` (a new generation requested)."""

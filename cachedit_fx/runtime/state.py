@@ -80,8 +80,9 @@ class ModelCacheState:
         self.head_sums_stream: Optional[str] = None
         """The stream whose ``prev`` buffer the head piece compared against this call."""
         self.pruning: Optional[_CallPruning] = None
-        self.in_graph: dict[object, tuple[dict[str, torch.Tensor], list[torch.Tensor]]] = {}
-        """Graph key -> the state tensors of an in-graph step (by name, and in its input order)."""
+        self.in_graph: dict[object, tuple[dict[str, torch.Tensor], list[torch.Tensor], StepLayout]] = {}
+        """Graph key -> the state tensors of an in-graph step (by name, and in its input order) and
+        the layout they were made for."""
         self.latest_in_graph: Optional[object] = None
         """The graph whose in-graph step ran last (None: the host decision ran last)."""
         self.in_graph_logged: dict[tuple[object, str], int] = {}
@@ -130,14 +131,14 @@ class ModelCacheState:
             changes["num_inference_steps"] = num_inference_steps
         if changes:
             self._set_config(check_refresh_changes(changes, self.config))
-            for tensors, _ in self.in_graph.values():
+            for tensors, _, _ in self.in_graph.values():
                 apply_config(tensors, self.config)
         self._new_generation("refresh")
 
     def _new_generation(self, reason: str) -> None:
         for stream in self.streams.values():
             stream.start_generation(reason, self.context)
-        for tensors, _ in self.in_graph.values():
+        for tensors, _, _ in self.in_graph.values():
             request_reset(tensors)
         self.cfg.restart()
         self.last_timestep = None
@@ -146,11 +147,12 @@ class ModelCacheState:
 
     def in_graph_tensors(self, key: object, layout: StepLayout, device: torch.device) -> list[torch.Tensor]:
         """The state tensors of the in-graph step of graph ``key`` in this context, created at
-        the first call (a new generation)."""
+        the first call and again when the call's sizes change (a dynamic-shape graph): either
+        starts a new generation, as the host decision does when input shapes change."""
         entry = self.in_graph.get(key)
-        if entry is None:
+        if entry is None or (entry[2] is not layout and entry[2] != layout):  # new, or new sizes: a new generation
             tensors = layout.new_state(self.config, device)
-            entry = self.in_graph[key] = (tensors, [tensors[name] for name in layout.names])
+            entry = self.in_graph[key] = (tensors, [tensors[name] for name in layout.names], layout)
         self.latest_in_graph = key
         return entry[1]
 
