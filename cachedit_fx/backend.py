@@ -129,10 +129,9 @@ def cachedit_backend(
     log.info("cachedit: chain %s, %s F%dB%d, pieces %s", description,
              type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
              gm.meta[PARTITION_META_KEY].piece_sizes)
-    if IN_GRAPH_META_KEY in gm.meta:
-        program = in_graph_program(gm, settings.model_cache.bound)
-    else:
-        program = gm.forward if run is None else _with_weight_shards(gm.forward, run)
+    program = in_graph_program(gm, settings.model_cache.bound) if IN_GRAPH_META_KEY in gm.meta else gm.forward
+    if run is not None:
+        program = _with_weight_shards(program, run)
     if run is not None:
         settings.model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
     return outputs_owned(program) if uses_cuda_graphs(settings) else program

@@ -45,6 +45,8 @@ def export(model: torch.nn.Module, kwargs: dict[str, Any], options: Optional[dic
     options = dict(options or {})
     options["inner_backend"] = "eager"
     settings = parse_options(options)
+    if settings.parallelism is not None:
+        raise ValueError("export: tensor- and context-parallel programs are not exported (drop tp_size / ulysses_size)")
     check_in_graph_support(settings)
     check_in_graph_inputs([*model.parameters(), *model.buffers()])
     gm, inputs = _captured_program(model, kwargs, settings)

@@ -61,8 +61,6 @@ def unsupported_options(settings: BackendSettings) -> Optional[str]:
     """Why the in-graph step does not implement these options, or None."""
     if isinstance(settings.cache, DBPruneConfig):
         return "DBPrune decides per block, with one host read per block; the in-graph step implements DBCache only"
-    if settings.parallelism is not None:
-        return "tensor- and context-parallel programs decide on the host (drop tp_size / ulysses_size)"
     if settings.regional_compile:
         return "regional_compile compiles blocks apart; the in-graph step compiles one program"
     return None
@@ -100,7 +98,9 @@ def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> f
     if settings.in_graph_decision is False or not isinstance(parent.meta.get(PARTITION_META_KEY), Partition):
         return parent
     try:
-        return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True)
+        group = settings.parallel_run.group_name if settings.parallel_run is not None else None
+        return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True,
+                                      sums_group=group)
     except UnsupportedGraph as reason:
         if settings.in_graph_decision:
             raise
@@ -109,7 +109,8 @@ def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> f
 
 
 def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibrator: Optional[Calibrator],
-                           state_as_inputs: bool, reset_input: Optional[str] = None) -> fx.GraphModule:
+                           state_as_inputs: bool, reset_input: Optional[str] = None,
+                           sums_group: Optional[str] = None) -> fx.GraphModule:
     part = parent.meta[PARTITION_META_KEY]
     by_name = {n.name: n for n in parent.graph.nodes}
     _, middle_outputs = piece_io(parent, "middle")
@@ -128,7 +129,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
         skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config))
     state = layout.new_state(config, hidden.device) if not state_as_inputs else None
-    parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout))
+    parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout, sums_group))
     state_nodes = (_state_inputs(parent, layout, placeholders, hidden) if state_as_inputs
                    else _state_buffers(parent, layout, state, placeholders))
     reset = None

@@ -196,10 +196,13 @@ class InGraphDBCacheStep(torch.nn.Module):
     mode is detected at the second call (same timestep as the first), streams share the call
     count and nothing else."""
 
-    def __init__(self, middle: torch.nn.Module, layout: StepLayout) -> None:
+    def __init__(self, middle: torch.nn.Module, layout: StepLayout, sums_group: Optional[str] = None) -> None:
         super().__init__()
         self.middle = middle
         self.layout = layout
+        self.sums_group = sums_group
+        """The process group (by name) whose ranks' diff sums are added before the decision
+        (tensor / context parallelism: every rank then takes the same branch)."""
 
     def forward(self, state: Sequence[torch.Tensor], hidden_entry: torch.Tensor, hidden_cut: torch.Tensor,
                 timestep: Optional[torch.Tensor], fingerprint_inputs: Sequence[torch.Tensor],
@@ -238,7 +241,11 @@ class InGraphDBCacheStep(torch.nn.Module):
                 series.append(ladder)
                 weights += _forecast_weights(ladder.shape[0], updates, elapsed)
 
-        sums = l1_rel_diff_reference(prev_fn, hidden_cut, hidden_entry).to(torch.float64)
+        sums = l1_rel_diff_reference(prev_fn, hidden_cut, hidden_entry)
+        if self.sums_group is not None:
+            sums = torch.ops._c10d_functional.wait_tensor(
+                torch.ops._c10d_functional.all_reduce(sums, "sum", self.sums_group))
+        sums = sums.to(torch.float64)
         diff = torch.where(sums[1:2] == 0, torch.where(sums[0:1] == 0, 0.0, math.inf), sums[0:1] / sums[1:2])
         follows = separate & (_one(settings, DIFF_SEPARATE) == 0) & second
         decided = _decide(settings, named["mask"], step, cached_steps, continuous, accumulated, has_residual, diff)
