@@ -132,7 +132,6 @@ def cachedit_backend(
     program = in_graph_program(gm, settings.model_cache.bound) if IN_GRAPH_META_KEY in gm.meta else gm.forward
     if run is not None:
         program = _with_weight_shards(program, run)
-    if run is not None:
         settings.model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
     return outputs_owned(program) if uses_cuda_graphs(settings) else program
 

@@ -225,8 +225,8 @@ class BackendSettings:
     in_graph_decision: Optional[bool] = None
     """Decide each step inside the compiled program (``runtime/in_graph_step.py``): one
     program per graph, the cache state as its inputs, no host read. None (default): wherever
-    it applies (``passes.insert_in_graph_step.host_decision_reason`` and symbolic shapes keep
-    the host decision); True: required (what it does not implement raises); False: the host
+    it applies (``passes.insert_in_graph_step.host_decision_reason`` names where the host
+    decides instead); True: required (what it does not implement raises); False: the host
     decision between pieces."""
     parallelism: Optional[ParallelismConfig] = None
     """Tensor- or context-parallel execution (``parallelism_config``, or ``tp_size`` /

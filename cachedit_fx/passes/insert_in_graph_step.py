@@ -17,6 +17,7 @@ are: ``StepLayout.sized`` makes them a call's).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Iterable, Optional
 
@@ -163,11 +164,8 @@ def _state_inputs(parent: fx.GraphModule, layout: StepLayout, placeholders: list
     for name, (shape, dtype) in layout.shapes().items():
         with parent.graph.inserting_after(anchor):
             node = anchor = parent.graph.placeholder(STATE_INPUT_PREFIX + name)
-        if fake_mode is None:
+        with fake_mode or contextlib.nullcontext():
             node.meta["example_value"] = torch.empty(shape, dtype=dtype, device=hidden.device)
-        else:
-            with fake_mode:
-                node.meta["example_value"] = torch.empty(shape, dtype=dtype, device=hidden.device)
         nodes.append(node)
     return nodes
 

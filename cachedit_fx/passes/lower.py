@@ -148,10 +148,14 @@ def uses_cuda_graphs(settings: BackendSettings) -> bool:
     ``"max-autotune"``, or ``triton.cudagraphs`` in ``inductor_options``)."""
     if settings.inner_backend != "inductor":
         return False
+    return bool(inductor_patches(settings).get("triton.cudagraphs"))
+
+
+def inductor_patches(settings: BackendSettings) -> dict[str, Any]:
+    """Inductor's config for this compile: the options of ``mode``, then ``inductor_options``."""
     from torch._inductor import list_mode_options
 
-    options = {**(list_mode_options(settings.mode) if settings.mode else {}), **settings.inductor_options}
-    return bool(options.get("triton.cudagraphs"))
+    return {**(list_mode_options(settings.mode) if settings.mode else {}), **settings.inductor_options}
 
 
 def compile_piece(piece: fx.GraphModule, settings: BackendSettings) -> Callable[..., Any]:
@@ -163,11 +167,9 @@ def compile_piece(piece: fx.GraphModule, settings: BackendSettings) -> Callable[
         from torch._dynamo.backends.debugging import aot_eager
 
         return aot_eager(piece, example_inputs)
-    from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
-    patches = {**(list_mode_options(settings.mode) if settings.mode else {}), **settings.inductor_options}
-    return compile_fx(piece, example_inputs, config_patches=patches or None)
+    return compile_fx(piece, example_inputs, config_patches=inductor_patches(settings) or None)
 
 
 def graph_signature(piece: fx.GraphModule) -> Hashable:

@@ -22,6 +22,7 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import IN_GRAPH_META_KEY
+from cachedit_fx.passes.lower import inductor_patches
 from cachedit_fx.passes.split_at_cond import split_at_cond
 from cachedit_fx.runtime.conditional_program import ConditionalProgram, cuda_graph_trees
 
@@ -57,12 +58,11 @@ def compile_conditional_program(parent: fx.GraphModule, example_inputs: Sequence
 def _compile_part(part: fx.GraphModule, settings: BackendSettings) -> Callable[..., Any]:
     """One ATen part compiled by Inductor with the compile's options, CUDA graphs off (the
     whole program is recorded instead), called with positional inputs."""
-    from torch._inductor import config as inductor_config, list_mode_options
+    from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx_inner
     from torch._inductor.utils import BoxedBool
 
-    patches = {**(list_mode_options(settings.mode) if settings.mode else {}), **settings.inductor_options,
-               "triton.cudagraphs": False}
+    patches = {**inductor_patches(settings), "triton.cudagraphs": False}
     examples = [n.meta["val"] for n in part.graph.find_nodes(op="placeholder")]
     context = torch._guards.TracingContext.try_get()
     if context is not None and context.output_strides is not None:

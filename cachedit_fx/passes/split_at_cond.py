@@ -7,8 +7,8 @@ Assumes: a functional ATen graph (AOTAutograd's inference graph, input mutations
 branches are ``get_attr`` submodules and whose results are read only through ``getitem``.
 Guarantees: ``before`` takes every graph input and returns, in order, ``crossing`` (the values
 it defines that the ``cond`` or ``after`` reads); ``after`` takes ``after_inputs`` (graph
-inputs, crossing values, then the ``cond``'s results in output order) and returns what the
-graph returns; every node keeps its order and meta; ``get_attr`` constants are copied into the
+inputs and crossing values), then the ``cond`` outputs listed in ``cond_results``, and returns
+what the graph returns; every node keeps its order and meta; ``get_attr`` constants are copied into the
 part that reads them. No node is run.
 """
 
@@ -40,11 +40,13 @@ class CondSplit:
     operands: tuple[str, ...]
     """The ``cond``'s predicate and operands, by name (graph inputs or crossing values)."""
     after_inputs: tuple[str, ...]
-    """``after``'s inputs: graph inputs and crossing values by name, then ``cond`` result k as
-    ``COND_RESULT.format(k)``."""
+    """``after``'s first inputs: graph inputs and crossing values, by name."""
+    cond_results: tuple[int, ...]
+    """``after``'s last inputs: the ``cond``'s outputs it reads, by output index (ascending)."""
 
 
 COND_RESULT = "cond_result_{}"
+"""The name of ``cond`` output k among ``after``'s placeholders."""
 
 
 class NoSingleCond(ValueError):
@@ -74,17 +76,16 @@ def split_at_cond(gm: fx.GraphModule) -> CondSplit:
 
     crossing = [n for n in before_nodes if read_later(n) or cond in n.users]
     after_inputs = [n for n in (*placeholders, *crossing) if read_later(n)]
-    by_index = {n.args[1]: n for n in results}
-    result_names = {n: COND_RESULT.format(k) for k, n in by_index.items()}
+    results.sort(key=lambda n: n.args[1])
+    result_names = {n: COND_RESULT.format(n.args[1]) for n in results}
     before = _subgraph(gm, placeholders, before_nodes, lambda env: tuple(env[n] for n in crossing))
-    after = _subgraph(gm, [*after_inputs, *sorted(results, key=lambda n: n.args[1])], after_nodes,
+    after = _subgraph(gm, [*after_inputs, *results], after_nodes,
                       lambda env: fx.map_arg(output.args[0], lambda n: env[n]), result_names)
     return CondSplit(
         before=before, true_branch=getattr(gm, true_attr.target), false_branch=getattr(gm, false_attr.target),
         after=after, inputs=tuple(n.name for n in placeholders), crossing=tuple(n.name for n in crossing),
         predicate=predicate.name, operands=tuple(n.name for n in operands),
-        after_inputs=tuple(n.name for n in after_inputs) + tuple(result_names[by_index[k]]
-                                                                 for k in sorted(by_index)))
+        after_inputs=tuple(n.name for n in after_inputs), cond_results=tuple(n.args[1] for n in results))
 
 
 def _subgraph(gm: fx.GraphModule, inputs: Iterable[fx.Node], members: list[fx.Node],

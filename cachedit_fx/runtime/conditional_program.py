@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from cachedit_fx.passes.split_at_cond import COND_RESULT, CondSplit
+from cachedit_fx.passes.split_at_cond import CondSplit
 
 Part = Callable[..., Sequence[torch.Tensor]]
 
@@ -34,10 +34,7 @@ class ConditionalProgram:
         slots = {name: k for k, name in enumerate((*split.inputs, *split.crossing))}
         self.predicate = slots[split.predicate]
         self.operands = [slots[name] for name in split.operands]
-        self.num_results = sum(name.startswith(COND_RESULT.format("")) for name in split.after_inputs)
-        base = len(slots)
-        slots.update({COND_RESULT.format(k): base + k for k in range(self.num_results)})
-        self.after_inputs = [slots[name] for name in split.after_inputs]
+        self.after_inputs = [slots[name] for name in split.after_inputs] + [len(slots) + k for k in split.cond_results]
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         values = [*inputs, *self.before(*inputs)]

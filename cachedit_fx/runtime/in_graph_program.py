@@ -31,11 +31,17 @@ def in_graph_program(parent: fx.GraphModule, binding: tuple) -> Callable[..., An
     selector = CacheSelector(*binding)
     key = object()
     sources = symbol_sources(placeholders[:num_dynamo_inputs])
+    latest: list[Any] = [None, layout]
+    """The sizes of the latest call of a dynamic-shape graph and its layout (made again only
+    when the sizes change)."""
 
     def run(*args: Any) -> Any:
         state = selector(args[anchor])
-        sized = layout.sized(call_sizes(sources, args)) if sources else layout
-        tensors = state.in_graph_tensors(key, sized, device)
+        if sources:
+            sizes = call_sizes(sources, args)
+            if sizes != latest[0]:
+                latest[:] = [sizes, layout.sized(sized_by(sources, sizes))]
+        tensors = state.in_graph_tensors(key, latest[1], device)
         try:
             outputs = compiled(*args, *tensors)
         except BaseException:
@@ -64,10 +70,14 @@ def symbol_sources(placeholders: list[fx.Node]) -> list[SymbolSource]:
     return sources
 
 
-def call_sizes(sources: list[SymbolSource], args: tuple[Any, ...]) -> Callable[[torch.SymInt], int]:
-    """The size of a symbolic dimension in the call with ``args``."""
-    bindings = {symbol: int(args[index] if dim is None else args[index].shape[dim])
-                for symbol, index, dim in sources}
+def call_sizes(sources: list[SymbolSource], args: tuple[Any, ...]) -> tuple[int, ...]:
+    """Each symbol's value in the call with ``args``, in ``sources`` order."""
+    return tuple(int(args[index] if dim is None else args[index].shape[dim]) for _, index, dim in sources)
+
+
+def sized_by(sources: list[SymbolSource], sizes: tuple[int, ...]) -> Callable[[torch.SymInt], int]:
+    """The size of a symbolic dimension given each symbol's value (``call_sizes``)."""
+    bindings = {symbol: value for (symbol, _, _), value in zip(sources, sizes)}
 
     def size(dimension: torch.SymInt) -> int:
         return int(dimension.node.expr.xreplace(bindings))

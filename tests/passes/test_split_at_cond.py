@@ -50,6 +50,27 @@ def test_parts_around_the_cond_reproduce_the_program_for_either_branch():
     assert any(n.target is torch.ops.aten.copy_.default for n in split.after.graph.nodes), "the state write"
 
 
+def pair_step(x: torch.Tensor) -> torch.Tensor:
+    first, second = torch.cond(x.sum() > 0, lambda x: (x + 1, x * 2), lambda x: (x - 1, x * 3), (x,))
+    return second + 1  # the cond's first output is never read
+
+
+def test_a_cond_output_nobody_reads_leaves_the_others_wired_to_their_own_outputs():
+    splits: list = []
+
+    def compile_parts(gm: fx.GraphModule, inputs):
+        split = split_at_cond(gm)
+        splits.append(split)
+        return ConditionalProgram(split, split.before, split.true_branch, split.false_branch, split.after)
+
+    program = torch.compile(pair_step, backend=aot_autograd(fw_compiler=compile_parts), fullgraph=True)
+    for sign in (1.0, -1.0):
+        x = sign * torch.rand(3)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), pair_step(x))
+    assert splits[0].cond_results == (1,)
+
+
 def test_a_graph_without_one_cond_is_refused():
     gm = fx.symbolic_trace(lambda x: x + 1)
     with pytest.raises(NoSingleCond, match="found 0"):
