@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 from cachedit_fx.parallelism import ParallelismConfig
 
@@ -244,6 +244,8 @@ class BackendSettings:
             raise ValueError(f"inner_backend must be one of {INNER_BACKENDS}, got {self.inner_backend!r}")
         if (self.mode or self.inductor_options) and self.inner_backend != "inductor":
             raise ValueError("mode / inductor_options only apply with inner_backend='inductor'")
+        _check_inductor_mode(self.mode)
+        self.inductor_options = _checked_inductor_options(self.inductor_options)
         if self.cache_kernels not in CACHE_KERNELS:
             raise ValueError(f"cache_kernels must be one of {CACHE_KERNELS}, got {self.cache_kernels!r}")
         if self.parallelism is not None and not isinstance(self.parallelism, ParallelismConfig):
@@ -287,14 +289,15 @@ def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
         foreign = sorted(set(flat_calibrator) - {f.name for f in dataclasses.fields(calibrator)})
         if foreign:
             raise ValueError(f"{foreign} do not apply to {type(calibrator).__name__}")
-        calibrator = dataclasses.replace(calibrator, **flat_calibrator)
+    if calibrator is not None:
+        calibrator = dataclasses.replace(calibrator, **flat_calibrator)  # a validated copy
     base = options.pop("cache_config", None) or DBCacheConfig()
     if not isinstance(base, DBCacheConfig):
         raise ValueError(f"cache_config must be a DBCacheConfig, got {type(base).__name__}")
     flat = {k: options.pop(k) for k in list(options) if k in CACHE_KEYS | PRUNE_KEYS}
     if any(k in PRUNE_KEYS for k in flat) and not isinstance(base, DBPruneConfig):
         raise ValueError(f"{sorted(set(flat) & PRUNE_KEYS)} need cache_config=DBPruneConfig(...)")
-    cache = base.replace(**flat) if flat else base
+    cache = base.replace(**flat)  # a copy, validated again: fields set after construction are checked here
     parallelism = options.pop("parallelism_config", None)
     flat_parallel = {k: options.pop(k) for k in list(options) if k in PARALLELISM_KEYS}
     if flat_parallel:
@@ -306,6 +309,32 @@ def parse_options(options: Optional[dict[str, Any]]) -> BackendSettings:
     if calibrator is not None and isinstance(cache, DBPruneConfig):
         raise ValueError("calibrator_config is not supported with DBPrune: pruned blocks reuse their last residual")
     return BackendSettings(cache=cache, calibrator=calibrator, **options)
+
+
+def _check_inductor_mode(mode: Any) -> None:
+    """``mode`` is None or one of Inductor's modes (``ValueError`` naming ``mode``)."""
+    if mode is None:
+        return
+    from torch._inductor import list_mode_options
+
+    modes = sorted(list_mode_options())
+    if not isinstance(mode, str) or mode not in modes:
+        raise ValueError(f"mode must be None or one of {modes}, got {mode!r}")
+
+
+def _checked_inductor_options(options: Any) -> dict[str, Any]:
+    """``inductor_options`` as a dict of Inductor config names (``ValueError`` naming
+    ``inductor_options`` for anything else: a string, unknown names)."""
+    if not isinstance(options, Mapping):
+        raise ValueError(f"inductor_options must be a dict of Inductor config names to values (e.g. "
+                         f"{{'max_autotune': True}}), got {type(options).__name__} {options!r}")
+    from torch._inductor import list_options
+
+    unknown = sorted(str(k) for k in options if k not in set(list_options()))
+    if unknown:
+        raise ValueError(f"inductor_options: unknown Inductor config name(s) {unknown} "
+                         "(torch._inductor.list_options() lists them)")
+    return dict(options)
 
 
 def _validate_calibrator_switches(config: Any) -> None:

@@ -26,7 +26,7 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from cachedit_fx.block_regions import restore_block_classes, trace_blocks_once
 from cachedit_fx.class_swap import original_class, same_named_subclass
-from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig
+from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig, parse_options
 from cachedit_fx.runtime.registry import cache_for_model, forget_model
 
 __all__ = ["cached_modules", "compile", "disable", "transformer_components"]
@@ -134,6 +134,8 @@ def _compile_module(module: torch.nn.Module, cache_config: Optional[DBCacheConfi
         module_options["cache_config"] = cache_config
     if calibrator_config is not None:
         module_options["calibrator_config"] = calibrator_config
+    settings = parse_options(module_options)  # every option and config field checked now, not at the first call
+    module_options.update(cache_config=settings.cache, calibrator_config=settings.calibrator)  # frozen copies
     if mark_blocks:
         trace_blocks_once(module)
     cache_for_model(module, create=True)

@@ -82,3 +82,20 @@ class ToyBlock(torch.nn.Module):
         if self.breaks:
             torch._dynamo.graph_break()
         return x * 1.5
+
+
+class ToyChain(torch.nn.Module):
+    """An embedding, ``depth`` ``ToyBlock``s and an output projection; ``forward(x, timestep)``
+    (the timestep is added to the embedding, as a DiT's conditioning would be)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 8)
+        self.blocks = torch.nn.ModuleList(ToyBlock() for _ in range(depth))
+        self.out = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + timestep.reshape(-1, 1, 1) * 1e-3
+        for block in self.blocks:
+            h = block(h)
+        return self.out(h)

@@ -141,9 +141,9 @@ def test_the_default_decides_in_the_graph_where_it_applies_and_logs_why_not(opti
     state = cache_for_model(compiled).active()
     host_lines = [r.getMessage() for r in caplog.records if "host decision" in r.getMessage()]
     if host_because is None:
-        assert state.latest_in_graph is not None and not state.streams and not host_lines
+        assert state.decided_in_graph and not state.streams and not host_lines
     else:
-        assert state.latest_in_graph is None and state.streams
+        assert not state.decided_in_graph and state.streams
         assert len(host_lines) == 1 and host_because in host_lines[0]
 
 
@@ -182,7 +182,7 @@ def test_a_dynamic_shape_graph_decides_in_the_graph_like_the_host():
         for steps in resolutions:
             outputs = run(compiled, steps)
             runs.append((outputs, cachedit_fx.summary(compiled).cached_steps))
-            assert (cache_for_model(compiled).active().latest_in_graph is not None) == (in_graph is None)
+            assert (cache_for_model(compiled).active().decided_in_graph) == (in_graph is None)
         results[in_graph] = runs
     assert any(cached for _, cached in results[False]), "the check needs cached steps"
     for (host_out, host_cached), (out, cached) in zip(results[False], results[None]):

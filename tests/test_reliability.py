@@ -373,3 +373,76 @@ def test_an_aborted_request_then_a_new_one_at_a_lower_timestep_needs_only_a_refr
     thread.join()
     assert result["cached"] == want[1]
     assert all(torch.equal(a, b) for a, b in zip(result["out"], want[0]))
+
+
+@pytest.mark.parametrize("options, needle", [
+    (dict(inductor_options="max_autotune"), "inductor_options must be a dict"),
+    (dict(inductor_options={"max_autotune_bogus": True}), r"inductor_options: unknown.*max_autotune_bogus"),
+    (dict(mode="fastest"), "mode must be None or one of"),
+])
+def test_inductor_options_and_mode_are_named_at_compile(options, needle):
+    model, _ = tiny_flux()
+    with pytest.raises(ValueError, match=needle):
+        cachedit_fx.compile(model, **options)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("residual_diff_threshold", float("nan"), "residual_diff_threshold must be a real number"),
+    ("residual_diff_threshold", "0.1", "residual_diff_threshold must be a number"),
+    ("Fn_compute_blocks", 0, "Fn_compute_blocks must be >= 1"),
+    ("steps_computation_mask", [1, 2], "steps_computation_mask must be a non-empty list of 0/1"),
+])
+def test_a_config_changed_after_construction_is_checked_at_compile_and_copied(field, value, needle):
+    model, inputs = tiny_flux()
+    config = cachedit_fx.DBCacheConfig(Fn_compute_blocks=1, max_warmup_steps=1, residual_diff_threshold=ALWAYS)
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=needle):
+        cachedit_fx.compile(model, cache_config=config, inner_backend="eager")
+    setattr(config, field, getattr(cachedit_fx.DBCacheConfig(Fn_compute_blocks=1, max_warmup_steps=1,
+                                                             residual_diff_threshold=ALWAYS), field))
+    compiled = cachedit_fx.compile(model, cache_config=config, inner_backend="eager")
+    config.residual_diff_threshold = 0.0  # after compiling: the compiled model keeps its copy
+    run(compiled, steps_of(inputs)[:3])
+    assert cachedit_fx.summary(compiled).cached_steps == [1, 2]
+
+
+@pytest.mark.parametrize("in_graph", [None, False], ids=["in-graph", "host"])
+def test_a_call_that_needs_gradients_is_never_answered_detached(in_graph):
+    """Frozen weights but latents that require grad under ``enable_grad``: the host decision
+    raises (it would return a detached output); the in-graph program differentiates."""
+    model, inputs = tiny_flux()
+    model.requires_grad_(False)
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, in_graph_decision=in_graph))
+    latents = inputs["hidden_states"].clone().requires_grad_(True)
+    with torch.enable_grad():
+        if in_graph is False:
+            with pytest.raises(RuntimeError, match="inference only.*input that requires grad|inference only"):
+                compiled(**dict(inputs, hidden_states=latents), return_dict=False)
+        else:
+            out = compiled(**dict(inputs, hidden_states=latents), return_dict=False)[0]
+            out.sum().backward()
+            eager = model(**dict(inputs, hidden_states=latents.detach().requires_grad_(True)), return_dict=False)[0]
+            assert out.requires_grad and latents.grad is not None
+            torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("single_layers", [2, 3])
+def test_a_carried_value_of_data_dependent_size_falls_back_to_the_host_decision(single_layers, caplog):
+    """FramePack's history tokens give a carried value a size known only at run time: the
+    in-graph step cannot size its state, so the host decides for that graph (logged), and the
+    result equals the host decision's."""
+    from cachedit_fx.example_inputs import tiny_model
+
+    results = {}
+    for in_graph in (None, False):
+        model, inputs = tiny_model("HunyuanVideoFramepackTransformer3DModel")
+        model = type(model)(**{**model.config, "num_single_layers": single_layers}).eval()
+        torch._dynamo.reset()
+        compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS, in_graph_decision=in_graph))
+        steps = [dict(inputs, timestep=inputs["timestep"] * (1 - k / 10)) for k in range(4)]
+        with caplog.at_level(logging.INFO, logger="cachedit_fx"):
+            results[in_graph] = run(compiled, steps), cachedit_fx.summary(compiled).cached_steps
+    assert any("host decision (a carried value's size depends on data" in r.message for r in caplog.records)
+    (got, got_cached), (want, want_cached) = results[None], results[False]
+    assert got_cached == want_cached == [1, 2, 3]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -29,14 +29,11 @@ def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx
     _, middle_outputs = piece_io(parent, "middle")
     if middle_outputs != [s.middle_output for s in part.streams]:
         raise AssertionError("middle outputs do not match the partition's streams")
-    signature = [
-        n for n in parent.graph.nodes
-        if n.op == "placeholder" and not is_module_state(n) and tensor_meta(n) is not None
-    ]
-    timestep = find_timestep_input(signature)
+    signature = call_inputs(parent)
     spec = BranchSpec(
         num_signature_inputs=len(signature),
-        timestep_index=signature.index(timestep) if timestep is not None else -1,
+        timestep_index=input_index(signature, TIMESTEP_NAMES),
+        latent_index=input_index(signature, LATENT_NAMES),
         num_partners=len(part.streams),
         hidden_position=part.hidden_position,
     )
@@ -60,14 +57,32 @@ def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx
 TIMESTEP_NAMES = ("timestep", "timesteps", "t")
 """Forward argument names taken for the timestep (diffusers: ``timestep``; HiDream ``timesteps``;
 Z-Image ``t``)."""
+LATENT_NAMES = ("hidden_states", "x", "sample", "latents", "vision_tokens")
+"""Forward argument names taken for the latent a sampler moves (a CFG pair repeats it)."""
 
 
-def find_timestep_input(placeholders: list[fx.Node]) -> fx.Node | None:
-    """The call input named like a timestep (positional or keyword; ``TIMESTEP_NAMES`` in order)."""
-    for wanted in TIMESTEP_NAMES:
+def call_inputs(parent: fx.GraphModule) -> list[fx.Node]:
+    """The graph's call inputs: tensor placeholders that are not parameters or buffers."""
+    return [n for n in parent.graph.find_nodes(op="placeholder") if not is_module_state(n) and tensor_meta(n) is not None]
+
+
+def find_named_input(placeholders: list[fx.Node], names: tuple[str, ...]) -> fx.Node | None:
+    """The call input named like one of ``names`` (positional or keyword; ``names`` in order)."""
+    for wanted in names:
         for node in placeholders:
             source = getattr(node.meta.get("grapharg"), "source", None)
             name = source.name if source is not None else node.name
             if name.endswith(f"['{wanted}']") or name in (f"L_{wanted}_", f"l_{wanted}_"):
                 return node
     return None
+
+
+def find_timestep_input(placeholders: list[fx.Node]) -> fx.Node | None:
+    """The call input named like a timestep (``TIMESTEP_NAMES``)."""
+    return find_named_input(placeholders, TIMESTEP_NAMES)
+
+
+def input_index(placeholders: list[fx.Node], names: tuple[str, ...]) -> int:
+    """The position among ``placeholders`` of the input named like one of ``names``; -1 if none."""
+    found = find_named_input(placeholders, names)
+    return placeholders.index(found) if found is not None else -1

@@ -24,13 +24,14 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
 from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
-from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
+from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
-from cachedit_fx.passes.insert_cache_branch import find_timestep_input
+from cachedit_fx.passes.insert_cache_branch import LATENT_NAMES, call_inputs, find_timestep_input, input_index
 from cachedit_fx.passes.lower import uses_cuda_graphs
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
@@ -118,7 +119,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     if middle_outputs != [s.middle_output for s in part.streams]:
         raise AssertionError("middle outputs do not match the partition's streams")
     placeholders = list(parent.graph.find_nodes(op="placeholder"))
-    signature = [n for n in placeholders if not is_module_state(n) and tensor_meta(n) is not None]
+    signature = call_inputs(parent)
     partners = [by_name[s.head_value] for s in part.streams]
     example = _example if state_as_inputs else _static_example
     hidden = example(by_name[part.hidden_cut])
@@ -128,7 +129,9 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
         values=tuple(ValueLadder(tuple(v.shape), v.dtype, plan.order, plan.residual, plan.kind)
                      for v, plan in zip(map(example, (by_name[name] for name in middle_outputs)), plans)),
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
-        skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config))
+        skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config),
+        latent_index=input_index(signature, LATENT_NAMES))
+    _check_sizes_known_from_inputs(layout)
     state = layout.new_state(config, hidden.device) if not state_as_inputs else None
     parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout, sums_group))
     state_nodes = (_state_inputs(parent, layout, placeholders, hidden) if state_as_inputs
@@ -181,6 +184,16 @@ def _state_buffers(parent: fx.GraphModule, layout: StepLayout, state: dict[str, 
         for name in reversed(layout.names):
             nodes.append(parent.graph.get_attr(f"{STATE_MODULE}.{name}"))
     return nodes[::-1]
+
+
+def _check_sizes_known_from_inputs(layout: StepLayout) -> None:
+    """``UnsupportedGraph`` when a state size depends on data (an unbacked symbol, e.g. a
+    count from ``nonzero`` or ``.item()``): the state cannot be made before the call runs."""
+    dims = [*layout.hidden[0], *(d for v in layout.values for d in v.shape)]
+    data_dependent = [d for d in dims if isinstance(d, torch.SymInt) and free_unbacked_symbols(d)]
+    if data_dependent:
+        raise UnsupportedGraph(f"a carried value's size depends on data ({data_dependent[0]}), so the in-graph "
+                               "step cannot size its state before the call")
 
 
 def _example(node: fx.Node) -> torch.Tensor:

@@ -12,8 +12,7 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import PARTITION_META_KEY
-from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
-from cachedit_fx.passes.insert_cache_branch import find_timestep_input
+from cachedit_fx.passes.insert_cache_branch import LATENT_NAMES, TIMESTEP_NAMES, call_inputs, input_index
 from cachedit_fx.passes.insert_cache_selector import cache_state_node
 from cachedit_fx.passes.partition_blocks import BlockPartition
 from cachedit_fx.passes.split_pieces import piece_io
@@ -24,11 +23,7 @@ def insert_prune_branches(parent: fx.GraphModule, settings: BackendSettings) -> 
     part = parent.meta[PARTITION_META_KEY]
     if not isinstance(part, BlockPartition):
         return parent
-    signature = [
-        n for n in parent.graph.nodes
-        if n.op == "placeholder" and not is_module_state(n) and tensor_meta(n) is not None
-    ]
-    timestep = find_timestep_input(signature)
+    signature = call_inputs(parent)
     calls = {n.target: n for n in parent.graph.nodes if n.op == "call_module"}
     by_name = {n.name: n for n in parent.graph.nodes}
     state = cache_state_node(parent)
@@ -40,7 +35,8 @@ def insert_prune_branches(parent: fx.GraphModule, settings: BackendSettings) -> 
         spec = PruneSpec(
             index=block.index, first=first, last=last,
             num_signature_inputs=len(signature) if first else 0,
-            timestep_index=signature.index(timestep) if first and timestep is not None else -1,
+            timestep_index=input_index(signature, TIMESTEP_NAMES) if first else -1,
+            latent_index=input_index(signature, LATENT_NAMES) if first else -1,
             partner_positions=tuple(inputs.index(s.head_value) for s in block.streams),
         )
         call = calls[block.piece]

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 
+from cachedit_fx.runtime.cache_selector import refuse_gradients
 from cachedit_fx.runtime.state import ModelCacheState
 
 
@@ -16,13 +17,15 @@ from cachedit_fx.runtime.state import ModelCacheState
 class BranchSpec:
     """Layout of the branch's arguments: ``(x0, hF, *signature_inputs, *partners, *middle_inputs)``.
 
-    ``timestep_index`` indexes ``signature_inputs`` (-1: the graph has no timestep input);
+    ``timestep_index`` / ``latent_index`` index ``signature_inputs`` (-1: the graph has no
+    timestep / no input named like a latent);
     ``partners[k]`` is the head value that middle output k continues (its source at the cut);
     ``hidden_position`` is the k of the hidden stream.
     """
 
     num_signature_inputs: int
     timestep_index: int
+    latent_index: int
     num_partners: int
     hidden_position: int
 
@@ -40,6 +43,7 @@ class CacheBranch(torch.nn.Module):
         self, state: ModelCacheState, hidden_entry: torch.Tensor, hidden_cut: torch.Tensor, *rest: torch.Tensor,
         head_sums: Optional[torch.Tensor] = None,
     ):
+        refuse_gradients((hidden_entry, hidden_cut, *rest))
         spec = self.spec
         signature_inputs = rest[: spec.num_signature_inputs]
         partners = rest[spec.num_signature_inputs : spec.num_signature_inputs + spec.num_partners]
@@ -54,6 +58,7 @@ class CacheBranch(torch.nn.Module):
             timestep=signature_inputs[spec.timestep_index] if spec.timestep_index >= 0 else None,
             hidden_position=spec.hidden_position,
             head_sums=head_sums,
+            latent_index=spec.latent_index,
         )
 
 

@@ -15,7 +15,7 @@ residual crosses from one to the other. Then the active ``cache_context`` is ret
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -38,11 +38,7 @@ class CacheSelector(torch.nn.Module):
         self.binding = (config, chain, arithmetic, calibrator)
 
     def forward(self, anchor: torch.Tensor) -> ModelCacheState:
-        if torch.is_grad_enabled() and anchor.requires_grad:
-            raise RuntimeError(
-                "cachedit_fx caches for inference only: gradients cannot flow through skipped blocks. Call the "
-                "compiled model under torch.no_grad() or torch.inference_mode() (diffusers pipelines do), or "
-                "freeze it with model.requires_grad_(False)")
+        refuse_gradients((anchor,))
         cache = cache_of_param(anchor)
         if cache is None:
             cache = cache_for_params([anchor])
@@ -52,7 +48,18 @@ class CacheSelector(torch.nn.Module):
             log.warning("cachedit: the model was compiled again with other options; this compiled graph runs "
                         "with its own (every context starts a new generation)")
             cache.bind(*self.binding)
-        return cache.active()
+        return cache.for_call()
+
+
+def refuse_gradients(tensors: Sequence[object]) -> None:
+    """Raise when autograd is on and a tensor among ``tensors`` requires grad: the cache runs
+    its pieces without autograd, so a gradient would be dropped silently."""
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            "cachedit_fx caches for inference only: gradients cannot flow through skipped blocks, and this call "
+            "needs them (autograd is on and a weight or an input requires grad). Call the compiled model under "
+            "torch.no_grad() or torch.inference_mode() (diffusers pipelines do), freeze it with "
+            "model.requires_grad_(False) and pass inputs that do not require grad")
 
 
 def same_binding(a: tuple, b: tuple) -> bool:

@@ -14,6 +14,13 @@ from typing import Optional
 
 DEFAULT_STREAM = "default"
 UNCOND_STREAM = "uncond"
+STREAMS = (DEFAULT_STREAM, UNCOND_STREAM)
+
+
+def check_stream_name(stream: object) -> None:
+    """Raise ``ValueError`` unless ``stream`` names a stream ("default" or "uncond")."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown stream {stream!r}: the streams are {', '.join(map(repr, STREAMS))}")
 
 
 class CfgSchedule:

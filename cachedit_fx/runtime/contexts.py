@@ -32,6 +32,7 @@ import torch
 
 from cachedit_fx.config import DBCacheConfig, check_refresh_changes
 from cachedit_fx.runtime.arithmetic import CacheArithmetic
+from cachedit_fx.runtime.cfg import check_stream_name
 from cachedit_fx.runtime.histories import Calibrator
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 from cachedit_fx.runtime.state import ModelCacheState
@@ -43,6 +44,9 @@ DEFAULT_CONTEXT = "default"
 MAX_GRAPH_RECORDS = 16
 MAX_CONTEXTS = 64
 """Open contexts kept per model; the least recently used beyond it is dropped."""
+CALLER_PREFIX = "caller-"
+ONE_CALL_CALLERS_WARNING = 3
+"""Caller contexts ended after a single call each before the model warns that nothing caches."""
 
 _ACTIVE: contextvars.ContextVar[dict[int, str]] = contextvars.ContextVar("cachedit_fx_active_contexts", default={})
 """id(ModelCache) -> the name of its active context (copied on every change, never mutated)."""
@@ -68,6 +72,8 @@ class ModelCache:
         """The block lists of the chain this model caches: one chain per model."""
         self.graphs: list[tuple[bool, str]] = []
         """(cached, chain or fallback reason) of the latest graphs compiled for this model."""
+        self.one_call_callers = 0
+        """Caller contexts (``caller_context``) that ended after one call."""
 
     def record_graph(self, cached: bool, detail: str) -> None:
         """One graph of this model was compiled, with the cache or without it (``detail``: the
@@ -104,6 +110,12 @@ class ModelCache:
         name = _ACTIVE.get().get(id(self)) or caller_context()
         state = self.contexts.get(name)
         return state if state is not None else self.context(name)
+
+    def for_call(self) -> ModelCacheState:
+        """``active()`` for a call of the compiled model (counted)."""
+        state = self.active()
+        state.calls_made += 1
+        return state
 
     def context(self, name: str) -> ModelCacheState:
         """The state of context ``name``, created at its first use; beyond ``MAX_CONTEXTS`` the
@@ -144,6 +156,7 @@ class ModelCache:
     def summary(self, name: str, stream: str) -> CacheSummary:
         """Statistics of context ``name``; reading never creates a context (one not used yet
         reports an empty generation)."""
+        check_stream_name(stream)
         state = self.contexts.get(name)
         if state is not None:
             return state.summary(stream)
@@ -153,9 +166,21 @@ class ModelCache:
         return GenerationStats(chain.num_blocks, chain.Fn + chain.Bn).summary()
 
     def drop(self, name: str) -> None:
-        """Forget context ``name`` and free its buffers."""
-        self.contexts.pop(name, None)
+        """Forget context ``name`` and free its buffers. Caller contexts that keep ending after a
+        single call (``asyncio.to_thread`` runs each call in a copy of the task's context) are
+        warned about once: no generation can span them."""
+        state = self.contexts.pop(name, None)
         self.pending.pop(name, None)
+        if state is None or not name.startswith(CALLER_PREFIX) or state.calls_made != 1:
+            return
+        self.one_call_callers += 1
+        if self.one_call_callers == ONE_CALL_CALLERS_WARNING:
+            log.warning(
+                "cachedit_fx: %d calls each ran in a cache context of their own that ended with the call, so no "
+                "step could reuse a cached residual. asyncio.to_thread and loop.run_in_executor run every call in a "
+                "fresh copy of the task's context: enter `with cachedit_fx.cache_context(model, name):` in the task "
+                "around its steps (the copies carry it), or call the model from the task itself",
+                self.one_call_callers)
 
 
 class _Caller:
@@ -163,7 +188,7 @@ class _Caller:
     thread or task ends it is collected and its context dropped from every model."""
 
     def __init__(self) -> None:
-        self.name = f"caller-{next(_CALLER_IDS)}"
+        self.name = f"{CALLER_PREFIX}{next(_CALLER_IDS)}"
         weakref.finalize(self, _drop_everywhere, self.name)
 
 

@@ -29,7 +29,6 @@ def in_graph_program(parent: fx.GraphModule, binding: tuple) -> Callable[..., An
                   if isinstance(getattr(n.meta.get("grapharg"), "example", None), torch.nn.Parameter))
     device = tensor_meta(placeholders[-1]).device
     selector = CacheSelector(*binding)
-    key = object()
     sources = symbol_sources(placeholders[:num_dynamo_inputs])
     latest: list[Any] = [None, layout]
     """The sizes of the latest call of a dynamic-shape graph and its layout (made again only
@@ -41,13 +40,13 @@ def in_graph_program(parent: fx.GraphModule, binding: tuple) -> Callable[..., An
             sizes = call_sizes(sources, args)
             if sizes != latest[0]:
                 latest[:] = [sizes, layout.sized(sized_by(sources, sizes))]
-        tensors = state.in_graph_tensors(key, latest[1], device)
+        tensors = state.in_graph_tensors(latest[1], device)
         try:
             outputs = compiled(*args, *tensors)
         except BaseException:
-            state.restart_in_graph(key)
+            state.restart_in_graph()
             raise
-        state.in_graph_call_done(key)
+        state.in_graph_call_done()
         return outputs
 
     return run

@@ -40,6 +40,7 @@ import torch
 
 from cachedit_fx.config import DBCacheConfig
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
+from cachedit_fx.runtime.cfg import STREAMS, check_stream_name
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 
 CALLS, RESET, GENERATIONS, NUM_BLOCKS, SKIPPED_BLOCKS, MODE, SWAP, FIRST_DECISION = range(8)
@@ -63,12 +64,12 @@ STREAM_FLOATS = 2
 SETTINGS = 11
 LOG_CAPACITY = 1000
 """Steps logged per stream and generation, and the longest step mask (later steps are decided
-and counted, not logged; a mask entry past it means "compute")."""
+and counted exactly, not listed; a mask entry past it means "compute")."""
 FIXED_STATE = ("counters", "stream_counters", "floats", "stream_floats", "settings", "mask", "fingerprint", "prev_fn",
                "log_cached", "log_has_diff", "log_diff")
 LOGGED_STATE = ("counters", "stream_counters", "log_cached", "log_has_diff", "log_diff")
 """The state tensors ``logged_summary`` reads."""
-STREAM_INDEX = {"default": 0, "uncond": 1}
+STREAM_INDEX = {name: row for row, name in enumerate(STREAMS)}
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class ValueLadder:
 class StepLayout:
     """Shapes of a step's state: the hidden cut (``prev_fn``) and each carried value's ladder
     (``residual_k``: ``ValueLadder.levels``), per stream (``streams``: 2 when separate-CFG streams
-    may occur, else 1); ``num_fingerprints``: the call inputs compared to spot a warm-up call."""
+    may occur, else 1); ``num_fingerprints``: the call inputs compared to spot a warm-up call or
+    a CFG partner."""
 
     hidden: tuple[tuple[int, ...], torch.dtype]
     values: tuple[ValueLadder, ...]
@@ -101,6 +103,8 @@ class StepLayout:
     num_blocks: int
     skipped_blocks: int
     streams: int
+    latent_index: int = -1
+    """The fingerprinted input that is the latent (a CFG pair repeats it); -1: none is named so."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -327,8 +331,14 @@ class InGraphDBCacheStep(torch.nn.Module):
         if self.layout.num_fingerprints > 0:
             boundary = boundary | ((calls == 1) & (fingerprint == named["fingerprint"]).all().reshape(1))
         forced = _one(settings, FORCED_MODE).to(torch.int64)
+        same_timestep = (level == _one(floats, FIRST_TIMESTEP)) if level is not None else torch.zeros_like(boundary)
+        latent = self.layout.latent_index
+        if latent >= 0:
+            same_latent = _one(fingerprint, latent) == _one(named["fingerprint"], latent)
+            boundary = boundary | ((calls == 1) & same_timestep & ~same_latent & (forced != 1))
+            same_timestep = same_timestep & same_latent
         detect = ~boundary & (mode < 0) & (calls == 1)
-        separate_now = detect & (level == _one(floats, FIRST_TIMESTEP)) if level is not None else detect & False
+        separate_now = detect & same_timestep
         mode = torch.where(detect, separate_now.to(torch.int64), mode)
         swap = torch.where(separate_now & (_one(settings, COMPUTE_FIRST) > 0), 1, _one(counters, SWAP))
         boundary = boundary | (detect & steps_reached(mode))
@@ -473,17 +483,19 @@ def generation_progress(state: dict[str, torch.Tensor]) -> tuple[int, dict[str, 
 def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> CacheSummary:
     """The latest generation's statistics of ``stream`` from the step's state (``LOGGED_STATE``
     by name)."""
+    check_stream_name(stream)
     counters = state["counters"].tolist()
     row = STREAM_INDEX[stream] ^ counters[SWAP]
     num_blocks = counters[NUM_BLOCKS]
     stats = GenerationStats(num_blocks, num_blocks - counters[SKIPPED_BLOCKS])
     if row >= state["stream_counters"].shape[0]:
         return stats.summary()
-    steps = state["stream_counters"][row, STEP].item()
+    steps, total_cached = state["stream_counters"][row, STEP:CACHED + 1].tolist()
     cached, has_diff, diffs = (state[name][row].tolist() for name in LOGGED_STATE[2:])
     for step in range(min(steps, LOG_CAPACITY)):
         stats.record(step, bool(cached[step]), diffs[step] if has_diff[step] else None)
     stats.steps = steps
+    stats.unlisted_cached_steps = total_cached - len(stats.cached_steps)
     return stats.summary()
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from cachedit_fx.runtime.cache_selector import refuse_gradients
 from cachedit_fx.runtime.state import ModelCacheState
 
 
@@ -22,6 +23,7 @@ class PruneSpec:
     last: bool
     num_signature_inputs: int
     timestep_index: int
+    latent_index: int
     partner_positions: tuple[int, ...]
 
 
@@ -35,6 +37,7 @@ class PruneBranch(torch.nn.Module):
         self.spec = spec
 
     def forward(self, state: ModelCacheState, *args: torch.Tensor):
+        refuse_gradients(args)
         spec = self.spec
         signature_inputs = args[: spec.num_signature_inputs]
         hidden_input = args[spec.num_signature_inputs]
@@ -49,4 +52,5 @@ class PruneBranch(torch.nn.Module):
             last=spec.last,
             signature_inputs=signature_inputs,
             timestep=signature_inputs[spec.timestep_index] if spec.first and spec.timestep_index >= 0 else None,
+            latent_index=spec.latent_index,
         )

@@ -70,6 +70,8 @@ class ModelCacheState:
     ) -> None:
         self.context = context
         """The name of the cache context (``runtime/contexts.py``) this state belongs to."""
+        self.calls_made = 0
+        """Calls of the compiled model made in this context."""
         self.compiled_config = config
         self.chain = chain
         self.arithmetic = arithmetic
@@ -80,13 +82,13 @@ class ModelCacheState:
         self.head_sums_stream: Optional[str] = None
         """The stream whose ``prev`` buffer the head piece compared against this call."""
         self.pruning: Optional[_CallPruning] = None
-        self.in_graph: dict[object, tuple[dict[str, torch.Tensor], list[torch.Tensor], StepLayout]] = {}
-        """Graph key -> the state tensors of an in-graph step (by name, and in its input order) and
-        the layout they were made for."""
-        self.latest_in_graph: Optional[object] = None
-        """The graph whose in-graph step ran last (None: the host decision ran last)."""
-        self.in_graph_logged: dict[tuple[object, str], int] = {}
-        """(graph key, stream) -> the generation whose done line was written."""
+        self.in_graph: Optional[_InGraphState] = None
+        """The state tensors of the in-graph step, shared by every graph of the model that makes
+        the same layout: the generation follows the context, not the graph Dynamo picks."""
+        self.decided_in_graph = False
+        """Whether the latest call was decided in the graph (else on the host)."""
+        self.in_graph_logged: dict[str, int] = {}
+        """Stream -> the generation whose done line was written."""
         self._set_config(config)
 
     def _set_config(self, config: DBCacheConfig) -> None:
@@ -119,9 +121,9 @@ class ModelCacheState:
             self.chain = chain
             self.calibrator = calibrator
             self.streams.clear()
-            self.in_graph.clear()
+            self.in_graph = None
             self.in_graph_logged.clear()
-            self.latest_in_graph = None
+            self.decided_in_graph = False
             self._set_config(config)
 
     def refresh(self, num_inference_steps: Optional[int] = None, **config_changes) -> None:
@@ -131,54 +133,60 @@ class ModelCacheState:
             changes["num_inference_steps"] = num_inference_steps
         if changes:
             self._set_config(check_refresh_changes(changes, self.config))
-            for tensors, _, _ in self.in_graph.values():
-                apply_config(tensors, self.config)
+            if self.in_graph is not None:
+                apply_config(self.in_graph.tensors, self.config)
         self._new_generation("refresh")
 
     def _new_generation(self, reason: str) -> None:
         for stream in self.streams.values():
             stream.start_generation(reason, self.context)
-        for tensors, _, _ in self.in_graph.values():
-            request_reset(tensors)
+        if self.in_graph is not None:
+            request_reset(self.in_graph.tensors)
         self.cfg.restart()
         self.last_timestep = None
         self.first_decision = None
         self.first_inputs = None
 
-    def in_graph_tensors(self, key: object, layout: StepLayout, device: torch.device) -> list[torch.Tensor]:
-        """The state tensors of the in-graph step of graph ``key`` in this context, created at
-        the first call and again when the call's sizes change (a dynamic-shape graph): either
-        starts a new generation, as the host decision does when input shapes change."""
-        entry = self.in_graph.get(key)
-        if entry is None or (entry[2] is not layout and entry[2] != layout):  # new, or new sizes: a new generation
-            tensors = layout.new_state(self.config, device)
-            entry = self.in_graph[key] = (tensors, [tensors[name] for name in layout.names], layout)
-        self.latest_in_graph = key
-        return entry[1]
+    def in_graph_tensors(self, layout: StepLayout, device: torch.device) -> list[torch.Tensor]:
+        """The state tensors of the in-graph step for a call whose graph makes ``layout``
+        (sized for the call), in ``layout.names`` order. Every graph of the model with an equal
+        layout on ``device`` continues one generation (a recompile for grad mode, a concurrent
+        cold start); other sizes, dtypes or device start a new one on fresh tensors, as the host
+        decision does when input shapes change, and so does a call after a host-decided one
+        (its generation lives in the host streams)."""
+        entry = self.in_graph
+        if entry is None or entry.layout != layout or entry.device != device:
+            with torch.inference_mode(False):
+                entry = self.in_graph = _InGraphState(layout, device, layout.new_state(self.config, device))
+            self.in_graph_logged.clear()
+        elif not self.decided_in_graph and self.streams:
+            request_reset(entry.tensors)
+        self.decided_in_graph = True
+        return entry.ordered
 
-    def in_graph_call_done(self, key: object) -> None:
-        """After a call of graph ``key``: the generation-done INFO line of each stream that has
+    def in_graph_call_done(self) -> None:
+        """After an in-graph call: the generation-done INFO line of each stream that has
         reached ``num_inference_steps``, once per generation, as the host decision writes it.
         Reads the small counters (a sync on a GPU) only while INFO logging is on; boundaries
         other than the step count write no line."""
         steps = self.config.num_inference_steps
         if steps is None or not log.isEnabledFor(logging.INFO):
             return
-        tensors = self.in_graph[key][0]
+        tensors = self.in_graph.tensors
         generation, progress = generation_progress(tensors)
         for stream, done in progress.items():
-            if done >= steps and self.in_graph_logged.get((key, stream)) != generation:
-                self.in_graph_logged[(key, stream)] = generation
+            if done >= steps and self.in_graph_logged.get(stream) != generation:
+                self.in_graph_logged[stream] = generation
                 log_generation_done(logged_summary(tensors, stream), "num_inference_steps reached", self.context,
                                     stream)
 
-    def restart_in_graph(self, key: object) -> None:
-        """A call of graph ``key`` raised: its next call starts a new generation."""
-        request_reset(self.in_graph[key][0])
+    def restart_in_graph(self) -> None:
+        """An in-graph call raised: the next call starts a new generation."""
+        request_reset(self.in_graph.tensors)
 
     def summary(self, stream: str = DEFAULT_STREAM) -> CacheSummary:
-        if self.latest_in_graph is not None:
-            return logged_summary(self.in_graph[self.latest_in_graph][0], stream)
+        if self.decided_in_graph:
+            return logged_summary(self.in_graph.tensors, stream)
         stats = self.streams[stream].latest_stats() if stream in self.streams else None
         if stats is None:
             stats = GenerationStats(self.chain.num_blocks, self.chain.Fn + self.chain.Bn)
@@ -197,6 +205,7 @@ class ModelCacheState:
         timestep: Optional[torch.Tensor],
         hidden_position: int = 0,
         head_sums: Optional[torch.Tensor] = None,
+        latent_index: int = -1,
     ) -> tuple[torch.Tensor, ...]:
         """DBCache: run the cached blocks or apply their stored residuals (module invariants).
 
@@ -212,7 +221,8 @@ class ModelCacheState:
                 return head_sums
             return self.arithmetic.diff_sums(stream.fn_residual.buffer, hidden_cut, hidden_entry)
 
-        stream, diff, position, follows_first = self._resolve_call(signature_inputs, timestep, speculative_sums)
+        stream, diff, position, follows_first = self._resolve_call(signature_inputs, timestep, speculative_sums,
+                                                                   latent_index)
         prev = stream.fn_residual.buffer_for(hidden_cut.shape, hidden_cut.dtype, hidden_cut.device)
         if follows_first:
             cache = bool(self.first_decision) and stream.middle.updates > 0
@@ -250,6 +260,7 @@ class ModelCacheState:
         last: bool,
         signature_inputs: Sequence[torch.Tensor] = (),
         timestep: Optional[torch.Tensor] = None,
+        latent_index: int = -1,
     ) -> tuple[torch.Tensor, ...]:
         """DBPrune: run prunable block ``index`` or apply its stored residuals. The first
         prunable block of a call resolves the call (boundaries, stream) in the call's one
@@ -263,7 +274,7 @@ class ModelCacheState:
             return self.arithmetic.diff_sums(compared.buffer, hidden_input, None)
 
         if first:
-            stream, diff, _, _ = self._resolve_call(signature_inputs, timestep, block_sums)
+            stream, diff, _, _ = self._resolve_call(signature_inputs, timestep, block_sums, latent_index)
             self.pruning = _CallPruning(stream)
         else:
             stream = self.pruning.stream
@@ -307,15 +318,18 @@ class ModelCacheState:
 
     def _resolve_call(
         self, signature_inputs: Sequence[torch.Tensor], timestep: Optional[torch.Tensor],
-        speculative_sums: Callable[[StreamState], Optional[torch.Tensor]],
+        speculative_sums: Callable[[StreamState], Optional[torch.Tensor]], latent_index: int = -1,
     ) -> tuple[StreamState, Optional[float], int, bool]:
         """Start a call: the diff against the stream the call probably uses and the timestep
         are read in one sync, then generation boundaries and CFG detection are applied (a diff
-        taken against the wrong stream or across a boundary is dropped). Returns the stream,
+        taken against the wrong stream or across a boundary is dropped). ``latent_index``: the
+        position among ``signature_inputs`` of the latent (-1: unknown). Returns the stream,
         the diff, the call's position in its step and whether it follows the first call's
         decision."""
         signature = tuple((tuple(t.shape), t.dtype) for t in signature_inputs)
-        self.latest_in_graph = None  # the summary reads the host streams again
+        if self.decided_in_graph:  # the generation so far lives in the in-graph state
+            self.decided_in_graph = False
+            self._new_generation("the decision moved from the graph to the host")
         stream = self.upcoming_stream()
         follows_first = self._follows_first_decision()
         sums = None if follows_first else self._reduced(speculative_sums(stream))
@@ -327,7 +341,7 @@ class ModelCacheState:
         t = host[2 if sums is not None else 0] if timestep is not None else None
         inputs = tuple(host[len(host) - len(fingerprint):]) if fingerprint is not None else None
 
-        reason = self._boundary(stream, signature, t) or self._repeated(signature, inputs)
+        reason = self._boundary(stream, signature, t) or self._repeated(signature, inputs, t, latent_index)
         if reason is not None:
             self._new_generation(reason)
         elif self.cfg.detect(t):
@@ -371,13 +385,22 @@ class ModelCacheState:
         (``cfg_diff_compute_separate=False``)."""
         return bool(self.cfg.separate) and not self.config.cfg_diff_compute_separate and self.cfg.position() == 1
 
-    def _repeated(self, signature, inputs: Optional[tuple[float, ...]]) -> Optional[str]:
-        """The generation's second call repeats the first call's inputs exactly: the first was a
-        warm-up call, not a step (nor a CFG pair: a CFG pair's inputs differ), so the generation
-        starts again here."""
-        if self.cfg.calls != 1 or inputs is None or self.first_inputs != (signature, inputs):
+    def _repeated(self, signature, inputs: Optional[tuple[float, ...]], t: Optional[float],
+                  latent_index: int) -> Optional[str]:
+        """The generation's first call was a warm-up call, not a step, so the generation starts
+        again at its second call: when that call repeats the first call's inputs exactly (a CFG
+        pair's inputs differ), or, unless separate CFG is forced on, repeats its timestep with
+        another latent (a CFG pair repeats the latent)."""
+        if self.cfg.calls != 1 or inputs is None or self.first_inputs is None:
             return None
-        return "a call repeated the previous call's inputs (a warm-up call)"
+        if self.first_inputs == (signature, inputs):
+            return "a call repeated the previous call's inputs (a warm-up call)"
+        first_signature, first_values = self.first_inputs
+        if (latent_index >= 0 and first_values is not None and self.cfg.forced is not True and t is not None
+                and t == self.cfg.first_timestep and first_signature == signature
+                and first_values[latent_index] != inputs[latent_index]):
+            return "the second call has the first call's timestep but another latent (the first was a warm-up call)"
+        return None
 
     def _boundary(self, stream: StreamState, signature, t: Optional[float]) -> Optional[str]:
         if stream.signature is not None and signature != stream.signature:
@@ -393,6 +416,17 @@ class ModelCacheState:
         if steps is not None and self.cfg.calls >= steps * self.cfg.calls_per_step():
             return "num_inference_steps reached"
         return None
+
+
+class _InGraphState:
+    """The in-graph step's state tensors of one context: by name, in ``layout.names`` order,
+    the layout and device they were made for."""
+
+    def __init__(self, layout: StepLayout, device: torch.device, tensors: dict[str, torch.Tensor]) -> None:
+        self.layout = layout
+        self.device = device
+        self.tensors = tensors
+        self.ordered = [tensors[name] for name in layout.names]
 
 
 class _CallPruning:

@@ -18,6 +18,8 @@ class GenerationStats:
     residual_diffs: dict[int, float] = field(default_factory=dict)
     pruned_blocks: Optional[dict[int, list[int]]] = None
     """DBPrune: step -> chain indices of the blocks pruned in it (None for DBCache)."""
+    unlisted_cached_steps: int = 0
+    """Cached steps counted but not recorded one by one (past the in-graph step's log)."""
 
     def record(self, step: int, cached: bool, diff: Optional[float],
                pruned_blocks: Optional[list[int]] = None) -> None:
@@ -37,10 +39,12 @@ class GenerationStats:
         if self.pruned_blocks is not None:
             skipped = sum(len(b) for b in self.pruned_blocks.values())
         else:
-            skipped = len(self.cached_steps) * (self.num_blocks - self.compute_blocks_on_cached_step)
+            skipped = ((len(self.cached_steps) + self.unlisted_cached_steps)
+                       * (self.num_blocks - self.compute_blocks_on_cached_step))
         return CacheSummary(
             num_steps=self.steps,
             cached_steps=list(self.cached_steps),
+            unlisted_cached_steps=self.unlisted_cached_steps,
             residual_diffs=dict(self.residual_diffs),
             diff_min=diffs[0] if diffs else None,
             diff_p25=_percentile(diffs, 25),
@@ -57,7 +61,10 @@ class GenerationStats:
 
 @dataclass(frozen=True)
 class CacheSummary:
-    """What the cache did in the last generation. Steps are 0-based within the generation."""
+    """What the cache did in the last generation. Steps are 0-based within the generation.
+    Counts (``num_cached_steps``, blocks) are exact for any length; the in-graph step lists
+    steps, diffs and percentiles for its first ``LOG_CAPACITY`` steps only (cached steps after
+    them are ``unlisted_cached_steps``)."""
 
     num_steps: int
     cached_steps: list[int]
@@ -75,10 +82,12 @@ class CacheSummary:
     nonfinite_diff_steps: list[int] = field(default_factory=list)
     """Steps whose diff was NaN or infinite (non-finite activations or a zero residual); they
     computed, and the min / percentiles / max leave them out."""
+    unlisted_cached_steps: int = 0
+    """Cached steps past the listed ones (an in-graph generation longer than its log)."""
 
     @property
     def num_cached_steps(self) -> int:
-        return len(self.cached_steps)
+        return len(self.cached_steps) + self.unlisted_cached_steps
 
     @property
     def num_diffs(self) -> int:
@@ -91,7 +100,8 @@ class CacheSummary:
         total = self.computed_blocks + self.cached_blocks
         rows = [
             ("steps", str(self.num_steps)),
-            ("cached steps", f"{self.num_cached_steps} {self.cached_steps}"),
+            ("cached steps", f"{self.num_cached_steps} {self.cached_steps}"
+             + (f" and {self.unlisted_cached_steps} later ones not listed" if self.unlisted_cached_steps else "")),
             ("computed / skipped blocks", f"{self.computed_blocks} / {self.cached_blocks}"
              + (f" ({self.cached_blocks / total:.1%} skipped)" if total else "")),
             ("residual diffs (count)", str(self.num_diffs)
