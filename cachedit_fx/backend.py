@@ -34,7 +34,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_map_only
 
-from cachedit_fx.config import BackendSettings, parse_options
+from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
 from cachedit_fx.passes import CHAIN_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
 from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import NoBlocks, UnsupportedGraph
@@ -118,7 +118,8 @@ def cachedit_backend(
         if settings.strict:
             raise
         caches_elsewhere = _record(example_inputs, False, str(reason))
-        message = f"cachedit: compiling without cache ({reason}); inner backend {settings.inner_backend!r}"
+        message = (f"cachedit: compiling without cache ({reason}); inner backend {settings.inner_backend!r}"
+                   + _capture_remedy(original, str(reason)))
         fragment = isinstance(reason, NoBlocks) and (caches_elsewhere or _ends_in_graph_break(original))
         if not fragment:
             warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
@@ -172,6 +173,22 @@ def _record(example_inputs: Sequence[Any], cached: bool, detail: str) -> bool:
     cache = cache_for_params(params)
     cache.record_graph(cached, detail)
     return cache.bound is not None
+
+
+def _capture_remedy(gm: fx.GraphModule, reason: str) -> str:
+    """How to keep data-dependent ops in one graph, for a fallback that graph breaks may have
+    caused while Dynamo traces without the capture settings (a plain ``torch.compile``:
+    ``torch.compile`` gives a backend no way to set them for one model); else ""."""
+    config = torch._dynamo.config
+    if all(getattr(config, name) == value for name, value in CAPTURE_SETTINGS.items()):
+        return ""
+    if not (_ends_in_graph_break(gm) or "graph break" in reason):
+        return ""
+    return ("; graph breaks at data-dependent ops (.item(), .tolist(), nonzero, boolean masks) go away when "
+            "Dynamo captures them: compile with cachedit_fx.compile(model, ...), which sets "
+            "capture_scalar_outputs and capture_dynamic_output_shape_ops for this model's calls only, or call the "
+            "model inside torch._dynamo.config.patch(capture_scalar_outputs=True, "
+            "capture_dynamic_output_shape_ops=True)")
 
 
 def _ends_in_graph_break(gm: fx.GraphModule) -> bool:

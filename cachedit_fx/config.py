@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional, Union
 
 from cachedit_fx.parallelism import ParallelismConfig
 
+CAPTURE_SETTINGS = {"capture_scalar_outputs": True, "capture_dynamic_output_shape_ops": True}
+"""Dynamo settings ``cachedit_fx.compile`` traces with: data-dependent ops stay in the graph."""
 INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 CACHE_KERNELS = ("auto", "triton", "torch", "inductor-fused")
 STEPS_COMPUTATION_POLICIES = ("dynamic", "static")

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from cachedit_fx.config import BackendSettings, parse_options
+from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
 from cachedit_fx.passes import CHAIN_META_KEY
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import find_block_chain
@@ -26,7 +26,6 @@ from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.insert_in_graph_step import (
     STATE_MODULE, check_in_graph_inputs, check_in_graph_support, rewrite_middle_as_step)
 from cachedit_fx.passes.partition import partition
-from cachedit_fx.pipelines import CAPTURE_SETTINGS
 from cachedit_fx.runtime.in_graph_step import LOGGED_STATE, logged_summary
 from cachedit_fx.runtime.stats import CacheSummary
 

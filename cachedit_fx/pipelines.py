@@ -26,7 +26,7 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from cachedit_fx.block_regions import restore_block_classes, trace_blocks_once
 from cachedit_fx.class_swap import original_class, same_named_subclass
-from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig, parse_options
+from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CAPTURE_SETTINGS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig, parse_options
 from cachedit_fx.runtime.registry import cache_for_model, forget_model
 
 __all__ = ["cached_modules", "compile", "disable", "transformer_components"]
@@ -34,7 +34,6 @@ __all__ = ["cached_modules", "compile", "disable", "transformer_components"]
 PerComponent = Union[Any, Mapping[str, Any]]
 Target = TypeVar("Target")
 TORCH_COMPILE_KEYS = frozenset({"fullgraph", "dynamic"})
-CAPTURE_SETTINGS = {"capture_scalar_outputs": True, "capture_dynamic_output_shape_ops": True}
 """Dynamo settings ``compile`` traces under (``traced_with_capture_settings``)."""
 _COMPILED_ATTR = "_cachedit_fx_originals"
 log = logging.getLogger("cachedit_fx")

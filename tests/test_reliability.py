@@ -446,3 +446,25 @@ def test_a_carried_value_of_data_dependent_size_falls_back_to_the_host_decision(
     (got, got_cached), (want, want_cached) = results[None], results[False]
     assert got_cached == want_cached == [1, 2, 3]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_plain_torch_compile_falls_back_naming_the_capture_remedy_for_that_model():
+    """Mochi's blocks use a data-dependent mask: under a plain ``torch.compile`` Dynamo breaks
+    the graph there (a backend cannot set capture settings for one model), so the fallback
+    warning names the remedy; ``cachedit_fx.compile`` applies it for this model's calls only."""
+    from cachedit_fx.example_inputs import tiny_model
+
+    model, inputs = tiny_model("MochiTransformer3DModel")
+    plain = torch.compile(model, backend="cachedit", options=dict(OPTIONS, residual_diff_threshold=ALWAYS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(plain, [inputs])
+    messages = [str(w.message) for w in caught if "compiling without cache" in str(w.message)]
+    assert messages and all("cachedit_fx.compile(model, ...)" in m and "capture_scalar_outputs=True" in m
+                            for m in messages)
+    assert not torch._dynamo.config.capture_scalar_outputs
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS))
+    run(compiled, [dict(inputs, timestep=inputs["timestep"] * (1 - k / 10)) for k in range(3)])
+    assert cachedit_fx.summary(compiled).cached_steps == [1, 2]
+    assert not torch._dynamo.config.capture_scalar_outputs
