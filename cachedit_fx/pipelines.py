@@ -174,17 +174,22 @@ def traced_with_capture_settings(call: Callable[..., Any], module: Optional[torc
 
 
 def recover_from_failed_call(module: Optional[torch.nn.Module]) -> None:
-    """Leave no trace of a call of ``module`` that raised: Dynamo forgets what it compiled for the
-    class's ``forward`` (a trace that met the error marks that frame to run eagerly, for this
-    model and every later model of its class, until ``torch._dynamo.reset()``), and the active
-    context starts a new generation (graphs of the failed call may have run)."""
+    """Leave no trace of a call of ``module`` that raised: a trace that met the error marks the
+    class's ``forward`` frame (and a decorator's wrapper around it, which diffusers shares
+    between model classes) to run eagerly, for this model and every later model of its class,
+    until ``torch._dynamo.reset()``; that mark is cleared, keeping what Dynamo compiled for
+    other models. The active context starts a new generation (graphs of the failed call may
+    have run)."""
     if module is None:
         return
-    from torch._C._dynamo.eval_frame import reset_code
+    from torch._C._dynamo.eval_frame import set_code_exec_strategy
     from torch._dynamo.convert_frame import compile_lock
+    from torch._dynamo.types import FrameAction, FrameExecStrategy
 
+    forward = type(module).forward
     with compile_lock:
-        reset_code(type(module).forward.__code__)
+        for code in {forward.__code__, pyinspect.unwrap(forward).__code__}:
+            set_code_exec_strategy(code, FrameExecStrategy(FrameAction.DEFAULT, FrameAction.DEFAULT))
     cache = cache_for_model(module, create=True)
     if cache.bound is not None:
         cache.refresh(cache.active_name())
