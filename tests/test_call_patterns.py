@@ -16,7 +16,7 @@ import torch
 
 import cachedit_fx
 from cachedit_fx.runtime.registry import cache_for_model
-from cachedit_fx.tiny_models import tiny_flux
+from cachedit_fx.tiny_models import tiny_flux, tiny_wan
 from cachedit_fx.tiny_pipelines import default_call_kwargs, tiny_flux_pipeline
 from models import ToyChain, run, trajectory
 from reference_dbcache import ReferenceDBCache
@@ -69,6 +69,25 @@ def test_a_shape_switch_mid_generation_restarts_it_and_never_applies_the_old_res
     got = run(compiled, sequence)
     _assert_equal_outputs(got, want)
     assert cachedit_fx.summary(compiled).cached_steps == [1, 2], "the last generation runs steps 4-6"
+
+
+@pytest.mark.parametrize("in_graph", [None, False], ids=["in-graph", "host"])
+def test_a_text_length_switch_restarts_the_generation_on_both_decisions(in_graph):
+    """Wan's text states are no carried value (cross-attention reads them): the state shapes
+    stay, yet a call with another text length starts a new generation, as on the host."""
+    model, inputs = tiny_wan()
+    steps = list(trajectory(inputs, 6))
+    longer = torch.randn(1, 20, inputs["encoder_hidden_states"].shape[-1], generator=torch.Generator().manual_seed(4))
+    steps[3:] = [dict(step, encoder_hidden_states=longer) for step in steps[3:]]
+    reference = ReferenceDBCache(model, ["blocks"], 1, 0, ALWAYS, warmup=1)
+    want = run(reference, steps[:3])
+    reference.reset()
+    want += run(reference, steps[3:])
+    reference.close()
+    compiled = torch.compile(model, backend="cachedit", options=dict(
+        OPTIONS, enable_separate_cfg=False, in_graph_decision=in_graph))
+    _assert_equal_outputs(run(compiled, steps), want)
+    assert cachedit_fx.summary(compiled).cached_steps == [1, 2]
 
 
 def test_a_dtype_switch_mid_generation_restarts_it():

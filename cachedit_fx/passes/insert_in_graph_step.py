@@ -130,7 +130,8 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
                      for v, plan in zip(map(example, (by_name[name] for name in middle_outputs)), plans)),
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
         skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config),
-        latent_index=input_index(signature, LATENT_NAMES))
+        latent_index=input_index(signature, LATENT_NAMES),
+        inputs=tuple((tuple(v.shape), v.dtype) for v in map(tensor_meta, signature)))
     _check_sizes_known_from_inputs(layout)
     state = layout.new_state(config, hidden.device) if not state_as_inputs else None
     parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout, sums_group))

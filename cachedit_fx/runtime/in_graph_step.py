@@ -105,6 +105,9 @@ class StepLayout:
     streams: int
     latent_index: int = -1
     """The fingerprinted input that is the latent (a CFG pair repeats it); -1: none is named so."""
+    inputs: tuple[tuple[tuple[int, ...], torch.dtype], ...] = ()
+    """Shape and dtype of each fingerprinted call input: a state serves calls of these inputs
+    only (another text length starts a new generation, as on the host)."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -133,7 +136,8 @@ class StepLayout:
 
         return dataclasses.replace(
             self, hidden=(shape(self.hidden[0]), self.hidden[1]),
-            values=tuple(dataclasses.replace(v, shape=shape(v.shape)) for v in self.values))
+            values=tuple(dataclasses.replace(v, shape=shape(v.shape)) for v in self.values),
+            inputs=tuple((shape(dims), dtype) for dims, dtype in self.inputs))
 
     def new_state(self, config: DBCacheConfig, device: torch.device) -> dict[str, torch.Tensor]:
         """Fresh state tensors for ``config`` on ``device`` (a new generation requested)."""
