@@ -38,7 +38,7 @@ from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
 from cachedit_fx.passes import CHAIN_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
 from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import NoBlocks, UnsupportedGraph
-from cachedit_fx.passes.find_block_chain import BlockChain, find_block_chain
+from cachedit_fx.passes.find_block_chain import BlockChain, ends_in_graph_break, find_block_chain
 from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
@@ -120,7 +120,7 @@ def cachedit_backend(
         caches_elsewhere = _record(example_inputs, False, str(reason))
         message = (f"cachedit: compiling without cache ({reason}); inner backend {settings.inner_backend!r}"
                    + _capture_remedy(original, str(reason)))
-        fragment = isinstance(reason, NoBlocks) and (caches_elsewhere or _ends_in_graph_break(original))
+        fragment = isinstance(reason, NoBlocks) and (caches_elsewhere or ends_in_graph_break(original))
         if not fragment:
             warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
         log.info(message)
@@ -182,18 +182,13 @@ def _capture_remedy(gm: fx.GraphModule, reason: str) -> str:
     config = torch._dynamo.config
     if all(getattr(config, name) == value for name, value in CAPTURE_SETTINGS.items()):
         return ""
-    if not (_ends_in_graph_break(gm) or "graph break" in reason):
+    if not (ends_in_graph_break(gm) or "graph break" in reason):
         return ""
     return ("; graph breaks at data-dependent ops (.item(), .tolist(), nonzero, boolean masks) go away when "
             "Dynamo captures them: compile with cachedit_fx.compile(model, ...), which sets "
             "capture_scalar_outputs and capture_dynamic_output_shape_ops for this model's calls only, or call the "
             "model inside torch._dynamo.config.patch(capture_scalar_outputs=True, "
             "capture_dynamic_output_shape_ops=True)")
-
-
-def _ends_in_graph_break(gm: fx.GraphModule) -> bool:
-    reason = getattr(gm, "compile_subgraph_reason", None)
-    return bool(getattr(reason, "graph_break", False))
 
 
 def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: BlockChain) -> ModelCache:

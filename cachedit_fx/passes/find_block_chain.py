@@ -5,26 +5,42 @@ Assumes: Dynamo-captured torch IR with ``nn_module_stack`` on call nodes.
 Block lists: a block is a member ``<list>.<i>`` of a ``ModuleList`` (never the child of a
 ``Sequential`` or of any module that is called itself); a node belongs to the outermost such
 block on its module stack, so lists nested in blocks (``ff.net``) are not lists of the graph.
-Only a list holding two or more modules of one class can be the chain's main list; a list of
-one block can join a chain by continuing into it (one double-stream block before the
-single-stream blocks).
+A block list holds two or more modules of one class (``repeated``) or one module with
+submodules of its own (one block); a ``ModuleList`` of layers of different classes
+(``[GELU, Dropout, Linear]``) is not one and never joins a chain.
 
-The chain: the list carrying the most compute (``passes/compute.py``), extended backwards and
-forwards by neighbouring lists whose streams continue into it: list B follows list A when the
-streams entering B's first block are made, through the glue between them, of A's last block's
-outputs: the largest tensor they read is one of them and none comes from a third list
-(FLUX.2's single-stream blocks read ``cat(text, image)`` of the double-stream blocks; a bank of
-per-block text projections may join in). A list whose every block hands the stream on to the
-next chain block by itself joins the chain between its blocks (Latte's temporal blocks). Lists
-that run on their own streams before the chain (Lumina2 / Z-Image refiners, HunyuanVideo's
-token refiner, WanVACE's control blocks) stay in the prologue; lists whose blocks add to a
-stream that bypasses them (ConsisID's face cross-attention) are glue of the chain; both are
-recorded in ``BlockChain.lists`` with their role.
+Well-formed lists: every block runs as one contiguous run of nodes, each once, indices 0..n-1 in
+program order. A list that is not (it runs twice, a block runs in pieces, or only some of its
+blocks run) is no candidate for the chain.
 
-Guarantees (else ``UnsupportedGraph``): every chain block is one contiguous run of nodes; each
-chain list's indices run 0..n-1 in program order and no two blocks overlap; the graph
-does not end in a graph break inside a block or inside the loop over a chain list (a break
-before or after the chain is fine). The result is ``gm.meta[CHAIN_META_KEY]``.
+Conditioning lists: a list that ends before another well-formed list L starts, whose values
+reach the graph output only by merging into values computed from L's first block, never by
+entering that block, conditions L's glue (WanAnimate's motion encoder feeding the face adapter,
+WanVACE's control blocks adding hints): it is no candidate for the chain, whatever its compute.
+
+The chain: the candidate (well-formed, not a conditioning list) carrying the most compute
+(``passes/compute.py``), grown backwards and forwards by neighbouring block lists whose streams
+continue into it: list B follows list A when the streams entering B's first block are made,
+through the glue between them, of A's last block's outputs: the largest tensor they read is one
+of them and none comes from a third list (FLUX.2's single-stream blocks read ``cat(text, image)``
+of the double-stream blocks; a bank of per-block text projections may join in). A list whose
+every block hands the stream on to the next chain block by itself joins the chain between its
+blocks (Latte's temporal blocks). No list needs to repeat: lists of one block each form a chain
+when they join one another (FLUX with one double- and one single-stream block, Latte with one
+spatial and one temporal block); a grown chain of one block is no chain. Lists that run on their
+own streams before the chain (Lumina2 / Z-Image refiners, HunyuanVideo's token refiner,
+WanVACE's control blocks) stay in the prologue; lists whose blocks add to a stream that bypasses
+them (ConsisID's face cross-attention) are glue of the chain; both are recorded in
+``BlockChain.lists`` with their role.
+
+Guarantees (else ``UnsupportedGraph``): the chain holds two or more blocks; every chain block is
+one contiguous run of nodes; each chain list's indices run 0..n-1 in program order and no two
+blocks overlap; every list that is neither well-formed nor a conditioning list carries less
+compute than the chain's main list (else it would be the chain, split by a graph break or run
+twice: the error names it); the graph does not end in a graph break inside a block or inside
+the loop over a chain list (a break before or after the chain is fine). A graph without any
+``ModuleList`` raises ``NoBlocks``. A graph that neither ends in a graph break nor resumes after
+one is never said to be split by graph breaks. The result is ``gm.meta[CHAIN_META_KEY]``.
 """
 
 from __future__ import annotations
@@ -145,7 +161,9 @@ class _List:
     runs: list[tuple[int, str, int, int]]  # (index, class, first, last) per contiguous run
     flops: int = 0
     repeated: bool = True
-    """Two or more members of one class: a block list of its own (else it can only extend one)."""
+    """Two or more members of one class."""
+    compound: bool = False
+    """Some member's nodes lie in submodules of that member (a block, not a single layer)."""
     bank: bool = False
     """No member reads another's output (per-block projections computed side by side)."""
 
@@ -165,24 +183,37 @@ class _List:
     def count(self) -> int:
         return len({r[0] for r in self.runs})
 
+    @property
+    def is_block_list(self) -> bool:
+        """Repeated, or one block: a list that can seed a chain."""
+        return self.repeated or (self.count == 1 and self.compound)
+
+    @property
+    def weight(self) -> tuple[int, int, int]:
+        """Rank as the chain's main list: compute, then nodes, then the earlier list."""
+        return self.flops, sum(r[3] - r[2] + 1 for r in self.runs), -self.first
+
+
+_RESUME_FRAME = "torch_dynamo_resume_in_"
+
 
 def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     nodes = list(gm.graph.nodes)
+    fragment = _is_fragment(gm, nodes)
     lists = _block_lists(nodes)
-    if not any(info.repeated for info in lists):
-        if lists:
-            raise UnsupportedGraph(
-                "no repeated transformer blocks in this graph: it holds part of a block list but not two of its "
-                "blocks, so graph breaks split the chain (see torch._dynamo.explain). If an earlier call raised "
-                "while Dynamo traced the model, Dynamo now runs its forward eagerly and compiles each block "
-                "alone: torch._dynamo.reset() restores it (cachedit_fx.compile recovers by itself)")
-        raise NoBlocks(
-            "no repeated transformer blocks found in this graph (no ModuleList of two or more modules of one "
-            "class runs in it); if the model has block lists, a graph break split them (see torch._dynamo.explain)"
-        )
-    main = max((l for l in lists if l.repeated), key=lambda l: (l.flops, sum(r[3] - r[2] + 1 for r in l.runs), -l.first))
-    chain = _grown_chain(nodes, lists, main)
-    blocks = _chain_blocks(nodes, chain)
+    block_lists = [info for info in lists if info.is_block_list]
+    problems = {info.path: _run_problem(info, fragment) for info in block_lists}
+    candidates = [info for info in block_lists if problems[info.path] is None]
+    conditioning = _conditioning_lists(nodes, block_lists, candidates)
+    main = max((info for info in candidates if info not in conditioning), key=lambda l: l.weight, default=None)
+    malformed = [info for info in block_lists if problems[info.path] is not None and info not in conditioning
+                 and (main is None or info.weight > main.weight)]
+    if malformed:
+        raise UnsupportedGraph(problems[max(malformed, key=lambda l: l.weight).path])
+    chain = _grown_chain(nodes, lists, main) if main is not None else []
+    if sum(info.count for info in chain) < 2:
+        raise _no_chain(gm, lists, block_lists, main, fragment)
+    blocks = _chain_blocks(nodes, chain, fragment)
     _check_graph_break(gm, nodes, blocks)
     start, stop = blocks[0].first, blocks[-1].last
     infos = []
@@ -193,20 +224,128 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     return BlockChain(tuple(blocks), tuple(infos), sum(node_flops(n) for n in nodes))
 
 
+def _is_fragment(gm: fx.GraphModule, nodes: list[fx.Node]) -> bool:
+    """The graph is one of several Dynamo made of one forward: it ends in a graph break, or it
+    resumes after one (its frames are Dynamo's ``torch_dynamo_resume_in_*`` functions)."""
+    if ends_in_graph_break(gm):
+        return True
+    reason = getattr(gm, "compile_subgraph_reason", None)
+    if any(frame.name.startswith(_RESUME_FRAME) for frame in getattr(reason, "user_stack", None) or []):
+        return True
+    return any(_RESUME_FRAME in (node.meta.get("stack_trace") or "") for node in nodes)
+
+
+def _run_problem(info: _List, fragment: bool) -> Optional[str]:
+    """Why ``info`` is not well-formed (module docstring), or None."""
+    indices = [r[0] for r in info.runs]
+    if len(set(indices)) != len(indices):
+        twice = next(i for i in indices if indices.count(i) > 1)
+        return (f"block {info.path}.{twice} is not one contiguous run of nodes (the list runs more than once, "
+                "or the block runs in pieces)")
+    if indices != list(range(len(indices))):
+        cause = ("the chain is split by a graph break or runs out of order" if fragment
+                 else "the list runs only some of its blocks, or out of order")
+        return f"block list {info.path} holds blocks {indices} instead of 0..{len(indices) - 1}: {cause}"
+    return None
+
+
+def _conditioning_lists(nodes: list[fx.Node], block_lists: list[_List], candidates: list[_List]) -> list[_List]:
+    """The block lists that condition the glue of a later candidate (module docstring)."""
+    merged: dict[str, set[fx.Node]] = {}
+    conditioning = []
+    for info in block_lists:
+        for later in (other for other in candidates if other.first > info.last):
+            head = nodes[later.runs[0][2]:later.runs[0][3] + 1]
+            if later.path not in merged:
+                merged[later.path] = _descendants(head)
+            if _merges_only_after(info, set(head), merged[later.path], nodes):
+                conditioning.append(info)
+                break
+    return conditioning
+
+
+def _merges_only_after(info: _List, head: set[fx.Node], merged: set[fx.Node], nodes: list[fx.Node]) -> bool:
+    """What ``info``'s blocks compute reaches the graph output only through ``merged`` (values
+    computed from the ``head`` block of a later list), never by entering ``head`` itself."""
+    frontier = [node for run in info.runs for node in nodes[run[2]:run[3] + 1]]
+    seen = set(frontier)
+    while frontier:
+        for user in frontier.pop().users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.op == "output" or user in head:
+                return False
+            if user not in merged:
+                frontier.append(user)
+    return True
+
+
+def _descendants(sources: list[fx.Node]) -> set[fx.Node]:
+    """``sources`` and every node that depends on one of them."""
+    found, frontier = set(sources), list(sources)
+    while frontier:
+        for user in frontier.pop().users:
+            if user not in found:
+                found.add(user)
+                frontier.append(user)
+    return found
+
+
+def _no_chain(gm: fx.GraphModule, lists: list[_List], block_lists: list[_List], main: Optional[_List],
+              fragment: bool) -> UnsupportedGraph:
+    """The error for a graph whose lists form no chain of two blocks, naming the cause: graph breaks
+    only when the graph ends in one (its lists may go on in the next graph), or resumes after one
+    and holds no block list."""
+    if not lists:
+        return NoBlocks(
+            "no repeated transformer blocks found in this graph (no ModuleList of two or more modules of one "
+            "class runs in it); if the model has block lists, a graph break split them (see torch._dynamo.explain)"
+        )
+    if fragment and (not block_lists or ends_in_graph_break(gm)):
+        return UnsupportedGraph(
+            "no repeated transformer blocks in this graph: it holds part of a block list but not two of its "
+            "blocks, so graph breaks split the chain (see torch._dynamo.explain). If an earlier call raised "
+            "while Dynamo traced the model, Dynamo now runs its forward eagerly and compiles each block "
+            "alone: torch._dynamo.reset() restores it (cachedit_fx.compile recovers by itself)")
+    if not block_lists:
+        layers = ", ".join(f"{info.path} ({', '.join(dict.fromkeys(r[1] for r in info.runs))})" for info in lists)
+        return UnsupportedGraph(
+            f"no repeated transformer blocks in this graph: its ModuleLists hold layers of different classes, "
+            f"not blocks ({layers}). If this graph is one block of a model compiled block by block (an earlier "
+            "call raised while Dynamo traced the model, and Dynamo now runs its forward eagerly), "
+            "torch._dynamo.reset() restores it (cachedit_fx.compile recovers by itself)")
+    held = ", ".join(f"{info.path}: {info.count} block{'s' if info.count > 1 else ''}" for info in block_lists)
+    if sum(info.count for info in block_lists) == 1:
+        return UnsupportedGraph(f"the model's block lists hold only one block ({held}): nothing to cache")
+    if main is None:
+        return UnsupportedGraph(f"no chain of two or more blocks: every block list conditions another ({held}): "
+                                "nothing to cache")
+    return UnsupportedGraph(
+        f"no chain of two or more blocks: {main.path}, the block list carrying the most compute, holds one block "
+        f"and continues into no other block list, nor another into it ({held}): nothing to cache")
+
+
+def ends_in_graph_break(gm: fx.GraphModule) -> bool:
+    """Dynamo ended this graph at a graph break (the forward goes on in another graph)."""
+    return bool(getattr(getattr(gm, "compile_subgraph_reason", None), "graph_break", False))
+
+
 def _grown_chain(nodes: list[fx.Node], lists: list[_List], main: _List) -> list[_List]:
-    """``main`` and every list that joins it (the module docstring's rules), in program order."""
+    """``main`` and every block list that joins it (the module docstring's rules), in program order."""
+    joinable = [info for info in lists if info.is_block_list]
     chain = [main]
     while True:
         start, stop = min(l.first for l in chain), max(l.last for l in chain)
         runs = sorted((r for l in chain for r in l.runs), key=lambda r: r[2])
-        before = max((l for l in lists if l.last < start), key=lambda l: l.last, default=None)
-        after = min((l for l in lists if l.first > stop), key=lambda l: l.first, default=None)
+        before = max((l for l in joinable if l.last < start), key=lambda l: l.last, default=None)
+        after = min((l for l in joinable if l.first > stop), key=lambda l: l.first, default=None)
         if before is not None and _continues_into(nodes, before.runs[-1], runs[0], lists):
             chain.append(before)
         elif after is not None and _continues_into(nodes, max(runs, key=lambda r: r[3]), after.runs[0], lists):
             chain.append(after)
         else:
-            inside = next((l for l in lists if l not in chain and start < l.first < stop
+            inside = next((l for l in joinable if l not in chain and start < l.first < stop
                            and _interleaved_into(nodes, l, runs, lists)), None)
             if inside is None:
                 return sorted(chain, key=lambda l: l.first)
@@ -233,12 +372,15 @@ def _block_lists(nodes: list[fx.Node]) -> list[_List]:
         if max(counts.values()) >= 2:
             repeated.add(path)
     owners: list[Optional[tuple[str, int, str]]] = []
+    compound: set[str] = set()
     for stack in stacks:
         owner = None
-        for path, cls in stack:
+        for depth, (path, cls) in enumerate(stack):
             match = _INDEXED_PATH.match(path)
             if match and match["list"] in qualifying:
                 owner = (match["list"], int(match["index"]), cls)
+                if depth + 1 < len(stack):
+                    compound.add(match["list"])
                 break
         owners.append(owner)
     _absorb_stackless(nodes, stacks, owners)
@@ -247,7 +389,7 @@ def _block_lists(nodes: list[fx.Node]) -> list[_List]:
         if owner is None:
             continue
         path, index, cls = owner
-        info = found.setdefault(path, _List(path, [], repeated=path in repeated))
+        info = found.setdefault(path, _List(path, [], repeated=path in repeated, compound=path in compound))
         if info.runs and info.runs[-1][0] == index and info.runs[-1][3] == pos - 1:
             info.runs[-1] = (index, cls, info.runs[-1][2], pos)
         else:
@@ -331,16 +473,13 @@ def _interleaved_into(nodes: list[fx.Node], info: _List, chain_runs: list[tuple]
     return True
 
 
-def _chain_blocks(nodes: list[fx.Node], chain: list[_List]) -> list[Block]:
+def _chain_blocks(nodes: list[fx.Node], chain: list[_List], fragment: bool) -> list[Block]:
+    """The blocks of the chain's lists in program order; raises if a list is not well-formed or
+    two blocks overlap."""
     for info in chain:
-        indices = [r[0] for r in info.runs]
-        if len(set(indices)) != len(indices):
-            repeated = next(i for i in indices if indices.count(i) > 1)
-            raise UnsupportedGraph(f"block {info.path}.{repeated} is not one contiguous run of nodes")
-        if indices != list(range(len(indices))):
-            raise UnsupportedGraph(
-                f"block list {info.path} holds blocks {indices} instead of 0..{len(indices) - 1}: "
-                "the chain is split by a graph break or runs out of order")
+        problem = _run_problem(info, fragment)
+        if problem is not None:
+            raise UnsupportedGraph(problem)
     runs = sorted(((info.path, *run) for info in chain for run in info.runs), key=lambda r: r[3])
     blocks: list[Block] = []
     for path, index, cls, first, last in runs:
@@ -349,8 +488,6 @@ def _chain_blocks(nodes: list[fx.Node], chain: list[_List]) -> list[Block]:
         members = nodes[first:last + 1]
         blocks.append(Block(len(blocks), path, index, cls, _structure_hash(members), first, last,
                             tuple(n.name for n in members)))
-    if len(blocks) < 2:
-        raise UnsupportedGraph("no repeated transformer blocks found (fewer than 2 blocks)")
     return blocks
 
 

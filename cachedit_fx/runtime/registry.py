@@ -72,16 +72,18 @@ def cache_for_model(model: torch.nn.Module, create: bool = False) -> ModelCache:
 
 
 def main_block_list(module: torch.nn.Module) -> Optional[str]:
-    """Path of the model's ``ModuleList`` of two or more modules of one class that holds the most
-    parameters (lists inside another such list's members not counted), or None."""
+    """Path of the model's block list that holds the most parameters (lists inside another
+    block list's members not counted), or None. A block list, as ``passes/find_block_chain.py``
+    reads the graph: a ``ModuleList`` of two or more modules of one class, or of one module with
+    submodules of its own (one block: FLUX with one double-stream block)."""
     best: tuple[int, str] | None = None
     inside: list[str] = []
     for path, child in module.named_modules():
         if any(path.startswith(prefix) for prefix in inside):
             continue
-        if type(child) is torch.nn.ModuleList and len(child) >= 2:
+        if type(child) is torch.nn.ModuleList and len(child) >= 1:
             classes = [type(m) for m in child]
-            if max(classes.count(c) for c in classes) >= 2:
+            if max(classes.count(c) for c in classes) >= 2 or (len(child) == 1 and any(True for _ in child[0].children())):
                 inside.append(f"{path}.")
                 size = sum(p.numel() for p in child.parameters())
                 if best is None or size > best[0]:

@@ -155,7 +155,7 @@ class ModelCacheState:
         decision does when input shapes change, and so does a call after a host-decided one
         (its generation lives in the host streams)."""
         entry = self.in_graph
-        if entry is None or entry.layout != layout or entry.device != device:
+        if entry is None or (entry.layout is not layout and entry.layout != layout) or entry.device != device:
             with torch.inference_mode(False):
                 entry = self.in_graph = _InGraphState(layout, device, layout.new_state(self.config, device))
             self.in_graph_logged.clear()
