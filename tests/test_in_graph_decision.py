@@ -130,7 +130,8 @@ def test_options_the_in_graph_step_does_not_implement_are_named(options, needle)
     (dict(cache_kernels="torch"), None),
     (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
     (dict(regional_compile=True), "regional_compile"),
-    (dict(cache_kernels="triton"), "cache_kernels='triton'"),
+    (dict(cache_kernels="triton"), None),
+    (dict(cache_kernels="inductor-fused"), None),
 ])
 def test_the_default_decides_in_the_graph_where_it_applies_and_logs_why_not(options, host_because, caplog):
     model, inputs = TINY_MODELS["flux"]()

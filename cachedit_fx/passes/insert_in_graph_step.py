@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.fx as fx
@@ -28,6 +28,7 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
+from cachedit_fx.kernels import l1_rel_diff_op, l1_rel_diff_reference
 from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
@@ -80,13 +81,10 @@ def tensor_subclass_input(values: Iterable[Any]) -> Optional[str]:
 
 def host_decision_reason(settings: BackendSettings, example_inputs: Iterable[Any]) -> Optional[str]:
     """Why ``in_graph_decision=None`` keeps the host decision for this graph, or None: options
-    the step does not implement, tensor-subclass inputs, explicit ``cache_kernels`` (kernels run
-    between pieces) and CUDA graphs (Inductor turns them off for a program holding a
-    ``torch.cond``; ``in_graph_decision=True`` records it with the branch as a conditional node
-    instead)."""
+    the step does not implement, tensor-subclass inputs and CUDA graphs (Inductor turns them off
+    for a program holding a ``torch.cond``; ``in_graph_decision=True`` records it with the
+    branch as a conditional node instead)."""
     reason = unsupported_options(settings) or tensor_subclass_input(example_inputs)
-    if reason is None and settings.cache_kernels not in ("auto", "torch"):
-        reason = f"cache_kernels={settings.cache_kernels!r} runs its kernels between pieces"
     if reason is None and uses_cuda_graphs(settings):
         reason = ("CUDA graphs: the program recorded with its branch as a conditional node is chosen by "
                   "in_graph_decision=True")
@@ -102,7 +100,7 @@ def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> f
     try:
         group = settings.parallel_run.group_name if settings.parallel_run is not None else None
         return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True,
-                                      sums_group=group)
+                                      sums_group=group, diff_sums=step_diff_sums(settings.cache_kernels))
     except UnsupportedGraph as reason:
         if settings.in_graph_decision:
             raise
@@ -110,9 +108,17 @@ def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> f
         return parent
 
 
+def step_diff_sums(cache_kernels: str) -> Callable[..., torch.Tensor]:
+    """The diff sums of the in-graph step for option ``cache_kernels``: the custom op for
+    "triton" (Triton on CUDA), else torch ops, which the compiler fuses with the program
+    ("inductor-fused" by construction; "auto" keeps the fusion rather than call a kernel)."""
+    return l1_rel_diff_op if cache_kernels == "triton" else l1_rel_diff_reference
+
+
 def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibrator: Optional[Calibrator],
                            state_as_inputs: bool, reset_input: Optional[str] = None,
-                           sums_group: Optional[str] = None) -> fx.GraphModule:
+                           sums_group: Optional[str] = None,
+                           diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> fx.GraphModule:
     part = parent.meta[PARTITION_META_KEY]
     by_name = {n.name: n for n in parent.graph.nodes}
     _, middle_outputs = piece_io(parent, "middle")
@@ -134,7 +140,8 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
         inputs=tuple((tuple(v.shape), v.dtype) for v in map(tensor_meta, signature)))
     _check_sizes_known_from_inputs(layout)
     state = layout.new_state(config, hidden.device) if not state_as_inputs else None
-    parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout, sums_group))
+    parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout, sums_group,
+                                                         diff_sums))
     state_nodes = (_state_inputs(parent, layout, placeholders, hidden) if state_as_inputs
                    else _state_buffers(parent, layout, state, placeholders))
     reset = None

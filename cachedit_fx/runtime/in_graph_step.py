@@ -204,13 +204,18 @@ class InGraphDBCacheStep(torch.nn.Module):
     mode is detected at the second call (same timestep as the first), streams share the call
     count and nothing else."""
 
-    def __init__(self, middle: torch.nn.Module, layout: StepLayout, sums_group: Optional[str] = None) -> None:
+    def __init__(self, middle: torch.nn.Module, layout: StepLayout, sums_group: Optional[str] = None,
+                 diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> None:
         super().__init__()
         self.middle = middle
         self.layout = layout
         self.sums_group = sums_group
         """The process group (by name) whose ranks' diff sums are added before the decision
         (tensor / context parallelism: every rank then takes the same branch)."""
+        self.diff_sums = diff_sums
+        """``(prev, cur, base) -> [sum|prev - (cur - base)|, sum|prev|]``: torch ops the compiler
+        fuses into the program, or the ``cachedit_fx::l1_rel_diff`` custom op
+        (``cache_kernels="triton"``)."""
 
     def forward(self, state: Sequence[torch.Tensor], hidden_entry: torch.Tensor, hidden_cut: torch.Tensor,
                 timestep: Optional[torch.Tensor], fingerprint_inputs: Sequence[torch.Tensor],
@@ -249,7 +254,7 @@ class InGraphDBCacheStep(torch.nn.Module):
                 series.append(ladder)
                 weights += _forecast_weights(ladder.shape[0], updates, elapsed)
 
-        sums = l1_rel_diff_reference(prev_fn, hidden_cut, hidden_entry)
+        sums = self.diff_sums(prev_fn, hidden_cut, hidden_entry)
         if self.sums_group is not None:
             sums = torch.ops._c10d_functional.wait_tensor(
                 torch.ops._c10d_functional.all_reduce(sums, "sum", self.sums_group))

@@ -90,3 +90,19 @@ def test_auto_uses_triton_only_where_it_runs(triton_interpreter, launches, monke
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     run_with(model, steps, "wan", "auto")
     assert launches == before, "plain CPU: plain torch, no custom-op dispatch"
+
+
+def test_the_in_graph_step_calls_the_diff_kernel_it_is_given(triton_interpreter, launches):
+    """``cache_kernels="triton"`` with the default decision: the program calls the
+    ``cachedit_fx::l1_rel_diff`` custom op once per step (inside the compiled program) and
+    decides as the torch arithmetic does."""
+    model, inputs = TINY_MODELS["flux"]()
+    steps = list(trajectory(inputs, STEPS))
+    reference, ref_summary = run_with(model, steps, "flux", "torch", in_graph_decision=None)
+    assert launches["l1"] == 0
+    got, summary = run_with(model, steps, "flux", "triton", in_graph_decision=None)
+    assert launches == {"l1": STEPS, "update": 0, "forecast": 0}
+    assert summary.cached_steps == ref_summary.cached_steps and 0 < len(summary.cached_steps) < STEPS - 2
+    assert summary.residual_diffs == pytest.approx(ref_summary.residual_diffs, rel=1e-4)
+    for a, b in zip(got, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
