@@ -109,7 +109,8 @@ def test_regional_compile_keeps_the_diff_computed_in_the_head():
     for regional in (False, True):
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="cachedit", options=_options(
-            residual_diff_threshold=0.33, cache_kernels="inductor-fused", regional_compile=regional))
+            residual_diff_threshold=0.33, cache_kernels="inductor-fused", regional_compile=regional,
+            in_graph_decision=False))
         results[regional] = (run(compiled, steps), cachedit_fx.summary(compiled))
     assert 0 < results[True][1].num_cached_steps < 7
     assert results[True][1].cached_steps == results[False][1].cached_steps
