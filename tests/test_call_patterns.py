@@ -55,7 +55,7 @@ def _assert_equal_outputs(got: list[torch.Tensor], want: list[torch.Tensor]) -> 
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}")
 
 
-@pytest.mark.parametrize("dynamic", [None, False], ids=["automatic-dynamic", "static"])
+@pytest.mark.parametrize("dynamic", [None, False, True], ids=["automatic-dynamic", "static", "dynamic"])
 @pytest.mark.parametrize("switch", ["batch", "resolution"])
 def test_a_shape_switch_mid_generation_restarts_it_and_never_applies_the_old_residual(switch, dynamic):
     """Steps at shape A, one step at shape B, then A again: every switch starts a new

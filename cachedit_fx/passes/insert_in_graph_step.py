@@ -124,6 +124,8 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     _, middle_outputs = piece_io(parent, "middle")
     if middle_outputs != [s.middle_output for s in part.streams]:
         raise AssertionError("middle outputs do not match the partition's streams")
+    call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
+    _check_cond_operands(call.args)
     placeholders = list(parent.graph.find_nodes(op="placeholder"))
     signature = call_inputs(parent)
     partners = [by_name[s.head_value] for s in part.streams]
@@ -149,7 +151,6 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
         with parent.graph.inserting_after(placeholders[-1]):
             reset = parent.graph.placeholder(reset_input)
         reset.meta["example_value"] = torch.zeros(2, dtype=torch.int64, device=hidden.device)
-    call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
     with parent.graph.inserting_before(call):
         node = parent.graph.create_node(
             "call_module", STEP_MODULE,
@@ -192,6 +193,16 @@ def _state_buffers(parent: fx.GraphModule, layout: StepLayout, state: dict[str, 
         for name in reversed(layout.names):
             nodes.append(parent.graph.get_attr(f"{STATE_MODULE}.{name}"))
     return nodes[::-1]
+
+
+def _check_cond_operands(middle_inputs: Iterable[Any]) -> None:
+    """``UnsupportedGraph`` when a middle input is neither a tensor nor an integer: ``torch.cond``
+    takes no other operand (a float made symbolic by ``dynamic=True``)."""
+    for value in middle_inputs:
+        example = value.meta.get("example_value", value.meta.get("val")) if isinstance(value, fx.Node) else value
+        if not isinstance(example, (torch.Tensor, int, torch.SymInt)) or isinstance(example, bool):
+            raise UnsupportedGraph(f"the middle blocks take {type(example).__name__} {getattr(value, 'name', value)}, "
+                                   "which torch.cond cannot pass to a branch")
 
 
 def _check_sizes_known_from_inputs(layout: StepLayout) -> None:
