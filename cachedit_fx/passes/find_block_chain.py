@@ -441,7 +441,9 @@ def _continues_into(nodes: list[fx.Node], earlier: tuple, later: tuple, lists: l
     """The streams entering block run ``later`` are made, through the glue between, of block
     run ``earlier``'s outputs: the largest tensor they read is one of them, and none is the output
     of another block list (two refiners joined into one stream). Values computed outside block
-    lists (embeddings, a bank of per-block projections) may join in."""
+    lists (embeddings, a bank of per-block projections) may join in. No stream bypasses
+    ``later``: a block whose input is also read after it (``h + s * block(h)``: ConsisID's face
+    cross-attention) returns an update to the stream, not the stream."""
     graph = StreamGraph(nodes, [(earlier[2], earlier[3]), (later[2], later[3])])
     try:
         entries = {graph.continued_input(o) for o in graph.block_outputs(1)} - {None}
@@ -449,13 +451,19 @@ def _continues_into(nodes: list[fx.Node], earlier: tuple, later: tuple, lists: l
                   if tensor_meta(leaf) is not None]
     except UnsupportedGraph:
         return False
-    if not leaves:
+    if not leaves or any(_read_after(entry, later[3], graph.pos) for entry in entries):
         return False
     others = [run for info in lists if not info.bank for run in info.runs if run not in (earlier, later)]
     if any(run[2] <= graph.pos[leaf] <= run[3] for leaf in leaves for run in others):
         return False
     largest = max(leaves, key=lambda n: (numel_hint(tensor_meta(n)), graph.pos[n]))
     return earlier[2] <= graph.pos[largest] <= earlier[3]
+
+
+def _read_after(value: fx.Node, position: int, pos: dict[fx.Node, int]) -> bool:
+    """A node after ``position`` reads tensor ``value`` as a tensor (shape reads do not count)."""
+    return any(pos[user] > position and user.op != "output" and tensor_meta(user) is not None
+               for user in value.users)
 
 
 def _interleaved_into(nodes: list[fx.Node], info: _List, chain_runs: list[tuple], lists: list[_List]) -> bool:

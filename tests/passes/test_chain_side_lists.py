@@ -130,10 +130,17 @@ NO_CHAIN = [
     ("WanVACETransformer3DModel", dict(num_layers=1, vace_layers=[0]),
      "no chain of two or more blocks: blocks, the block list carrying the most compute, holds one block and "
      "continues into no other block list, nor another into it (vace_blocks: 1 block, blocks: 1 block)"),
+    ("ConsisIDTransformer3DModel", dict(num_layers=1, cross_attn_interval=1),  # diffusers' own test config
+     "no chain of two or more blocks: transformer_blocks, the block list carrying the most compute, holds one "
+     "block and continues into no other block list, nor another into it (transformer_blocks: 1 block, "
+     "perceiver_cross_attention: 1 block)"),
 ]
+"""ConsisID's face cross-attention returns an update added to a stream that bypasses it
+(``h + s * attention(face, h)``): no chain block, though it reads the block's output."""
 
 
-@pytest.mark.parametrize("class_name, overrides, reason", NO_CHAIN, ids=["flux-1+0", "wan-1", "vace-1-with-1"])
+@pytest.mark.parametrize("class_name, overrides, reason", NO_CHAIN,
+                         ids=["flux-1+0", "wan-1", "vace-1-with-1", "consisid-1-with-1"])
 def test_a_whole_graph_without_a_chain_of_two_blocks_says_so_and_does_not_blame_graph_breaks(
         class_name, overrides, reason):
     model, steps = _tiny(class_name, **overrides)
