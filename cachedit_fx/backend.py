@@ -21,7 +21,9 @@
 Graphs that cannot be cached (no repeated blocks, a graph break in the chain, ambiguous
 streams) are compiled whole by the inner backend after one warning; ``strict=True`` raises.
 A graph holding no block at all between graph breaks (a prologue or epilogue fragment of a
-model whose chain is in another graph) is compiled the same way with a log line only.
+model whose chain is in another graph), or only lists the chain does not need while the
+model's main list runs in another graph (a refiner between graph breaks), is compiled the
+same way with a log line only.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torch.utils._pytree import tree_map_only
 from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
 from cachedit_fx.passes import CHAIN_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
 from cachedit_fx.passes.dump import GraphDumper
-from cachedit_fx.passes.errors import NoBlocks, UnsupportedGraph
+from cachedit_fx.passes.errors import NoBlocks, SideGraph, UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import BlockChain, ends_in_graph_break, find_block_chain
 from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
@@ -120,7 +122,8 @@ def cachedit_backend(
         caches_elsewhere = _record(example_inputs, False, str(reason))
         message = (f"cachedit: compiling without cache ({reason}); inner backend {settings.inner_backend!r}"
                    + _capture_remedy(original, str(reason)))
-        fragment = isinstance(reason, NoBlocks) and (caches_elsewhere or ends_in_graph_break(original))
+        fragment = isinstance(reason, SideGraph) or (
+            isinstance(reason, NoBlocks) and (caches_elsewhere or ends_in_graph_break(original)))
         if not fragment:
             warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
         log.info(message)
@@ -201,7 +204,7 @@ def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: 
         raise UnsupportedGraph("the graph lifts no parameters, so its model's cache state cannot be identified")
     cache = cache_for_params(params)
     if cache.main_list is not None and cache.main_list not in {info.path for info in chain.lists}:
-        raise UnsupportedGraph(f"this graph's blocks ({chain.describe()}) do not include the model's main block "
+        raise SideGraph(f"this graph's blocks ({chain.describe()}) do not include the model's main block "
                                f"list {cache.main_list}, which runs in another graph")
     if cache.chain_lists is not None and cache.chain_lists != chain.list_paths:
         raise UnsupportedGraph(f"the model already caches the chain {' -> '.join(cache.chain_lists)} in another "

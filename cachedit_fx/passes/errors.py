@@ -11,5 +11,11 @@ class NoBlocks(UnsupportedGraph):
     compiled plainly without a warning."""
 
 
+class SideGraph(UnsupportedGraph):
+    """The graph holds only block lists the model's chain does not need, its main block list
+    running in another graph (a refiner between graph breaks): compiled plainly with a log
+    line, no warning."""
+
+
 class ParallelismError(ValueError):
     """A graph or configuration that the parallel passes cannot shard correctly (never a fallback)."""

@@ -299,8 +299,8 @@ def _no_chain(gm: fx.GraphModule, lists: list[_List], block_lists: list[_List], 
     and holds no block list."""
     if not lists:
         return NoBlocks(
-            "no repeated transformer blocks found in this graph (no ModuleList of two or more modules of one "
-            "class runs in it); if the model has block lists, a graph break split them (see torch._dynamo.explain)"
+            "no repeated transformer blocks found in this graph (no block list runs in it: no ModuleList of "
+            "blocks); if the model has block lists, a graph break split them (see torch._dynamo.explain)"
         )
     if fragment and (not block_lists or ends_in_graph_break(gm)):
         return UnsupportedGraph(

@@ -508,8 +508,15 @@ def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> C
     return stats.summary()
 
 
+def input_sum(value: torch.Tensor) -> torch.Tensor:
+    """A call input's fingerprint: the fp64 sum of its elements (of the real and imaginary parts
+    of a complex input: rotary embeddings), 0-d."""
+    parts = torch.view_as_real(value) if value.is_complex() else value
+    return parts.reshape(-1).to(torch.float64).sum()
+
+
 def _fingerprint(inputs: Sequence[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
-    """One fp64 sum per call input, padded to ``size`` (a repeated call repeats it exactly)."""
-    sums = [t.reshape(-1).to(torch.float64).sum().reshape(1) for t in inputs]
+    """One ``input_sum`` per call input, padded to ``size`` (a repeated call repeats it exactly)."""
+    sums = [input_sum(t).reshape(1) for t in inputs]
     padding = [torch.zeros(size - len(sums), dtype=torch.float64, device=device)] if size > len(sums) else []
     return torch.cat(sums + padding)

@@ -37,7 +37,7 @@ from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 from cachedit_fx.runtime.histories import Calibrator, value_plans
 from cachedit_fx.runtime.in_graph_step import (
-    StepLayout, apply_config, generation_progress, logged_summary, request_reset)
+    StepLayout, apply_config, generation_progress, input_sum, logged_summary, request_reset)
 from cachedit_fx.runtime.stream_state import ChainShape, StreamState, log_generation_done
 
 log = logging.getLogger("cachedit_fx")
@@ -463,9 +463,9 @@ class _CallPruning:
 
 
 def input_fingerprint(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One fp64 sum per call input (read at a generation's first two calls only): equal
+    """One ``input_sum`` per call input (read at a generation's first two calls only): equal
     fingerprints and shapes mean a repeated call."""
-    return torch.stack([t.reshape(-1).to(torch.float64).sum() for t in inputs])
+    return torch.stack([input_sum(t) for t in inputs])
 
 
 def timestep_level(timestep: torch.Tensor) -> torch.Tensor:
