@@ -1,4 +1,4 @@
-"""``python -m benchmarks.coverage [--readme] [--classes A,B] [--jobs 2]``: the support matrix.
+"""``python -m benchmarks.coverage [--readme] [--classes A,B] [--jobs 2] [--tiny | --real]``: the support matrix.
 
 For every transformer class of ``diffusers.models.transformers`` (``diffusers_transformer_classes``)
 with a ``ClassSpec`` (``cachedit_fx.example_inputs``), in a worker process of its own:
@@ -6,16 +6,25 @@ with a ``ClassSpec`` (``cachedit_fx.example_inputs``), in a worker process of it
   1. build the tiny random-init model (parameters a zero init left at exactly 0 redrawn, so
      every block changes its input) and its inputs;
   2. run ``STEPS`` denoising-like steps eagerly (the latent moves, the timestep falls);
-  3. ``cachedit_fx.compile`` it (F1B0, eager pieces, threshold 0, one warmup step) and run the
+  3. compile it with a plain ``torch.compile(model, backend="cachedit")`` (Dynamo's default
+     settings, not ``cachedit_fx.compile``'s capture settings; huge threshold) and run the steps:
+     the graphs Dynamo captured without the capture settings, and whether every step after the
+     warmup was cached that way;
+  4. ``cachedit_fx.compile`` it (F1B0, eager pieces, threshold 0, one warmup step) and run the
      same steps: every graph Dynamo captured and how it was compiled (the chain, or the
      fallback reason) is read from the model's cache records, graph breaks from Dynamo's
      counters; threshold 0 must equal eager within ``REL_TOLERANCE``;
-  4. ``refresh`` with a huge threshold and run again: every step after the warmup must be
+  5. ``refresh`` with a huge threshold and run again: every step after the warmup must be
      cached and every output finite.
 
 Classes without a spec are listed with the reason (``NOT_COVERED``, or "no spec"). Results go
 to ``benchmarks/results/coverage/results.json`` and ``results.md``; ``--readme`` rewrites
-README's "Supported models" table from them.
+README's "Supported models" table from them. The table's "published config: chain" column comes
+from ``benchmarks/coverage/real_architectures.py`` (each class at its published configuration,
+full depth, on fake tensors without weights; ``real_architectures.json`` beside
+``results.json``). Without a flag both parts run; ``--tiny`` runs only the tiny models (reusing
+the stored published-config rows), ``--real`` only the published-config analysis (reusing the
+stored tiny rows).
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ import argparse
 import datetime
 import importlib
 import inspect
+import json
 import multiprocessing
 import pkgutil
+import re
 import time
 import traceback
 from pathlib import Path
@@ -34,6 +45,7 @@ from typing import Any, Optional
 import torch
 
 from benchmarks import report
+from benchmarks.coverage import real_architectures
 
 STEPS = 6
 WARMUP = 1
@@ -157,11 +169,21 @@ def _breaks() -> list[str]:
     return [reason.splitlines()[0][:160] for key in ("graph_break", "unimplemented") for reason in counters[key]]
 
 
+def _cached_steps(compiled: Any) -> list[int]:
+    """The steps ``compiled`` cached in its latest generation; [] where no graph caches a chain."""
+    import cachedit_fx
+
+    try:
+        return cachedit_fx.summary(compiled).cached_steps
+    except ValueError:  # summary's answer for a model compiled without cache
+        return []
+
+
 def measure(class_name: str) -> dict[str, Any]:
     """One row of the matrix (see the module docstring)."""
     import cachedit_fx
     from cachedit_fx.example_inputs import SPECS, tiny_model
-    from cachedit_fx.runtime.registry import cache_for_model
+    from cachedit_fx.runtime.registry import cache_for_model, forget_model
     from torch._dynamo.utils import counters
 
     torch.set_num_threads(1)
@@ -175,21 +197,28 @@ def measure(class_name: str) -> dict[str, Any]:
     eager = _run(model, steps)
     torch._dynamo.reset()
     counters.clear()
-    _run(torch.compile(model, backend="eager"), steps[:1])
+    plain = torch.compile(model, backend="cachedit", options=dict(
+        inner_backend="eager", Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=HUGE_THRESHOLD,
+        max_warmup_steps=WARMUP, num_inference_steps=STEPS))
+    outputs = _run(plain, steps)
     row["graphs_default_settings"] = int(counters["stats"]["unique_graphs"])
     row["breaks_default_settings"] = list(dict.fromkeys(_breaks()))
+    row["cached_steps_default_settings"] = _cached_steps(plain)
+    row["caches_default_settings"] = (row["cached_steps_default_settings"] == list(range(WARMUP, STEPS))
+                                      and all(bool(torch.isfinite(t).all()) for step in outputs for t in step))
+    forget_model(model)
     torch._dynamo.reset()
     counters.clear()
     compiled = cachedit_fx.compile(model, inner_backend="eager", Fn_compute_blocks=1, Bn_compute_blocks=0,
                                    residual_diff_threshold=0.0, max_warmup_steps=WARMUP,
                                    num_inference_steps=STEPS)
-    plain = _run(compiled, steps)
+    threshold0 = _run(compiled, steps)
     cache = cache_for_model(model)
     row["graphs"] = int(counters["stats"]["unique_graphs"])
     row["breaks"] = list(dict.fromkeys(_breaks()))
     row["chains"] = [detail for cached, detail in cache.graphs if cached]
     row["fallbacks"] = list(dict.fromkeys(detail for cached, detail in cache.graphs if not cached))
-    row["threshold0_max_rel_err"] = _max_rel_err(plain, eager)
+    row["threshold0_max_rel_err"] = _max_rel_err(threshold0, eager)
     row["threshold0_equal"] = row["threshold0_max_rel_err"] <= REL_TOLERANCE
     if row["chains"]:
         cachedit_fx.refresh(compiled, residual_diff_threshold=HUGE_THRESHOLD)
@@ -257,29 +286,65 @@ def note(row: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def markdown(results: dict[str, Any]) -> str:
+NEEDS_CAPTURE_SETTINGS = "no: needs `cachedit_fx.compile` (or the two Dynamo capture settings)"
+_CHAIN_LIST = re.compile(r"(\S+)\[\d+\] \(")
+
+
+def plain_compile_cell(row: dict[str, Any]) -> str:
+    """Whether a class that caches under ``cachedit_fx.compile`` also caches under a plain
+    ``torch.compile(model, backend="cachedit")``; "-" for a class that does not cache at all."""
+    if status(row) != "cached" or "caches_default_settings" not in row:
+        return "-"
+    return "yes" if row["caches_default_settings"] else NEEDS_CAPTURE_SETTINGS
+
+
+def published_chain_cell(row: dict[str, Any], published: Optional[dict[str, Any]]) -> str:
+    """The published-configuration chain of ``row``'s class, marked where its lists differ from
+    the tiny model's chain."""
+    cell = real_architectures.published_cell(published)
+    tiny_lists = [_CHAIN_LIST.findall(chain.split("; side lists")[0]) for chain in row.get("chains") or []]
+    full_lists = [[path for path, _ in lists] for lists in (published or {}).get("chain_lists") or []]
+    if tiny_lists and full_lists and tiny_lists != full_lists:
+        cell += " (other lists than the tiny model's chain)"
+    return cell
+
+
+def markdown(results: dict[str, Any], published: Optional[dict[str, Any]] = None) -> str:
+    """The matrix table; ``published``: the stored results of ``real_architectures`` (its column
+    reads "not analysed" without them)."""
     rows = results["rows"]
     counted = [r for r in rows if "skipped" not in r]
     cached = sum(1 for r in counted if status(r) == "cached")
+    by_class = {row["class"]: row for row in (published or {}).get("rows", [])}
+    full = sum(1 for r in counted if by_class.get(r["class"], {}).get("chains"))
+    needs = sum(1 for r in counted if plain_compile_cell(r) == NEEDS_CAPTURE_SETTINGS)
+    analysed = (f"{published['date']}, {published['total_s']:.0f} s in all" if published else "not run yet")
     lines = [f"{cached} of {len(counted)} DiT classes of diffusers {results['versions'].get('diffusers')} cache with "
              f"zero configuration; {len(rows) - len(counted)} transformer classes are not DiT denoisers. "
              f"{results['date']}, CPU, tiny random-init models, {results['steps']} steps, F1B0, eager pieces; "
              "graphs: Dynamo graphs under `cachedit_fx.compile`'s capture settings (without them, in brackets, "
-             "where they differ).", "",
-             "| class | status | graphs | chain (side lists) | threshold 0 vs eager | note |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "where they differ). Published config: the chain of the class at its published configuration (the "
+             "`__init__` defaults, or the model named in brackets) at full depth and width, analysed on fake tensors "
+             f"without weights ({analysed}): {full} of {len(counted)} classes hold a chain there. Plain "
+             "torch.compile: whether `torch.compile(model, backend=\"cachedit\")`, which traces without those "
+             f"capture settings, caches every step after the warmup too ({needs} classes need them).", "",
+             "| class | status | graphs | chain (side lists) | published config: chain | threshold 0 vs eager | "
+             "caches under plain torch.compile | note |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         state = status(row)
         if state == "not a target":
-            lines.append(f"| {row['class']} | not a target | - | - | - | {row['skipped']} |")
+            lines.append(f"| {row['class']} | not a target | - | - | - | - | - | {row['skipped']} |")
             continue
         graphs = str(row.get("graphs", "-"))
         if row.get("graphs_default_settings") not in (None, row.get("graphs")):
             graphs += f" ({row['graphs_default_settings']})"
         chain = "; ".join(row.get("chains") or []) or "-"
         err = row.get("threshold0_max_rel_err")
-        lines.append(f"| {row['class']} | {state} | {graphs} | {chain} | "
-                     f"{'-' if err is None else f'{err:.1e}'} | {note(row).replace('|', '/')[:400]} |")
+        full_chain = published_chain_cell(row, by_class.get(row["class"]) if published else None)
+        lines.append(f"| {row['class']} | {state} | {graphs} | {chain} | {full_chain.replace('|', '/')} | "
+                     f"{'-' if err is None else f'{err:.1e}'} | {plain_compile_cell(row)} | "
+                     f"{note(row).replace('|', '/')[:400]} |")
     return "\n".join(lines)
 
 
@@ -289,16 +354,41 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--readme", action="store_true")
+    part = parser.add_mutually_exclusive_group()
+    part.add_argument("--tiny", action="store_true", help="only the tiny models; published-config rows as stored")
+    part.add_argument("--real", action="store_true", help="only the published-config analysis "
+                      "(benchmarks/coverage/real_architectures.py); tiny rows as stored")
     args = parser.parse_args(argv)
-    from cachedit_fx.example_inputs import NOT_COVERED, SPECS
+    from cachedit_fx.example_inputs import SPECS
 
+    out = Path(args.out)
     every = diffusers_transformer_classes()
     wanted = args.classes.split(",") if args.classes else list(every)
     unknown = sorted(set(wanted) - set(every))
     if unknown:
         parser.error(f"not transformer classes of diffusers: {unknown}")
     measured = [name for name in wanted if name in SPECS]
-    by_class = {row["class"]: row for row in run_matrix(measured, args.jobs)}
+    if args.real:
+        stored = out / "results.json"
+        if not stored.exists():
+            parser.error(f"--real reuses the tiny rows of {stored}, which does not exist: run without --real")
+        results = json.loads(stored.read_text())
+    else:
+        results = tiny_results(wanted, measured, every, args.jobs)
+    if args.tiny:
+        published = real_architectures.load(out)
+    else:
+        published = real_architectures.run_and_write(measured if args.classes else None, args.jobs, out)
+    report.publish(results, markdown(results, published), out, "python -m benchmarks.coverage --readme",
+                   (README_START, README_END), args.readme)
+    return results
+
+
+def tiny_results(wanted: list[str], measured: list[str], every: dict[str, str], jobs: int) -> dict[str, Any]:
+    """The tiny-model rows of ``wanted`` (``measured``: those with a ``ClassSpec``, each run)."""
+    from cachedit_fx.example_inputs import NOT_COVERED, SPECS
+
+    by_class = {row["class"]: row for row in run_matrix(measured, jobs)}
     rows = []
     for name in wanted:
         if name in NOT_COVERED:
@@ -307,11 +397,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             rows.append({"class": name, "caches": False, "error": "no ClassSpec yet"})
         else:
             rows.append({**by_class[name], "module": every[name]})
-    results = {"date": datetime.date.today().isoformat(), "versions": report.versions(), "steps": STEPS,
-               "rows": rows}
-    report.publish(results, markdown(results), Path(args.out), "python -m benchmarks.coverage --readme",
-                   (README_START, README_END), args.readme)
-    return results
+    return {"date": datetime.date.today().isoformat(), "versions": report.versions(), "steps": STEPS,
+            "rows": rows}
 
 
 if __name__ == "__main__":
