@@ -99,3 +99,22 @@ class ToyChain(torch.nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.out(h)
+
+
+def matrix_oracle(model, lists, steps, threshold, Fn=1, Bn=0, hidden_arg="hidden_states"):
+    """The eager reference (``reference_dbcache.py``) run over support-matrix steps
+    (``benchmarks.coverage.matrix``'s inputs): its outputs per step and the reference itself."""
+    from benchmarks.coverage.matrix import _run
+    from reference_dbcache import ReferenceDBCache
+
+    reference = ReferenceDBCache(model, lists, Fn, Bn, threshold=threshold, warmup=1, hidden_arg=hidden_arg)
+    try:
+        return _run(reference.model, steps), reference
+    finally:
+        reference.close()
+
+
+def max_rel_err(got, want) -> float:
+    """Largest per-output ``max|got - want| / max|want|`` over steps of output tuples."""
+    return max(((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item()
+               for got_step, want_step in zip(got, want) for g, w in zip(got_step, want_step))

@@ -15,8 +15,7 @@ import torch
 import cachedit_fx
 from benchmarks.coverage.matrix import _run, measure, redraw_zero_parameters, trajectory
 from cachedit_fx.example_inputs import SPECS, tiny_model
-from models import ToyBlock
-from reference_dbcache import ReferenceDBCache
+from models import ToyBlock, matrix_oracle, max_rel_err
 
 STEPS = 8
 ALWAYS = 1e9
@@ -54,19 +53,6 @@ CASES = [
 ]
 
 
-def _oracle(model, lists, Fn, Bn, hidden_arg, steps, threshold):
-    reference = ReferenceDBCache(model, lists, Fn, Bn, threshold=threshold, warmup=1, hidden_arg=hidden_arg)
-    try:
-        return _run(reference.model, steps), reference
-    finally:
-        reference.close()
-
-
-def _max_rel_err(got, want):
-    return max(((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item()
-               for got_step, want_step in zip(got, want) for g, w in zip(got_step, want_step))
-
-
 @pytest.mark.parametrize("class_name, lists, Fn, Bn, hidden_arg", CASES,
                          ids=[f"{c[0].removesuffix('Transformer2DModel').removesuffix('Transformer3DModel')}-F{c[2]}B{c[3]}"
                               for c in CASES])
@@ -75,10 +61,10 @@ def test_decisions_and_outputs_equal_the_eager_reference(class_name, lists, Fn, 
     redraw_zero_parameters(model, seed=0)
     spec = SPECS[class_name]
     steps = trajectory(inputs, spec.latent, spec.timestep, STEPS)
-    _, free = _oracle(model, lists, Fn, Bn, hidden_arg, steps, ALWAYS)
+    _, free = matrix_oracle(model, lists, steps, ALWAYS, Fn, Bn, hidden_arg)
     diffs = sorted(free.diffs.values())
     threshold = (diffs[len(diffs) // 2 - 1] + diffs[len(diffs) // 2]) / 2  # mid-range, between two diffs
-    want, reference = _oracle(model, lists, Fn, Bn, hidden_arg, steps, threshold)
+    want, reference = matrix_oracle(model, lists, steps, threshold, Fn, Bn, hidden_arg)
     compiled = cachedit_fx.compile(model, inner_backend="eager", Fn_compute_blocks=Fn, Bn_compute_blocks=Bn,
                                    residual_diff_threshold=threshold, max_warmup_steps=1, num_inference_steps=STEPS)
     got = _run(compiled, steps)
@@ -88,7 +74,7 @@ def test_decisions_and_outputs_equal_the_eager_reference(class_name, lists, Fn, 
     assert summary.residual_diffs.keys() == reference.diffs.keys()
     for step, diff in reference.diffs.items():
         assert summary.residual_diffs[step] == pytest.approx(diff, rel=1e-4)
-    assert _max_rel_err(got, want) <= 1e-5
+    assert max_rel_err(got, want) <= 1e-5
 
 
 class ChainThenBreak(torch.nn.Module):

@@ -17,7 +17,7 @@ from cachedit_fx.example_inputs import SPECS, example_inputs_for
 from cachedit_fx.passes.errors import NoBlocks
 from cachedit_fx.passes.find_block_chain import analyze_block_chain
 from cachedit_fx.runtime.registry import cache_for_model
-from reference_dbcache import ReferenceDBCache
+from models import matrix_oracle, max_rel_err
 
 STEPS = 6
 
@@ -32,23 +32,10 @@ def _tiny(class_name: str, **overrides):
     return model, trajectory(inputs, spec.latent, spec.timestep, STEPS)
 
 
-def _reference(model, lists, steps, threshold):
-    reference = ReferenceDBCache(model, lists, Fn=1, Bn=0, threshold=threshold, warmup=1)
-    try:
-        return _run(reference.model, steps), reference
-    finally:
-        reference.close()
-
-
-def _max_rel_err(got, want):
-    return max(((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item()
-               for got_step, want_step in zip(got, want) for g, w in zip(got_step, want_step))
-
-
 def _caches_like_the_reference(model, steps, lists, threshold):
     """Compile with Fn=1, Bn=0 and ``threshold``; the cached steps, diffs and outputs equal the
     reference's over ``lists``. Returns the chain the backend cached and the cached steps."""
-    want, reference = _reference(model, lists, steps, threshold)
+    want, reference = matrix_oracle(model, lists, steps, threshold)
     compiled = cachedit_fx.compile(model, inner_backend="eager", Fn_compute_blocks=1, Bn_compute_blocks=0,
                                    residual_diff_threshold=threshold, max_warmup_steps=1, num_inference_steps=STEPS)
     got = _run(compiled, steps)
@@ -58,7 +45,7 @@ def _caches_like_the_reference(model, steps, lists, threshold):
     assert summary.residual_diffs.keys() == reference.diffs.keys()
     for step, diff in reference.diffs.items():
         assert summary.residual_diffs[step] == pytest.approx(diff, rel=1e-4)
-    assert _max_rel_err(got, want) <= 1e-5
+    assert max_rel_err(got, want) <= 1e-5
     assert len(chains) == 1
     return chains[0], reference.cached_steps
 
@@ -66,7 +53,7 @@ def _caches_like_the_reference(model, steps, lists, threshold):
 def _mid_threshold(model, steps, lists):
     """A threshold between the two middle diffs of a run that caches every step after warmup (each
     diff taken against the first step's residual): some steps cache, some do not."""
-    _, free = _reference(model, lists, steps, 1e9)
+    _, free = matrix_oracle(model, lists, steps, 1e9)
     diffs = sorted(free.diffs.values())
     return (diffs[len(diffs) // 2 - 1] + diffs[len(diffs) // 2]) / 2
 
