@@ -38,6 +38,8 @@ THRESHOLDS = (0.04, 0.08, 0.12, 0.2, 0.3)
 LISTS = ("transformer_blocks", "single_transformer_blocks")
 README_START = "<!-- chain-choice:start -->"
 README_END = "<!-- chain-choice:end -->"
+DOCUMENT = report.DOCS / "architecture.md"
+"""The document holding the ``chain-choice`` section that ``--readme`` rewrites."""
 
 
 class _Chain:
@@ -164,11 +166,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-class", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/chain_choice")
-    parser.add_argument("--readme", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="rewrite the generated chain-choice section in docs/architecture.md")
     args = parser.parse_args(argv)
     results = measure(args.per_class)
     report.publish(results, markdown(results), Path(args.out), "python -m benchmarks.chain_choice --readme",
-                   (README_START, README_END), args.readme)
+                   (README_START, README_END), args.readme, DOCUMENT)
     return results
 
 

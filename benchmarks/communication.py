@@ -2,7 +2,7 @@
 graph, against the analytic minimum of each scheme.
 
     python -m benchmarks.communication            # tiny and small models, FLUX.1-dev and Wan2.1-1.3B on "meta"
-    python -m benchmarks.communication --readme   # also rewrite README's communication section
+    python -m benchmarks.communication --readme   # also rewrite the communication section of docs/parallelism.md
 
 Nothing runs on real data: Dynamo traces each model (the full-size ones on the ``meta``
 device, so no weights are allocated) and the parallel passes rewrite the graph on a fake
@@ -34,6 +34,8 @@ from benchmarks import report
 from benchmarks.models import MODELS
 
 README_START, README_END = "<!-- communication:start -->", "<!-- communication:end -->"
+DOCUMENT = report.DOCS / "parallelism.md"
+"""The document holding the ``communication`` section that ``--readme`` rewrites."""
 FUSED_MLP_BLOCKS = {"FluxSingleTransformerBlock"}
 C10D = torch.ops._c10d_functional
 
@@ -192,10 +194,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--models", default=None, help="comma-separated row names (default: all)")
     parser.add_argument("--out", default="benchmarks/results/communication")
-    parser.add_argument("--readme", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="rewrite the generated communication section in docs/parallelism.md")
     args = parser.parse_args(argv)
     results = measure(args.world, args.models.split(",") if args.models else None)
-    report.publish(results, markdown(results), Path(args.out), "python -m benchmarks.communication --readme", (README_START, README_END), args.readme)
+    report.publish(results, markdown(results), Path(args.out), "python -m benchmarks.communication --readme", (README_START, README_END), args.readme, DOCUMENT)
     return results
 
 

@@ -2,12 +2,12 @@
 
     python -m benchmarks.memory            # CPU: flux-small and wan-small, counted buffers
     python -m benchmarks.memory --full     # GPU: FLUX.1-dev and Wan2.1-1.3B, plus peak memory
-    python -m benchmarks.memory --readme   # also rewrite README's memory section
+    python -m benchmarks.memory --readme   # also rewrite the memory section of docs/performance.md
 
 For each cache policy a few steps run (so every buffer exists), then the buffers each stream
 keeps alive are counted (``runtime/memory.py``, host decision: the in-graph program holds the
 same values per stream as state tensors) against one copy of the values the cached middle
-hands on. Goal (issue 8): held <= (calibrator order + 2) x carried, order 0 for plain
+hands on. Goal: held <= (calibrator order + 2) x carried, order 0 for plain
 DBCache, k for TaylorSeer, 2 for FoCa (BDF2). On a GPU the peak allocated memory of a
 generation is also reported against plain Inductor's.
 """
@@ -28,6 +28,8 @@ from benchmarks.models import MODELS, sigmas
 
 README_START = "<!-- memory:start -->"
 README_END = "<!-- memory:end -->"
+DOCUMENT = report.DOCS / "performance.md"
+"""The document holding the ``memory`` section that ``--readme`` rewrites."""
 STEPS = 6
 POLICIES: dict[str, tuple[int, dict[str, Any]]] = {
     "DBCache F1B0": (0, {}),
@@ -91,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--inner-backend", default=None, help="default: aot_eager on CPU, inductor on a GPU")
     parser.add_argument("--out", default="benchmarks/results/memory")
-    parser.add_argument("--readme", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="rewrite the generated memory section in docs/performance.md")
     args = parser.parse_args(argv)
     size = "full" if args.full else "quick"
     device = torch.device("cuda" if args.full else "cpu")
@@ -103,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                "device": torch.cuda.get_device_name() if args.full else f"CPU ({platform.machine()})",
                "inner_backend": inner, "versions": report.versions(), "rows": rows}
     report.publish(results, markdown(results), Path(args.out), "python -m benchmarks.memory --readme",
-                   (README_START, README_END), args.readme)
+                   (README_START, README_END), args.readme, DOCUMENT)
     return results
 
 

@@ -343,7 +343,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--inner-backend", default="inductor", choices=["inductor", "aot_eager", "eager"])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier timings on shared machines)")
     parser.add_argument("--out", default="benchmarks/results/suite")
-    parser.add_argument("--readme", action="store_true", help="rewrite README's performance section from the results")
+    parser.add_argument("--readme", action="store_true", help="rewrite the generated benchmarks section in README.md from the results")
     parser.add_argument("--child-family", choices=FAMILIES, help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -371,7 +371,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     report.write(results, out)
     print(report.markdown(results))
     if args.readme:
-        report.update_readme(results, out, Path(__file__).resolve().parents[1] / "README.md")
+        report.update_readme(results, out, report.README)
     return results
 
 

@@ -53,6 +53,8 @@ REL_TOLERANCE = 1e-5
 HUGE_THRESHOLD = 1e9
 README_START = "<!-- coverage:start -->"
 README_END = "<!-- coverage:end -->"
+DOCUMENT = report.README
+"""The document holding the ``coverage`` section that ``--readme`` rewrites."""
 OUT = Path("benchmarks/results/coverage")
 KNOWN_LIMITS: dict[str, str] = {
     "HiDreamImageTransformer2DModel":
@@ -353,7 +355,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--classes", default=None, help="comma-separated class names (default: all)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(OUT))
-    parser.add_argument("--readme", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="rewrite the generated coverage section in README.md")
     part = parser.add_mutually_exclusive_group()
     part.add_argument("--tiny", action="store_true", help="only the tiny models; published-config rows as stored")
     part.add_argument("--real", action="store_true", help="only the published-config analysis "
@@ -380,7 +382,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     else:
         published = real_architectures.run_and_write(measured if args.classes else None, args.jobs, out)
     report.publish(results, markdown(results, published), out, "python -m benchmarks.coverage --readme",
-                   (README_START, README_END), args.readme)
+                   (README_START, README_END), args.readme, DOCUMENT)
     return results
 
 
