@@ -63,6 +63,7 @@ def sharded_graphs(model: torch.nn.Module, inputs: dict[str, Any], options: dict
     """Dynamo's graph of ``model`` (with its chain) and the same graph after the parallel passes."""
     import cachedit_fx
     from cachedit_fx.parallelism import bind_parallel_run
+    from cachedit_fx.passes import HANDLES_META_KEY, CompileHandles
     from cachedit_fx.passes.context_parallel import context_parallel
     from cachedit_fx.passes.find_block_chain import find_block_chain
     from cachedit_fx.passes.tensor_parallel import tensor_parallel
@@ -71,10 +72,11 @@ def sharded_graphs(model: torch.nn.Module, inputs: dict[str, Any], options: dict
 
     def backend(gm: fx.GraphModule, example_inputs: list[Any]):
         settings = cachedit_fx.parse_options(options)
-        settings.parallel_run = bind_parallel_run(settings.parallelism)
-        settings.parallel_run.inputs = dict(zip([n.name for n in gm.graph.nodes if n.op == "placeholder"], example_inputs))
+        run = bind_parallel_run(settings.parallelism)
+        run.inputs = dict(zip([n.name for n in gm.graph.nodes if n.op == "placeholder"], example_inputs))
+        gm.meta[HANDLES_META_KEY] = CompileHandles(parallel_run=run)
         gm = find_block_chain(gm, settings)
-        captured.append((gm, context_parallel(tensor_parallel(gm, settings), settings)))
+        captured.append((gm, (tensor_parallel if run.config.kind == "tp" else context_parallel)(gm, settings)))
         return gm.forward
 
     torch._dynamo.reset()

@@ -36,9 +36,10 @@ class CacheSetting:
     """DBPrune (per-block guards) instead of DBCache (cachedit only)."""
     regional: bool = False
     """``regional_compile=True``: each distinct block compiled once (cachedit only)."""
-    in_graph: bool = False
-    """``in_graph_decision``: True, the step decided inside one compiled program; False (the
-    suite's rows), the host decision between pieces (cachedit only)."""
+    in_graph: Optional[bool] = None
+    """``in_graph_decision``: None (the suite's rows), the default users get (the step decided
+    inside one compiled program wherever it applies); True, required; False, the host decision
+    between pieces (cachedit only)."""
 
 
 @dataclass

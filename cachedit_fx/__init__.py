@@ -25,6 +25,7 @@ from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.shard_propagation import ShardingReport
 from cachedit_fx.inspection import inspect_model as inspect
 from cachedit_fx.passes.errors import UnsupportedGraph
+from cachedit_fx.passes.pass_list import add_pass, build_pass_list
 from cachedit_fx.pipelines import cached_modules, compile, disable
 from cachedit_fx.quantization import quantize
 from cachedit_fx.runtime.contexts import CacheContext
@@ -35,7 +36,7 @@ from cachedit_fx.runtime.step_masks import steps_mask
 __all__ = [
     "BackendSettings", "CacheContext", "ParallelismConfig", "ParallelismError", "ShardingReport", "sharding_report", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "quantize", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
     "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "cache_context", "parse_options", "refresh", "steps_mask", "summary",
-    "trace_blocks_once", "export", "package", "cache_state", "RESET_INPUT",
+    "trace_blocks_once", "export", "package", "cache_state", "RESET_INPUT", "add_pass", "build_pass_list",
 ]
 
 BACKEND_NAME = "cachedit"

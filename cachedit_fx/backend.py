@@ -1,22 +1,6 @@
-"""The ``cachedit`` Dynamo backend: the pass pipeline, read top to bottom.
-
-    inline_block_regions  block regions Dynamo traced once (``trace_blocks_once``) inlined again
-    find_block_chain     annotate the repeated block chain
-    tensor_parallel      (tp_size > 1) attention heads and MLPs sharded, row-parallel all-reduce
-    context_parallel     (ulysses_size > 1) sequence sharded at the chain entry, all-to-all attention
-    partition            DBCache: head | middle | tail pieces, carried/shared values, streams
-    partition_blocks     DBPrune: one piece per prunable block, its streams
-    insert_in_graph_step the whole step in the graph, state as inputs (by default wherever it
-                         applies: ``host_decision_reason``); the selector/branch passes below
-                         then leave the program alone
-    insert_cache_selector  the call's cache state, chosen from the parameters it receives
-    insert_cache_branch  DBCache: guarded branch around the middle piece
-    insert_prune_branches  DBPrune: a guarded branch around every prunable block
-    fuse_diff_into_head  (cache_kernels="inductor-fused") diff sums computed by the head piece
-    split_blocks         (regional_compile=True) one sub-piece per chain block
-    lower                compile each distinct piece once with the inner backend (the in-graph
-                         program: compile it whole; under CUDA graphs as its parts around the
-                         torch.cond, recorded with the branch as a conditional node)
+"""The ``cachedit`` Dynamo backend: resolve where the step is decided for this graph, build
+the pass list once (``passes/pass_list.py``, read top to bottom there), bind the model's cache
+after the chain is found, run the passes, return the program.
 
 Graphs that cannot be cached (no repeated blocks, a graph break in the chain, ambiguous
 streams) are compiled whole by the inner backend after one warning; ``strict=True`` raises.
@@ -28,6 +12,7 @@ same way with a log line only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from typing import Any, Callable, Optional, Sequence
@@ -37,43 +22,24 @@ import torch.fx as fx
 from torch.utils._pytree import tree_map_only
 
 from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
-from cachedit_fx.passes import CHAIN_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY
-from cachedit_fx.passes.dump import GraphDumper
-from cachedit_fx.passes.errors import NoBlocks, SideGraph, UnsupportedGraph
-from cachedit_fx.passes.find_block_chain import BlockChain, ends_in_graph_break, find_block_chain
-from cachedit_fx.passes.inline_block_regions import inline_block_regions
-from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
-from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
-from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
-from cachedit_fx.passes.insert_in_graph_step import (
-    check_in_graph_inputs, check_in_graph_support, host_decision_reason, insert_in_graph_step)
-from cachedit_fx.runtime.in_graph_program import in_graph_program
-from cachedit_fx.passes.lower import DynamoInputs, compile_piece, lower, uses_cuda_graphs
-from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
-from cachedit_fx.passes.partition import partition
-from cachedit_fx.passes.partition_blocks import partition_blocks
-from cachedit_fx.passes.split_blocks import split_blocks
-from cachedit_fx.passes.tensor_parallel import tensor_parallel
-from cachedit_fx.passes.context_parallel import context_parallel
 from cachedit_fx.parallelism import ParallelRun, bind_parallel_run
-from cachedit_fx.passes.errors import ParallelismError
-from cachedit_fx.runtime.weight_shards import release_full_storage
+from cachedit_fx.passes import (
+    CHAIN_META_KEY, HANDLES_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY, CompileHandles,
+    compile_handles)
+from cachedit_fx.passes.dump import GraphDumper
+from cachedit_fx.passes.errors import NoBlocks, ParallelismError, SideGraph, UnsupportedGraph
+from cachedit_fx.passes.find_block_chain import BlockChain, ends_in_graph_break
+from cachedit_fx.passes.inner_compile import DynamoInputs, compile_piece, uses_cuda_graphs
+from cachedit_fx.passes.insert_in_graph_step import check_in_graph_inputs, check_in_graph_support, host_decision_reason
+from cachedit_fx.passes.pass_list import build_pass_list
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.contexts import ModelCache
+from cachedit_fx.runtime.in_graph_program import in_graph_program
 from cachedit_fx.runtime.registry import cache_for_params
 from cachedit_fx.runtime.stream_state import ChainShape
+from cachedit_fx.runtime.weight_shards import release_full_storage
 
 log = logging.getLogger("cachedit_fx")
-
-Pass = Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]
-NORMALIZE_PASSES: tuple[Pass, ...] = (inline_block_regions,)
-ANALYSIS_PASSES: tuple[Pass, ...] = (find_block_chain,)
-REWRITE_PASSES: tuple[Pass, ...] = (
-    tensor_parallel, context_parallel, partition, partition_blocks, insert_in_graph_step, insert_cache_selector,
-    insert_cache_branch, insert_prune_branches,
-    fuse_diff_into_head, split_blocks, lower,
-)
-
 
 class CacheditFallbackWarning(UserWarning):
     """Emitted once per graph compiled without caching."""
@@ -85,37 +51,32 @@ def cachedit_backend(
 ) -> Callable[..., Any]:
     """``torch.compile(model, backend="cachedit", options={...})``; ``mode=`` given to
     ``torch.compile`` instead of ``options`` is Inductor's mode for every piece."""
-    settings = parse_options(options if mode is None else {**(options or {}), "mode": mode})
-    if settings.in_graph_decision:
-        check_in_graph_support(settings)
-        check_in_graph_inputs(example_inputs)
-    elif settings.in_graph_decision is None:
-        reason = host_decision_reason(settings, example_inputs)
-        if reason is not None:
-            settings.in_graph_decision = False
-            log.info("cachedit: host decision (%s)", reason)
-    settings.dynamo_inputs = DynamoInputs.of(gm)
-    dump = GraphDumper(settings.dump_dir)
-    dump("dynamo", gm)
-    original = gm
-    settings.parallel_run = run = bind_parallel_run(settings.parallelism)
+    settings = _with_decision_resolved(
+        parse_options(options if mode is None else {**(options or {}), "mode": mode}), example_inputs)
+    run = bind_parallel_run(settings.parallelism)
     if run is not None:
         placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         run.inputs = dict(zip(placeholders, example_inputs))
         if any(not isinstance(v, torch.Tensor) or not all(isinstance(s, int) for s in v.shape) for v in example_inputs):
             raise ParallelismError("tensor- and context-parallel compiles need static shapes; this graph has "
                                    "symbolic ones (compile with dynamic=False, or mark_static the inputs)")
+    dump = GraphDumper(settings.dump_dir)
+    dump("dynamo", gm)
+    handles = CompileHandles(parallel_run=run, dynamo_inputs=DynamoInputs.of(gm), dump=dump)
+    gm.meta[HANDLES_META_KEY] = handles
+    original = gm
+
+    def bind_model_cache(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
+        """The model's cache bound to this graph's chain and options (``_cache_for``)."""
+        chain = gm.meta[CHAIN_META_KEY]
+        settings.cache.check_against_chain(len(chain))
+        handles.model_cache = _cache_for(example_inputs, settings, chain, run)
+        return gm
+
+    passes = build_pass_list(settings)
+    passes.insert(bind_model_cache, after="find_block_chain")
     try:
-        for normalize in NORMALIZE_PASSES:
-            gm = normalize(gm, settings)
-            dump(normalize.__name__, gm)
-        for analysis in ANALYSIS_PASSES:
-            gm = analysis(gm, settings)
-        settings.cache.check_against_chain(len(gm.meta[CHAIN_META_KEY]))
-        settings.model_cache = _cache_for(example_inputs, settings, gm.meta[CHAIN_META_KEY])
-        for rewrite in REWRITE_PASSES:
-            gm = rewrite(gm, settings)
-            dump(rewrite.__name__, gm)
+        gm = passes.run(gm, settings, dump)
     except UnsupportedGraph as reason:
         if settings.strict:
             raise
@@ -129,14 +90,15 @@ def cachedit_backend(
         log.info(message)
         return compile_piece(original, settings)
     description = gm.meta[CHAIN_META_KEY].describe()
-    settings.model_cache.record_graph(True, description)
+    model_cache = compile_handles(gm).model_cache
+    model_cache.record_graph(True, description)
     log.info("cachedit: chain %s, %s F%dB%d, pieces %s", description,
              type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
              gm.meta[PARTITION_META_KEY].piece_sizes)
-    program = in_graph_program(gm, settings.model_cache.bound) if IN_GRAPH_META_KEY in gm.meta else gm.forward
+    program = in_graph_program(gm, model_cache.bound) if IN_GRAPH_META_KEY in gm.meta else gm.forward
     if run is not None:
         program = _with_weight_shards(program, run)
-        settings.model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
+        model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
     return outputs_owned(program) if uses_cuda_graphs(settings) else program
 
 
@@ -194,7 +156,22 @@ def _capture_remedy(gm: fx.GraphModule, reason: str) -> str:
             "capture_dynamic_output_shape_ops=True)")
 
 
-def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: BlockChain) -> ModelCache:
+def _with_decision_resolved(settings: BackendSettings, example_inputs: Sequence[Any]) -> BackendSettings:
+    """``settings`` with ``in_graph_decision=None`` made False where ``host_decision_reason``
+    names a reason (logged); True checks that the step applies (``ValueError`` otherwise)."""
+    if settings.in_graph_decision:
+        check_in_graph_support(settings)
+        check_in_graph_inputs(example_inputs)
+    elif settings.in_graph_decision is None:
+        reason = host_decision_reason(settings, example_inputs)
+        if reason is not None:
+            log.info("cachedit: host decision (%s)", reason)
+            return dataclasses.replace(settings, in_graph_decision=False)
+    return settings
+
+
+def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: BlockChain,
+               run: Optional[ParallelRun]) -> ModelCache:
     """The model's cache (found by its lifted parameters, else created), bound to this graph's
     options. One chain per model: a graph that does not hold the model's main block list (a
     refiner between graph breaks), or whose chain is not the one another graph of the model
@@ -212,6 +189,6 @@ def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: 
     cache.chain_lists = chain.list_paths
     shape = ChainShape(len(chain), settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), None)
-    cache.sums_all_reduce = settings.parallel_run.all_reduce_sums if settings.parallel_run is not None else None
+    cache.sums_all_reduce = run.all_reduce_sums if run is not None else None
     cache.bind(settings.cache, shape, cache_arithmetic(settings.cache_kernels, device), settings.calibrator)
     return cache

@@ -206,9 +206,10 @@ CALIBRATOR_KEYS = frozenset(f.name for f in dataclasses.fields(TaylorSeerCalibra
 CALIBRATOR_CONFIGS = (TaylorSeerCalibratorConfig, FoCaCalibratorConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackendSettings:
-    """Everything the pass pipeline needs besides the graph."""
+    """The options of one compile, frozen (per-compile handles travel with the graph:
+    ``passes.CompileHandles``); change one with ``dataclasses.replace``."""
 
     cache: DBCacheConfig = field(default_factory=DBCacheConfig)
     calibrator: Optional[Union[TaylorSeerCalibratorConfig, FoCaCalibratorConfig]] = None
@@ -233,21 +234,13 @@ class BackendSettings:
     parallelism: Optional[ParallelismConfig] = None
     """Tensor- or context-parallel execution (``parallelism_config``, or ``tp_size`` /
     ``ulysses_size`` as plain keys)."""
-    parallel_run: Any = field(default=None, compare=False, repr=False)
-    """The ``ParallelRun`` the backend binds for this compile when ``parallelism`` is enabled."""
-    model_cache: Any = field(default=None, compare=False, repr=False)
-    """Runtime handle the backend attaches before the passes run; passes only wire it in."""
-    dynamo_inputs: Any = field(default=None, compare=False, repr=False)
-    """What Dynamo recorded about the graph's inputs (``passes.lower.DynamoInputs``), carried
-    onto every piece so Inductor marks parameters static."""
-
     def __post_init__(self) -> None:
         if self.inner_backend not in INNER_BACKENDS:
             raise ValueError(f"inner_backend must be one of {INNER_BACKENDS}, got {self.inner_backend!r}")
         if (self.mode or self.inductor_options) and self.inner_backend != "inductor":
             raise ValueError("mode / inductor_options only apply with inner_backend='inductor'")
         _check_inductor_mode(self.mode)
-        self.inductor_options = _checked_inductor_options(self.inductor_options)
+        object.__setattr__(self, "inductor_options", _checked_inductor_options(self.inductor_options))
         if self.cache_kernels not in CACHE_KERNELS:
             raise ValueError(f"cache_kernels must be one of {CACHE_KERNELS}, got {self.cache_kernels!r}")
         if self.parallelism is not None and not isinstance(self.parallelism, ParallelismConfig):
@@ -257,7 +250,7 @@ class BackendSettings:
             if not isinstance(value, bool) and not (name == "in_graph_decision" and value is None):
                 raise ValueError(f"{name} must be a bool, got {value!r}")
         if self.dump_dir is not None:
-            self.dump_dir = _writable_folder(self.dump_dir)
+            object.__setattr__(self, "dump_dir", _writable_folder(self.dump_dir))
 
 
 BACKEND_KEYS = frozenset(

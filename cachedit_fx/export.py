@@ -19,18 +19,14 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
-from cachedit_fx.passes import CHAIN_META_KEY
+from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import UnsupportedGraph
-from cachedit_fx.passes.find_block_chain import find_block_chain
-from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.insert_in_graph_step import (
-    STATE_MODULE, check_in_graph_inputs, check_in_graph_support, rewrite_middle_as_step)
-from cachedit_fx.passes.partition import partition
+    RESET_INPUT, STATE_MODULE, check_in_graph_inputs, check_in_graph_support)
+from cachedit_fx.passes.pass_list import build_pass_list
 from cachedit_fx.runtime.in_graph_step import LOGGED_STATE, logged_summary
 from cachedit_fx.runtime.stats import CacheSummary
 
-RESET_INPUT = "cachedit_reset"
-"""Name of the exported program's reset input (int64, shape [2]): nonzero starts a new generation."""
 STATE_PREFIX = f"{STATE_MODULE}."
 """Prefix of the cache-state buffers in the exported program's state dict."""
 
@@ -109,11 +105,7 @@ def _captured_program(model: torch.nn.Module, kwargs: dict[str, Any], settings: 
 
 
 def _cut(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    gm = inline_block_regions(gm, settings)
-    gm = find_block_chain(gm, settings)
-    settings.cache.check_against_chain(len(gm.meta[CHAIN_META_KEY]))
-    gm = partition(gm, settings)
-    return rewrite_middle_as_step(gm, settings.cache, settings.calibrator, state_as_inputs=False, reset_input=RESET_INPUT)
+    return build_pass_list(settings, target="export").run(gm, settings, GraphDumper(settings.dump_dir))
 
 
 def _as_program_state(gm: fx.GraphModule, sources: dict[str, tuple[Any, Any]]) -> list[str]:

@@ -1,7 +1,7 @@
 """``cachedit_fx.inspect``: what the backend would do with a model, without caching anything.
 
 Dynamo captures the model's first graph from the example inputs and hands it to a capturing
-backend that runs the analyses (``find_block_chain``, then ``plan_partition`` or
+backend that runs the pass list's analysis prefix (up to ``find_block_chain``), then ``plan_partition`` or
 ``plan_block_partition``) and stops compilation; the model is neither run nor cached, and
 no compiled code is kept (the capture aborts before Dynamo installs a cache entry).
 """
@@ -19,7 +19,8 @@ from cachedit_fx.config import DBPruneConfig, FoCaCalibratorConfig, TaylorSeerCa
 from cachedit_fx.passes.compute import total_flops
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import NoBlocks
-from cachedit_fx.passes.find_block_chain import BlockChain, find_block_chain
+from cachedit_fx.passes.find_block_chain import BlockChain
+from cachedit_fx.passes.pass_list import build_pass_list
 from cachedit_fx.pipelines import traced_with_capture_settings
 from cachedit_fx.passes import CHAIN_META_KEY
 from cachedit_fx.passes.partition import plan_partition
@@ -165,7 +166,8 @@ def inspect_model(model: torch.nn.Module, example_inputs: Union[dict[str, Any], 
 
     def capture(gm: fx.GraphModule, _inputs: Sequence[Any]) -> Any:
         try:
-            report = _report(find_block_chain(gm, settings), type(module).__name__, settings)
+            report = _report(build_pass_list(settings).up_to("find_block_chain").run(gm, settings), type(module).__name__,
+                             settings)
         except NoBlocks as error:
             skipped.append(error)
             return gm.forward

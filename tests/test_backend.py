@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -130,20 +131,58 @@ def test_backend_is_found_through_the_entry_point_without_importing_cachedit_fx(
     assert "ok True" in result.stdout
 
 
-def test_dump_dir_writes_each_pass_and_the_analysis(tmp_path):
+@pytest.mark.parametrize("in_graph", [None, False])
+def test_dump_dir_writes_each_pass_its_time_and_the_analysis(tmp_path, in_graph):
     model, inputs = TINY_MODELS["wan"]()
-    compiled = torch.compile(model, backend="cachedit", options={
-        "inner_backend": "eager", "Fn_compute_blocks": 1, "dump_dir": str(tmp_path)})
+    options = {"inner_backend": "eager", "Fn_compute_blocks": 1, "dump_dir": str(tmp_path),
+               "in_graph_decision": in_graph}
+    compiled = torch.compile(model, backend="cachedit", options=options)
     run(compiled, list(trajectory(inputs, 1)))
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert any(n.endswith("_dynamo.py") for n in names)
-    assert any(n.endswith("_insert_cache_branch.py") for n in names)
+    expected = cachedit_fx.build_pass_list(cachedit_fx.parse_options(options)).names
+    expected.insert(expected.index("find_block_chain") + 1, "bind_model_cache")
+    dumped = sorted((p for p in tmp_path.iterdir() if p.suffix == ".py"), key=lambda p: int(p.name.split("_")[1]))
+    assert [p.stem.split("_", 2)[2] for p in dumped] == ["dynamo", *expected]
+    timings = json.loads(next(p for p in tmp_path.iterdir() if p.name.endswith("_timings.json")).read_text())
+    assert [name for name, _ in timings] == expected and all(seconds >= 0 for _, seconds in timings)
     analysis = json.loads(next(p for p in tmp_path.iterdir() if p.name.endswith("_analysis.json")).read_text())
     blocks = analysis["cachedit_fx.block_chain"]["blocks"]
     assert [(b["list_path"], b["list_index"]) for b in blocks] == [("blocks", i) for i in range(4)]
     assert analysis["cachedit_fx.partition"]["Fn"] == 1
-    code = next(p for p in tmp_path.iterdir() if p.name.endswith("_insert_cache_branch.py")).read_text()
-    assert "cache_branch" in code
+    step = "insert_cache_branch" if in_graph is False else "insert_in_graph_step"
+    code = next(p for p in dumped if p.stem.endswith(step)).read_text()
+    assert ("cache_branch" if in_graph is False else "in_graph_step") in code
+
+
+def test_pass_list_follows_the_options_and_a_researchers_pass_joins_with_one_line():
+    names = lambda **options: cachedit_fx.build_pass_list(cachedit_fx.parse_options(options)).names
+    assert names() == ["inline_block_regions", "find_block_chain", "partition", "insert_in_graph_step", "lower"]
+    assert names(in_graph_decision=False, cache_kernels="inductor-fused") == [
+        "inline_block_regions", "find_block_chain", "partition", "insert_cache_selector", "insert_cache_branch",
+        "fuse_diff_into_head", "lower"]
+    assert names(cache_config=cachedit_fx.DBPruneConfig(), regional_compile=True) == [
+        "inline_block_regions", "find_block_chain", "partition_blocks", "insert_cache_selector",
+        "insert_prune_branches", "split_blocks", "lower"]
+    seen = []
+
+    def count_middle_nodes(gm, settings):
+        seen.append(len(gm.get_submodule("middle").graph.nodes))
+        return gm
+
+    registration = cachedit_fx.add_pass(count_middle_nodes, after="partition")
+    try:
+        assert names()[3] == "count_middle_nodes"
+        model, inputs = TINY_MODELS["wan"]()
+        options = {"inner_backend": "eager", "Fn_compute_blocks": 1}
+        with torch.no_grad():
+            torch.compile(model, backend="cachedit", options=options)(**inputs, return_dict=False)
+        assert seen and seen[0] > 0
+    finally:
+        registration.remove()
+    assert "count_middle_nodes" not in names()
+    with pytest.raises(ValueError, match="no pass named 'partitoin'"):
+        cachedit_fx.add_pass(count_middle_nodes, after="partitoin")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cachedit_fx.parse_options({}).strict = True
 
 
 def test_mode_given_to_torch_compile_reaches_every_piece_and_cuda_graph_modes_own_their_outputs(monkeypatch):

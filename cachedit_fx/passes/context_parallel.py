@@ -1,6 +1,6 @@
 """Ulysses context parallelism: shard the sequence over ``ulysses_size`` ranks.
 
-Assumes: ``gm.meta[CHAIN_META_KEY]``; ``settings.parallel_run`` of kind "cp".
+Assumes: ``gm.meta[CHAIN_META_KEY]``; a ``ParallelRun`` of kind "cp" in ``compile_handles(gm)``.
 The chain's entry values (``[B, L, C]`` tensors defined before the chain and used by its
 first block only: image and text hidden states) are cut along L at the chain entry, chunk
 ``r`` of each to rank ``r`` (lengths need not divide: the first ``L % world`` ranks take one
@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import CHAIN_META_KEY
+from cachedit_fx.passes import CHAIN_META_KEY, compile_handles
 from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.find_block_chain import BlockChain
 from cachedit_fx.passes.shard_layout import Sharded
@@ -30,9 +30,7 @@ SEQUENCE_DIM = 1
 
 
 def context_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    run = settings.parallel_run
-    if run is None or run.config.kind != "cp":
-        return gm
+    run = compile_handles(gm).parallel_run
     chain: BlockChain = gm.meta[CHAIN_META_KEY]
     parameters = {name for name, value in run.inputs.items() if isinstance(value, torch.nn.Parameter)}
     entry = find_entry_values(gm, chain, parameters)

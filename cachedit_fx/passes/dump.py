@@ -1,6 +1,7 @@
 """Write each pass's graph to a folder for researchers (``CACHEDIT_FX_DUMP=dir`` or the
 ``dump_dir`` option). Files: ``<graph>_<k>_<pass>.py`` (readable code of the program and of
-every piece) and ``<graph>_analysis.json`` (the chain and the cut values)."""
+every piece, headed by the pass's wall time), ``<graph>_analysis.json`` (the chain and the
+cut values) and ``<graph>_timings.json`` (each pass's seconds, in order)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ class GraphDumper:
         self.dump_dir = dump_dir
         self.graph_id = f"graph{next(_GRAPH_IDS)}"
         self.count = 0
+        self.timings: list[tuple[str, float]] = []
         if dump_dir:
             os.makedirs(dump_dir, exist_ok=True)
 
-    def __call__(self, stage: str, gm: fx.GraphModule) -> None:
+    def __call__(self, stage: str, gm: fx.GraphModule, seconds: Optional[float] = None) -> None:
         if not self.dump_dir:
             return
-        parts = [f"# {stage}: {type(gm).__name__}", gm.print_readable(print_output=False)]
+        took = "" if seconds is None else f" ({1e3 * seconds:.1f} ms)"
+        parts = [f"# {stage}{took}: {type(gm).__name__}", gm.print_readable(print_output=False)]
         for name, module in gm.named_modules():
             inner = getattr(module, "piece", None)
             if name and isinstance(inner, fx.GraphModule):
@@ -37,6 +40,10 @@ class GraphDumper:
         with open(path, "w") as f:
             f.write("\n\n".join(parts))
         self.count += 1
+        if seconds is not None:
+            self.timings.append((stage, seconds))
+            with open(os.path.join(self.dump_dir, f"{self.graph_id}_timings.json"), "w") as f:
+                json.dump(self.timings, f, indent=1)
         analysis = {key: _jsonable(gm.meta[key]) for key in (CHAIN_META_KEY, PARTITION_META_KEY) if key in gm.meta}
         if analysis:
             with open(os.path.join(self.dump_dir, f"{self.graph_id}_analysis.json"), "w") as f:

@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
-from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
+from cachedit_fx.passes import PARTITION_META_KEY
 from cachedit_fx.passes.insert_cache_selector import cache_state_node
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.runtime.cache_branch import PrevResidualSource
@@ -32,9 +32,7 @@ HEAD_SUMS = "cachedit_head_sums"
 
 
 def fuse_diff_into_head(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    part = parent.meta[PARTITION_META_KEY]
-    if settings.cache_kernels != "inductor-fused" or not isinstance(part, Partition) or IN_GRAPH_META_KEY in parent.meta:
-        return parent
+    part: Partition = parent.meta[PARTITION_META_KEY]
     nodes = {n.name: n for n in parent.graph.nodes}
     cut_meta = nodes[part.hidden_cut].meta.get("example_value")
     if cut_meta is None or not all(isinstance(d, int) for d in cut_meta.shape):

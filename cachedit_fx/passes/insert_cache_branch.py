@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
+from cachedit_fx.passes import PARTITION_META_KEY
 from cachedit_fx.passes.dataflow import is_module_state, tensor_meta
 from cachedit_fx.passes.insert_cache_selector import cache_state_node
 from cachedit_fx.passes.partition import Partition
@@ -22,9 +22,7 @@ from cachedit_fx.runtime.cache_branch import BranchSpec, CacheBranch
 
 
 def insert_cache_branch(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    part = parent.meta[PARTITION_META_KEY]
-    if not isinstance(part, Partition) or IN_GRAPH_META_KEY in parent.meta:
-        return parent
+    part: Partition = parent.meta[PARTITION_META_KEY]
     by_name = {n.name: n for n in parent.graph.nodes}
     _, middle_outputs = piece_io(parent, "middle")
     if middle_outputs != [s.middle_output for s in part.streams]:

@@ -1,7 +1,7 @@
 """Insert the ``CacheSelector`` call that every guarded branch takes its cache state from.
 
 Assumes: a piecewise program from ``partition`` or ``partition_blocks`` and a bound
-``ModelCache`` in ``settings.model_cache``.
+``ModelCache`` in ``compile_handles(parent).model_cache``.
 Guarantees: one node named ``CACHE_STATE`` right after the placeholders, computed from the
 first lifted parameter (the anchor) of this call, so a reused graph serves the cache of the
 model whose parameters it receives (``runtime/cache_selector.py``).
@@ -13,19 +13,17 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
+from cachedit_fx.passes import compile_handles
 from cachedit_fx.runtime.cache_selector import CacheSelector
 
 CACHE_STATE = "cachedit_cache_state"
 
 
 def insert_cache_selector(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    if PARTITION_META_KEY not in parent.meta or IN_GRAPH_META_KEY in parent.meta:
-        return parent
     placeholders = [n for n in parent.graph.nodes if n.op == "placeholder"]
     anchor = next(n for n in placeholders if isinstance(getattr(n.meta.get("grapharg"), "example", None),
                                                          torch.nn.Parameter))
-    parent.add_submodule("cache_selector", CacheSelector(*settings.model_cache.bound))
+    parent.add_submodule("cache_selector", CacheSelector(*compile_handles(parent).model_cache.bound))
     with parent.graph.inserting_after(placeholders[-1]):
         parent.graph.create_node("call_module", "cache_selector", (anchor,), name=CACHE_STATE)
     parent.recompile()

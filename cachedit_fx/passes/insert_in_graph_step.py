@@ -29,11 +29,12 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
 from cachedit_fx.kernels import l1_rel_diff_op, l1_rel_diff_reference
-from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
+from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY, compile_handles
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
+from cachedit_fx.passes.insert_host_step import insert_host_step
 from cachedit_fx.passes.insert_cache_branch import LATENT_NAMES, call_inputs, find_timestep_input, input_index
-from cachedit_fx.passes.lower import uses_cuda_graphs
+from cachedit_fx.passes.inner_compile import uses_cuda_graphs
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
 from cachedit_fx.runtime.histories import Calibrator, value_plans
@@ -44,6 +45,8 @@ log = logging.getLogger("cachedit_fx")
 STEP_MODULE = "in_graph_step"
 STATE_MODULE = "in_graph_state"
 STATE_INPUT_PREFIX = "cachedit_state_"
+RESET_INPUT = "cachedit_reset"
+"""Name of the exported program's reset input (int64, shape [2]): nonzero starts a new generation."""
 
 
 def check_in_graph_support(settings: BackendSettings) -> None:
@@ -92,20 +95,28 @@ def host_decision_reason(settings: BackendSettings, example_inputs: Iterable[Any
 
 
 def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    """Backend pass: the state becomes graph inputs (of symbolic shape in a dynamic-shape graph:
-    the backend's shim sizes them per call). With ``in_graph_decision=None`` (the backend ruled
-    out ``host_decision_reason`` already) a graph the step cannot take keeps the host decision."""
-    if settings.in_graph_decision is False or not isinstance(parent.meta.get(PARTITION_META_KEY), Partition):
-        return parent
+    """The state becomes graph inputs (of symbolic shape in a dynamic-shape graph: the backend's
+    shim sizes them per call). With ``in_graph_decision=None`` (the backend ruled out
+    ``host_decision_reason`` already) a graph the step cannot take gets the host step
+    (``insert_host_step``, logged) before anything is changed."""
+    run = compile_handles(parent).parallel_run
     try:
-        group = settings.parallel_run.group_name if settings.parallel_run is not None else None
         return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True,
-                                      sums_group=group, diff_sums=step_diff_sums(settings.cache_kernels))
+                                      sums_group=run.group_name if run is not None else None,
+                                      diff_sums=step_diff_sums(settings.cache_kernels))
     except UnsupportedGraph as reason:
         if settings.in_graph_decision:
             raise
         log.info("cachedit: host decision (%s)", reason)
-        return parent
+        return insert_host_step(parent, settings)
+
+
+def insert_exported_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
+    """The step of an exported program: its state as buffers of the ``STATE_MODULE`` submodule
+    (static shapes), and an int64 [2] input ``RESET_INPUT`` that starts a new generation when
+    nonzero."""
+    return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=False,
+                                  reset_input=RESET_INPUT)
 
 
 def step_diff_sums(cache_kernels: str) -> Callable[..., torch.Tensor]:

@@ -20,9 +20,7 @@ from cachedit_fx.runtime.prune_branch import PruneBranch, PruneSpec
 
 
 def insert_prune_branches(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    part = parent.meta[PARTITION_META_KEY]
-    if not isinstance(part, BlockPartition):
-        return parent
+    part: BlockPartition = parent.meta[PARTITION_META_KEY]
     signature = call_inputs(parent)
     calls = {n.target: n for n in parent.graph.nodes if n.op == "call_module"}
     by_name = {n.name: n for n in parent.graph.nodes}

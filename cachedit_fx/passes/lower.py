@@ -26,7 +26,10 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import BLOCKWISE_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY
+from cachedit_fx.passes import (
+    BLOCKWISE_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY, compile_handles)
+from cachedit_fx.passes.lower_conditional_program import compile_conditional_program
+from cachedit_fx.passes.inner_compile import compile_piece, example_value, uses_cuda_graphs
 from cachedit_fx.passes.split_pieces import piece_modules
 
 log = logging.getLogger("cachedit_fx")
@@ -52,53 +55,18 @@ class CompileReport:
     compiles: int
 
 
-@dataclass(frozen=True)
-class DynamoInputs:
-    """What Dynamo records about its graph's inputs for AOTAutograd and Inductor: the graph's
-    meta (``dynamo_compile_id``), its parameter sources and each placeholder's source and tensor
-    dict. Carried onto every piece (as DDPOptimizer does for its buckets), Inductor finds the
-    parameters among a piece's inputs and marks them static, so CUDA graphs never copy weights."""
-
-    meta: dict[str, Any]
-    param_name_to_source: dict[str, Any]
-    sources: dict[str, Any]
-    tensor_dicts: dict[str, dict[str, Any]]
-
-    @staticmethod
-    def of(gm: fx.GraphModule) -> "DynamoInputs":
-        placeholders = list(gm.graph.find_nodes(op="placeholder"))
-        return DynamoInputs(
-            meta=dict(gm.meta), param_name_to_source=dict(getattr(gm, "_param_name_to_source", None) or {}),
-            sources={n.name: getattr(n, "_dynamo_source", None) for n in placeholders},
-            tensor_dicts={n.name: n.meta["tensor_dict"] for n in placeholders if "tensor_dict" in n.meta})
-
-    def carry_onto(self, piece: fx.GraphModule) -> None:
-        if "dynamo_compile_id" not in self.meta:
-            return
-        piece.meta.update({k: v for k, v in self.meta.items() if k not in piece.meta})
-        piece._param_name_to_source = self.param_name_to_source
-        for node in piece.graph.find_nodes(op="placeholder"):
-            node._dynamo_source = self.sources.get(node.name)
-            if node.name in self.tensor_dicts:
-                node.meta["tensor_dict"] = self.tensor_dicts[node.name]
-            elif node.meta.get(STATIC_WEIGHT_META_KEY):
-                node.meta["tensor_dict"] = {"_dynamo_static_input_type": "unguarded"}
-
-
-STATIC_WEIGHT_META_KEY = "cachedit_fx.static_weight"
-"""Placeholder meta flag of weights the passes add (tensor-parallel shards): static inputs."""
-
 
 def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     if IN_GRAPH_META_KEY in parent.meta:
         return _lower_as_one_program(parent, settings)
+    dynamo_inputs = compile_handles(parent).dynamo_inputs
     compiled: dict[Hashable, Callable[..., Any]] = {}
     units = 0
     for owner, name, piece in piece_modules(parent):
         targets = piece_modules(piece) if piece.meta.get(BLOCKWISE_META_KEY) else [(owner, name, piece)]
         for unit_owner, unit_name, unit in targets:
-            if settings.dynamo_inputs is not None:
-                settings.dynamo_inputs.carry_onto(unit)
+            if dynamo_inputs is not None:
+                dynamo_inputs.carry_onto(unit)
             signature = graph_signature(unit)
             if uses_cuda_graphs(settings):  # static weights at other addresses would re-record every graph
                 signature = (signature, id(unit))
@@ -121,8 +89,9 @@ def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> 
     """The in-graph step's program (pieces, decision and state updates) compiled as one unit
     (cacheable by Inductor's caches: ``COND_CACHE_KEY``); ``meta[ONE_PROGRAM_META_KEY]`` holds
     the compiled callable."""
-    if settings.dynamo_inputs is not None:
-        settings.dynamo_inputs.carry_onto(parent)
+    dynamo_inputs = compile_handles(parent).dynamo_inputs
+    if dynamo_inputs is not None:
+        dynamo_inputs.carry_onto(parent)
     if settings.inner_backend == "inductor":
         from torch._inductor import config as inductor_config
 
@@ -132,44 +101,13 @@ def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> 
         settings = dataclasses.replace(settings, inductor_options={
             **settings.inductor_options, "unsafe_marked_cacheable_functions": marked})
     if uses_cuda_graphs(settings):
-        from cachedit_fx.passes.lower_conditional_program import compile_conditional_program
-
-        examples = [_example(n) for n in parent.graph.find_nodes(op="placeholder")]
+        examples = [example_value(n) for n in parent.graph.find_nodes(op="placeholder")]
         parent.meta[ONE_PROGRAM_META_KEY] = compile_conditional_program(parent, examples, settings)
     else:
         parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings)
     parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(1, 1)
     log.info("cachedit: one program (decision in the graph)")
     return parent
-
-
-def uses_cuda_graphs(settings: BackendSettings) -> bool:
-    """Inductor captures CUDA graphs for this compile (``mode="reduce-overhead"`` or
-    ``"max-autotune"``, or ``triton.cudagraphs`` in ``inductor_options``)."""
-    if settings.inner_backend != "inductor":
-        return False
-    return bool(inductor_patches(settings).get("triton.cudagraphs"))
-
-
-def inductor_patches(settings: BackendSettings) -> dict[str, Any]:
-    """Inductor's config for this compile: the options of ``mode``, then ``inductor_options``."""
-    from torch._inductor import list_mode_options
-
-    return {**(list_mode_options(settings.mode) if settings.mode else {}), **settings.inductor_options}
-
-
-def compile_piece(piece: fx.GraphModule, settings: BackendSettings) -> Callable[..., Any]:
-    """Compile one piece with ``settings.inner_backend``."""
-    if settings.inner_backend == "eager":
-        return piece
-    example_inputs = [_example(n) for n in piece.graph.nodes if n.op == "placeholder"]
-    if settings.inner_backend == "aot_eager":
-        from torch._dynamo.backends.debugging import aot_eager
-
-        return aot_eager(piece, example_inputs)
-    from torch._inductor.compile_fx import compile_fx
-
-    return compile_fx(piece, example_inputs, config_patches=inductor_patches(settings) or None)
 
 
 def graph_signature(piece: fx.GraphModule) -> Hashable:
@@ -181,7 +119,7 @@ def graph_signature(piece: fx.GraphModule) -> Hashable:
     for index, node in enumerate(piece.graph.nodes):
         position[node] = index
         if node.op == "placeholder":
-            entries.append(("placeholder", _value_signature(_example(node))))
+            entries.append(("placeholder", _value_signature(example_value(node))))
         else:
             entries.append((node.op, node.target, _argument_signature(node.args, position),
                             _argument_signature(node.kwargs, position)))
@@ -205,10 +143,3 @@ def _value_signature(value: Any) -> Hashable:
         return ("tensor", str(tuple(value.shape)), str(value.stride()), value.dtype, value.device.type,
                 value.requires_grad, isinstance(value, torch.nn.Parameter))
     return (type(value).__qualname__, str(value))
-
-
-def _example(node: fx.Node) -> Any:
-    value = node.meta.get("example_value", node.meta.get("val"))
-    if value is None:
-        raise AssertionError(f"piece input {node.name} has no example value")
-    return value

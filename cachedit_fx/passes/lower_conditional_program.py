@@ -22,7 +22,7 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import IN_GRAPH_META_KEY
-from cachedit_fx.passes.lower import inductor_patches
+from cachedit_fx.passes.inner_compile import inductor_patches
 from cachedit_fx.passes.split_at_cond import split_at_cond
 from cachedit_fx.runtime.conditional_program import ConditionalProgram, cuda_graph_trees
 

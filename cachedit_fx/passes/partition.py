@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from cachedit_fx.config import BackendSettings, DBPruneConfig
+from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import CHAIN_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.compute import numel_hint
 from cachedit_fx.passes.dataflow import live_across, node_positions, same_layout, tensor_meta
@@ -54,8 +54,6 @@ class Partition:
 
 
 def partition(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    if isinstance(settings.cache, DBPruneConfig):
-        return gm
     chain: BlockChain = gm.meta[CHAIN_META_KEY]
     cache = settings.cache
     cache.check_against_chain(len(chain))

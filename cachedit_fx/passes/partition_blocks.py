@@ -1,6 +1,6 @@
 """DBPrune partition: every prunable block becomes its own piece.
 
-Runs only with a ``DBPruneConfig``. Assumes: ``meta[CHAIN_META_KEY]`` from ``find_block_chain``.
+For a ``DBPruneConfig``. Assumes: ``meta[CHAIN_META_KEY]`` from ``find_block_chain``.
 Guarantees: pieces in program order, ``block_<i>`` for each prunable chain block i (not in
 the first Fn, the last Bn or ``non_prune_block_ids``) and ``span_<k>`` for everything between
 them; for each prunable block the values it hands on are matched by dataflow to the block
@@ -45,8 +45,6 @@ class BlockPartition:
 
 
 def partition_blocks(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    if not isinstance(settings.cache, DBPruneConfig):
-        return gm
     chain: BlockChain = gm.meta[CHAIN_META_KEY]
     settings.cache.check_against_chain(len(chain))
     plan, ranges = plan_block_partition(gm, chain, settings.cache)

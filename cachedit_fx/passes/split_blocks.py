@@ -23,8 +23,6 @@ from cachedit_fx.passes.split_pieces import PieceRange, piece_modules, split_int
 
 
 def split_blocks(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    if not settings.regional_compile:
-        return parent
     block_of = {name: block.chain_index for block in parent.meta[CHAIN_META_KEY].blocks for name in block.node_names}
     for owner, attribute, piece in piece_modules(parent):
         ranges = block_ranges(piece, block_of)

@@ -1,6 +1,6 @@
 """Tensor parallelism: shard each block's attention heads and MLP over ``tp_size`` ranks.
 
-Assumes: ``gm.meta[CHAIN_META_KEY]``; ``settings.parallel_run`` of kind "tp".
+Assumes: ``gm.meta[CHAIN_META_KEY]``; a ``ParallelRun`` of kind "tp" in ``compile_handles(gm)``.
 Finds, by dataflow inside the chain's blocks, the projections that feed attention's query,
 key and value (through norms, rotary embedding, concatenation and views) and the first
 linear of every MLP (a linear whose output reaches only other linears through pointwise ops
@@ -19,11 +19,11 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import CHAIN_META_KEY
+from cachedit_fx.passes import CHAIN_META_KEY, compile_handles
 from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.fake_values import fake_mode_of
 from cachedit_fx.passes.find_block_chain import BlockChain
-from cachedit_fx.passes.lower import STATIC_WEIGHT_META_KEY
+from cachedit_fx.passes.inner_compile import STATIC_WEIGHT_META_KEY
 from cachedit_fx.passes.shard_layout import Sharded, map_view
 from cachedit_fx.passes.shard_propagation import (
     LIKE_FUNCTIONS, UNARY_METHODS, ShardPlan, ShardRewriter, ShardingReport, attention_call, is_attention,
@@ -33,9 +33,7 @@ from cachedit_fx.runtime.weight_shards import weight_shard
 
 
 def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    run = settings.parallel_run
-    if run is None or run.config.kind != "tp":
-        return gm
+    run = compile_handles(gm).parallel_run
     chain_names = chain_node_names(gm.meta[CHAIN_META_KEY])
     check_heads_divide(gm, chain_names, run.world, "tp_size")
     columns = find_column_linears(gm, chain_names)

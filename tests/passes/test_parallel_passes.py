@@ -13,6 +13,7 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 import cachedit_fx
 from cachedit_fx import ParallelismConfig
 from cachedit_fx.parallelism import bind_parallel_run
+from cachedit_fx.passes import HANDLES_META_KEY, CompileHandles
 from cachedit_fx.passes.context_parallel import context_parallel
 from cachedit_fx.passes.find_block_chain import find_block_chain
 from cachedit_fx.passes.errors import ParallelismError
@@ -38,11 +39,11 @@ def sharded_graph(name: str, options: dict, inputs_override: dict | None = None)
 
     def backend(gm, example_inputs):
         settings = cachedit_fx.parse_options(options)
-        settings.parallel_run = bind_parallel_run(settings.parallelism)
-        settings.parallel_run.inputs = dict(zip([n.name for n in gm.graph.nodes if n.op == "placeholder"],
-                                                example_inputs))
+        run = bind_parallel_run(settings.parallelism)
+        run.inputs = dict(zip([n.name for n in gm.graph.nodes if n.op == "placeholder"], example_inputs))
+        gm.meta[HANDLES_META_KEY] = CompileHandles(parallel_run=run)
         gm = find_block_chain(gm, settings)
-        captured.append(context_parallel(tensor_parallel(gm, settings), settings))
+        captured.append((tensor_parallel if run.config.kind == "tp" else context_parallel)(gm, settings))
         return gm.forward
 
     with torch.no_grad():

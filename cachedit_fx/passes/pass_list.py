@@ -1,0 +1,106 @@
+"""The pass list of one compile, built once from its (frozen) options; read top to bottom.
+
+    inline_block_regions   block regions Dynamo traced once (``trace_blocks_once``) inlined again
+    find_block_chain       annotate the repeated block chain
+    tensor_parallel        (tp_size > 1) attention heads and MLPs sharded, row-parallel all-reduce
+    context_parallel       (ulysses_size > 1) sequence sharded at the chain entry, all-to-all attention
+  DBCache:
+    partition              head | middle | tail pieces, carried/shared values, streams
+    insert_in_graph_step   the whole step in the program, its state as inputs (the default);
+                           a graph it cannot take gets the host step below instead (logged)
+    or, with the host decision (``in_graph_decision=False``):
+    insert_cache_selector  the call's cache state, chosen from the parameters it receives
+    insert_cache_branch    a guarded branch around the middle piece
+    fuse_diff_into_head    (cache_kernels="inductor-fused") diff sums computed by the head piece
+  DBPrune:
+    partition_blocks       one piece per prunable block, its streams
+    insert_cache_selector
+    insert_prune_branches  a guarded branch around every prunable block
+  then:
+    split_blocks           (regional_compile=True) one sub-piece per chain block
+    lower                  compile each distinct piece once (the in-graph program: whole)
+
+``target="export"`` ends with ``insert_exported_step`` (state as buffers, a reset input) and
+compiles nothing. ``add_pass`` adds a researcher's pass to every list built afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from cachedit_fx.config import BackendSettings, DBPruneConfig
+from cachedit_fx.passes.context_parallel import context_parallel
+from cachedit_fx.passes.find_block_chain import find_block_chain
+from cachedit_fx.passes.inline_block_regions import inline_block_regions
+from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
+from cachedit_fx.passes.insert_host_step import host_step_passes
+from cachedit_fx.passes.insert_in_graph_step import insert_exported_step, insert_in_graph_step
+from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
+from cachedit_fx.passes.lower import lower
+from cachedit_fx.passes.partition import partition
+from cachedit_fx.passes.partition_blocks import partition_blocks
+from cachedit_fx.passes.pass_manager import Pass, PassManager, pass_name
+from cachedit_fx.passes.split_blocks import split_blocks
+from cachedit_fx.passes.tensor_parallel import tensor_parallel
+
+
+def build_pass_list(settings: BackendSettings, target: Literal["compile", "export"] = "compile") -> PassManager:
+    """The passes for ``settings`` (``in_graph_decision`` already resolved for this graph:
+    None or True insert the in-graph step, False the host step), ``add_pass`` entries included."""
+    passes: list[Pass] = [inline_block_regions, find_block_chain]
+    parallelism = settings.parallelism
+    if parallelism is not None and parallelism.enabled:
+        passes.append(tensor_parallel if parallelism.kind == "tp" else context_parallel)
+    if target == "export":
+        passes += [partition, insert_exported_step]
+    elif isinstance(settings.cache, DBPruneConfig):
+        passes += [partition_blocks, insert_cache_selector, insert_prune_branches]
+    elif settings.in_graph_decision is False:
+        passes += [partition, *host_step_passes(settings)]
+    else:
+        passes += [partition, insert_in_graph_step]
+    if target == "compile":
+        passes += [split_blocks] if settings.regional_compile else []
+        passes.append(lower)
+    manager = PassManager(passes)
+    for entry in _USER_PASSES:
+        if (entry.after or entry.before) in manager.names:
+            manager.insert(entry.graph_pass, after=entry.after, before=entry.before)
+    return manager
+
+
+PASS_NAMES = frozenset(pass_name(p) for p in (
+    inline_block_regions, find_block_chain, tensor_parallel, context_parallel, partition, partition_blocks,
+    insert_in_graph_step, insert_exported_step, insert_cache_selector, insert_prune_branches, split_blocks, lower,
+    *host_step_passes(BackendSettings(cache_kernels="inductor-fused"))))
+"""Every pass a list may hold: the anchors ``add_pass`` accepts."""
+
+
+@dataclass
+class PassRegistration:
+    """An ``add_pass`` entry; ``remove()`` takes it out of lists built afterwards."""
+
+    graph_pass: Pass
+    after: Optional[str]
+    before: Optional[str]
+
+    def remove(self) -> None:
+        if self in _USER_PASSES:
+            _USER_PASSES.remove(self)
+
+
+_USER_PASSES: list[PassRegistration] = []
+
+
+def add_pass(graph_pass: Pass, *, after: Optional[str] = None, before: Optional[str] = None) -> PassRegistration:
+    """Insert ``graph_pass`` (``(gm, settings) -> gm``) after or before the pass of that name in
+    every pass list built from now on (lists without that pass are left as they are)."""
+    if (after is None) == (before is None):
+        raise ValueError("add_pass: name exactly one of after= / before=")
+    anchor = after if after is not None else before
+    if anchor not in PASS_NAMES:
+        raise ValueError(f"add_pass: no pass named {anchor!r}; passes: {sorted(PASS_NAMES)}")
+    entry = PassRegistration(graph_pass, after, before)
+    _USER_PASSES.append(entry)
+    return entry
