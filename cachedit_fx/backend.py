@@ -30,11 +30,12 @@ from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import NoBlocks, ParallelismError, SideGraph, UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import BlockChain, ends_in_graph_break
 from cachedit_fx.passes.inner_compile import DynamoInputs, compile_piece, uses_cuda_graphs
-from cachedit_fx.passes.insert_in_graph_step import check_in_graph_inputs, check_in_graph_support, host_decision_reason
+from cachedit_fx.passes.insert_in_graph_step import (
+    check_in_graph_inputs, check_in_graph_support, host_decision_reason, step_program)
 from cachedit_fx.passes.pass_list import build_pass_list
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.contexts import ModelCache
-from cachedit_fx.runtime.in_graph_program import in_graph_program
+from cachedit_fx.runtime.stateful_program import program_with_state
 from cachedit_fx.runtime.registry import cache_for_params
 from cachedit_fx.runtime.stream_state import ChainShape
 from cachedit_fx.runtime.weight_shards import release_full_storage
@@ -95,7 +96,7 @@ def cachedit_backend(
     log.info("cachedit: chain %s, %s F%dB%d, pieces %s", description,
              type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
              gm.meta[PARTITION_META_KEY].piece_sizes)
-    program = in_graph_program(gm, model_cache.bound) if IN_GRAPH_META_KEY in gm.meta else gm.forward
+    program = program_with_state(step_program(gm), model_cache.bound) if IN_GRAPH_META_KEY in gm.meta else gm.forward
     if run is not None:
         program = _with_weight_shards(program, run)
         model_cache.sharding = gm.meta.get(SHARDING_META_KEY)

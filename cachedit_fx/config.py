@@ -226,7 +226,7 @@ class BackendSettings:
     """Split the pieces per chain block and compile each distinct block once (cold compile
     time stops growing with depth; costs one call per block at run time)."""
     in_graph_decision: Optional[bool] = None
-    """Decide each step inside the compiled program (``runtime/in_graph_step.py``): one
+    """Decide each step inside the compiled program (``runtime/dbcache_step.py``): one
     program per graph, the cache state as its inputs, no host read. None (default): wherever
     it applies (``passes.insert_in_graph_step.host_decision_reason`` names where the host
     decides instead); True: required (what it does not implement raises); False: the host

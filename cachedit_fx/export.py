@@ -24,7 +24,7 @@ from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.insert_in_graph_step import (
     RESET_INPUT, STATE_MODULE, check_in_graph_inputs, check_in_graph_support)
 from cachedit_fx.passes.pass_list import build_pass_list
-from cachedit_fx.runtime.in_graph_step import LOGGED_STATE, logged_summary
+from cachedit_fx.runtime.dbcache_step import LOGGED_STATE, logged_summary
 from cachedit_fx.runtime.stats import CacheSummary
 
 STATE_PREFIX = f"{STATE_MODULE}."

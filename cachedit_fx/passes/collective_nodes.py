@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx as fx
 
-from cachedit_fx.passes.shard_layout import Sharded, local_length, local_pieces, rank_major_pieces
+from cachedit_fx.shard_layout import Sharded, local_length, local_pieces, rank_major_pieces
 
 _C10D = torch.ops._c10d_functional
 

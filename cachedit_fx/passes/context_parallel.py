@@ -20,7 +20,7 @@ from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import CHAIN_META_KEY, compile_handles
 from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.find_block_chain import BlockChain
-from cachedit_fx.passes.shard_layout import Sharded
+from cachedit_fx.shard_layout import Sharded
 from cachedit_fx.passes.shard_propagation import (
     ShardPlan, ShardRewriter, ShardingReport, record_sharding,
 )

@@ -1,5 +1,5 @@
 """Replace the call of the middle piece with the in-graph DBCache step
-(``runtime/in_graph_step.py``): decision, ``torch.cond`` and state updates traced into the
+(``runtime/dbcache_step.py``): decision, ``torch.cond`` and state updates traced into the
 program.
 
 Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``), a
@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
 from cachedit_fx.kernels import l1_rel_diff_op, l1_rel_diff_reference
-from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY, compile_handles
+from cachedit_fx.passes import IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY, PARTITION_META_KEY, compile_handles
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.insert_host_step import insert_host_step
@@ -38,7 +38,8 @@ from cachedit_fx.passes.inner_compile import uses_cuda_graphs
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
 from cachedit_fx.runtime.histories import Calibrator, value_plans
-from cachedit_fx.runtime.in_graph_step import InGraphDBCacheStep, StepLayout, ValueLadder, streams_for
+from cachedit_fx.runtime.dbcache_step import DBCacheStep, StepLayout, ValueLadder, streams_for
+from cachedit_fx.runtime.stateful_program import StepProgram, SymbolSource
 
 log = logging.getLogger("cachedit_fx")
 
@@ -153,7 +154,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
         inputs=tuple((tuple(v.shape), v.dtype) for v in map(tensor_meta, signature)))
     _check_sizes_known_from_inputs(layout)
     state = layout.new_state(config, hidden.device) if not state_as_inputs else None
-    parent.add_submodule(STEP_MODULE, InGraphDBCacheStep(parent.get_submodule("middle"), layout, sums_group,
+    parent.add_submodule(STEP_MODULE, DBCacheStep(parent.get_submodule("middle"), layout, sums_group,
                                                          diff_sums))
     state_nodes = (_state_inputs(parent, layout, placeholders, hidden) if state_as_inputs
                    else _state_buffers(parent, layout, state, placeholders))
@@ -175,6 +176,31 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     parent.meta[IN_GRAPH_META_KEY] = layout
     parent.recompile()
     return parent
+
+
+def step_program(parent: fx.GraphModule) -> StepProgram:
+    """The lowered program of ``insert_in_graph_step`` (``meta[ONE_PROGRAM_META_KEY]``) with
+    what its shim reads from the graph: the anchor parameter, the state's device, where each
+    size symbol of a dynamic-shape graph comes from."""
+    layout = parent.meta[IN_GRAPH_META_KEY]
+    placeholders = list(parent.graph.find_nodes(op="placeholder"))
+    dynamo_inputs = placeholders[: len(placeholders) - len(layout.names)]
+    anchor = next(k for k, n in enumerate(dynamo_inputs)
+                  if isinstance(getattr(n.meta.get("grapharg"), "example", None), torch.nn.Parameter))
+    return StepProgram(parent.meta[ONE_PROGRAM_META_KEY], layout, anchor, tensor_meta(placeholders[-1]).device,
+                       _symbol_sources(dynamo_inputs))
+
+
+def _symbol_sources(placeholders: list[fx.Node]) -> tuple[SymbolSource, ...]:
+    sources: list[SymbolSource] = []
+    for index, node in enumerate(placeholders):
+        value = node.meta.get("example_value")
+        if isinstance(value, torch.SymInt) and value.node.expr.is_Symbol:
+            sources.append((value.node.expr, index, None))
+        elif isinstance(value, torch.Tensor):
+            sources.extend((d.node.expr, index, dim) for dim, d in enumerate(value.shape)
+                           if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol)
+    return tuple(sources)
 
 
 def _state_inputs(parent: fx.GraphModule, layout: StepLayout, placeholders: list[fx.Node],

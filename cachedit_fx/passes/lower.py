@@ -12,7 +12,7 @@ fake mode (nothing runs); the parent graph and the branch modules keep their str
 ``meta[COMPILE_REPORT_META_KEY]`` records pieces and distinct compiles. A program with the
 in-graph step (``meta[IN_GRAPH_META_KEY]``) is compiled whole instead, as one unit, into
 ``meta[ONE_PROGRAM_META_KEY]``; under CUDA graphs as its parts around the ``torch.cond``
-(``lower_conditional_program``), so the branch is captured as a conditional node.
+(``compile_cond_parts``), so the branch is captured as a conditional node.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch.fx as fx
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import (
     BLOCKWISE_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY, compile_handles)
-from cachedit_fx.passes.lower_conditional_program import compile_conditional_program
+from cachedit_fx.passes.compile_cond_parts import compile_cond_parts
 from cachedit_fx.passes.inner_compile import compile_piece, example_value, uses_cuda_graphs
 from cachedit_fx.passes.split_pieces import piece_modules
 
@@ -102,7 +102,7 @@ def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> 
             **settings.inductor_options, "unsafe_marked_cacheable_functions": marked})
     if uses_cuda_graphs(settings):
         examples = [example_value(n) for n in parent.graph.find_nodes(op="placeholder")]
-        parent.meta[ONE_PROGRAM_META_KEY] = compile_conditional_program(parent, examples, settings)
+        parent.meta[ONE_PROGRAM_META_KEY] = compile_cond_parts(parent, examples, settings)
     else:
         parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings)
     parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(1, 1)

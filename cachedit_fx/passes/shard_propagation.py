@@ -29,7 +29,7 @@ from cachedit_fx.passes.collective_nodes import CollectiveEmitter
 from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.fake_values import refresh_example_values
 from cachedit_fx.passes.find_block_chain import analyze_block_chain
-from cachedit_fx.passes.shard_layout import Sharded, local_length, map_view, split_segments
+from cachedit_fx.shard_layout import Sharded, local_length, map_view, split_segments
 
 log = logging.getLogger("cachedit_fx")
 

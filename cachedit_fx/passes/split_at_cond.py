@@ -1,6 +1,6 @@
 """Cut an ATen graph holding one ``torch.cond`` into the part before it, the branches, and the
 part after it, so each can be compiled apart and the ``cond`` itself dispatched at run time
-(where CUDA-graph trees capture it as a conditional node, ``runtime/conditional_program.py``).
+(where CUDA-graph trees capture it as a conditional node, ``runtime/cond_parts.py``).
 
 Assumes: a functional ATen graph (AOTAutograd's inference graph, input mutations kept as
 ``copy_`` on placeholders) with exactly one ``torch.ops.higher_order.cond`` node, whose
@@ -43,6 +43,13 @@ class CondSplit:
     """``after``'s first inputs: graph inputs and crossing values, by name."""
     cond_results: tuple[int, ...]
     """``after``'s last inputs: the ``cond``'s outputs it reads, by output index (ascending)."""
+
+    def positions(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """Where the predicate, each operand and each of ``after``'s inputs sit among the run's
+        values: the graph inputs, then ``before``'s outputs, then the ``cond``'s outputs."""
+        slots = {name: k for k, name in enumerate((*self.inputs, *self.crossing))}
+        return (slots[self.predicate], tuple(slots[name] for name in self.operands),
+                tuple(slots[name] for name in self.after_inputs) + tuple(len(slots) + k for k in self.cond_results))
 
 
 COND_RESULT = "cond_result_{}"

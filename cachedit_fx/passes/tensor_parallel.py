@@ -24,7 +24,7 @@ from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.fake_values import fake_mode_of
 from cachedit_fx.passes.find_block_chain import BlockChain
 from cachedit_fx.passes.inner_compile import STATIC_WEIGHT_META_KEY
-from cachedit_fx.passes.shard_layout import Sharded, map_view
+from cachedit_fx.shard_layout import Sharded, map_view
 from cachedit_fx.passes.shard_propagation import (
     LIKE_FUNCTIONS, UNARY_METHODS, ShardPlan, ShardRewriter, ShardingReport, attention_call, is_attention,
     is_linear, is_pointwise, record_sharding,

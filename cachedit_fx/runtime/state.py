@@ -36,7 +36,7 @@ from cachedit_fx.runtime.cfg import DEFAULT_STREAM, UNCOND_STREAM, CfgSchedule
 from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 from cachedit_fx.runtime.histories import Calibrator, value_plans
-from cachedit_fx.runtime.in_graph_step import (
+from cachedit_fx.runtime.dbcache_step import (
     StepLayout, apply_config, generation_progress, input_sum, logged_summary, request_reset)
 from cachedit_fx.runtime.stream_state import ChainShape, StreamState, log_generation_done
 

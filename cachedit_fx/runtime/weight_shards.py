@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from cachedit_fx.passes.shard_layout import local_pieces
+from cachedit_fx.shard_layout import local_pieces
 
 _SHARDS: "weakref.WeakKeyDictionary[torch.Tensor, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 _RELEASED: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()

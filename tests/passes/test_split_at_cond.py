@@ -1,4 +1,4 @@
-"""``split_at_cond`` and the ``ConditionalProgram`` that runs its parts: on a small program
+"""``split_at_cond`` and the ``CondParts`` that runs its parts: on a small program
 with one ``torch.cond`` and a state write, traced by AOTAutograd as the CUDA-graph lowering
 traces the in-graph step, the parts run uncompiled give the program's outputs and state
 writes for either branch; a graph without exactly one ``cond`` is refused by name."""
@@ -11,7 +11,7 @@ import torch.fx as fx
 from torch._dynamo.backends.common import aot_autograd
 
 from cachedit_fx.passes.split_at_cond import NoSingleCond, split_at_cond
-from cachedit_fx.runtime.conditional_program import ConditionalProgram
+from cachedit_fx.runtime.cond_parts import CondParts
 
 
 def step(state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,7 @@ def _compiled_in_parts(splits: list) -> callable:
     def compile_parts(gm: fx.GraphModule, inputs):
         split = split_at_cond(gm)
         splits.append(split)
-        return ConditionalProgram(split, split.before, split.true_branch, split.false_branch, split.after)
+        return CondParts(split.positions(), split.before, split.true_branch, split.false_branch, split.after)
 
     backend = aot_autograd(fw_compiler=compile_parts, keep_inference_input_mutations=True)
     return torch.compile(step, backend=backend, fullgraph=True)
@@ -61,7 +61,7 @@ def test_a_cond_output_nobody_reads_leaves_the_others_wired_to_their_own_outputs
     def compile_parts(gm: fx.GraphModule, inputs):
         split = split_at_cond(gm)
         splits.append(split)
-        return ConditionalProgram(split, split.before, split.true_branch, split.false_branch, split.after)
+        return CondParts(split.positions(), split.before, split.true_branch, split.false_branch, split.after)
 
     program = torch.compile(pair_step, backend=aot_autograd(fw_compiler=compile_parts), fullgraph=True)
     for sign in (1.0, -1.0):

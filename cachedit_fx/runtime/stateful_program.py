@@ -10,26 +10,36 @@ A call that raises requests a new generation of that state (nothing half-updated
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
-import torch.fx as fx
 
-from cachedit_fx.passes import IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY
-from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.runtime.cache_selector import CacheSelector
+from cachedit_fx.runtime.dbcache_step import StepLayout
+
+SymbolSource = tuple[Any, int, Optional[int]]
+"""Where a size symbol of a dynamic-shape graph is read from a call's arguments: (symbol,
+argument index, dimension, or None for an integer argument)."""
 
 
-def in_graph_program(parent: fx.GraphModule, binding: tuple) -> Callable[..., Any]:
-    layout = parent.meta[IN_GRAPH_META_KEY]
-    compiled = parent.meta[ONE_PROGRAM_META_KEY]
-    placeholders = list(parent.graph.find_nodes(op="placeholder"))
-    num_dynamo_inputs = len(placeholders) - len(layout.names)
-    anchor = next(k for k, n in enumerate(placeholders[:num_dynamo_inputs])
-                  if isinstance(getattr(n.meta.get("grapharg"), "example", None), torch.nn.Parameter))
-    device = tensor_meta(placeholders[-1]).device
+@dataclass(frozen=True)
+class StepProgram:
+    """What the shim needs of a compiled program holding the in-graph step: the compiled
+    callable (Dynamo's inputs, then the state tensors), the step's layout, the index of the
+    anchor parameter among Dynamo's inputs, the state's device and the size symbols' sources."""
+
+    compiled: Callable[..., Any]
+    layout: StepLayout
+    anchor: int
+    device: torch.device
+    sources: tuple[SymbolSource, ...]
+
+
+def program_with_state(program: StepProgram, binding: tuple) -> Callable[..., Any]:
+    compiled, layout, anchor, device, sources = (program.compiled, program.layout, program.anchor, program.device,
+                                                 program.sources)
     selector = CacheSelector(*binding)
-    sources = symbol_sources(placeholders[:num_dynamo_inputs])
     latest: list[Any] = [None, layout]
     """The sizes of the latest call of a dynamic-shape graph and its layout (made again only
     when the sizes change)."""
@@ -52,29 +62,12 @@ def in_graph_program(parent: fx.GraphModule, binding: tuple) -> Callable[..., An
     return run
 
 
-SymbolSource = tuple[Any, int, Optional[int]]
-
-
-def symbol_sources(placeholders: list[fx.Node]) -> list[SymbolSource]:
-    """Where each size symbol of a dynamic-shape graph is read from a call's arguments:
-    (symbol, argument index, dimension, or None for an integer argument)."""
-    sources: list[SymbolSource] = []
-    for index, node in enumerate(placeholders):
-        value = node.meta.get("example_value")
-        if isinstance(value, torch.SymInt) and value.node.expr.is_Symbol:
-            sources.append((value.node.expr, index, None))
-        elif isinstance(value, torch.Tensor):
-            sources.extend((d.node.expr, index, dim) for dim, d in enumerate(value.shape)
-                           if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol)
-    return sources
-
-
-def call_sizes(sources: list[SymbolSource], args: tuple[Any, ...]) -> tuple[int, ...]:
+def call_sizes(sources: tuple[SymbolSource, ...], args: tuple[Any, ...]) -> tuple[int, ...]:
     """Each symbol's value in the call with ``args``, in ``sources`` order."""
     return tuple(int(args[index] if dim is None else args[index].shape[dim]) for _, index, dim in sources)
 
 
-def sized_by(sources: list[SymbolSource], sizes: tuple[int, ...]) -> Callable[[torch.SymInt], int]:
+def sized_by(sources: tuple[SymbolSource, ...], sizes: tuple[int, ...]) -> Callable[[torch.SymInt], int]:
     """The size of a symbolic dimension given each symbol's value (``call_sizes``)."""
     bindings = {symbol: value for (symbol, _, _), value in zip(sources, sizes)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cachedit_fx.passes.shard_layout import (
+from cachedit_fx.shard_layout import (
     Sharded, chunk_bounds, local_pieces, map_view, rank_major_pieces, split_segments,
 )
 

@@ -4,8 +4,8 @@ Inductor compiles a graph holding a ``torch.cond`` into code that reads the pred
 host (``if pred.item():``) and turns CUDA graphs off for it. Here AOTAutograd traces the
 program once (Inductor's decompositions, input mutations kept in the graph), the ATen graph is
 cut at the ``cond`` (``split_at_cond``), Inductor compiles each part and both branches with
-CUDA graphs off, and the ``ConditionalProgram`` that dispatches the ``cond`` at run time is
-recorded by CUDA-graph trees (``runtime/conditional_program.py``), the weights and the state
+CUDA graphs off, and the ``CondParts`` that dispatches the ``cond`` at run time is
+recorded by CUDA-graph trees (``runtime/cond_parts.py``), the weights and the state
 tensors as static inputs. On a device without CUDA graphs the same parts run unrecorded.
 
 Assumes: a program from ``insert_in_graph_step`` (its state tensors are its last inputs,
@@ -24,12 +24,12 @@ from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import IN_GRAPH_META_KEY
 from cachedit_fx.passes.inner_compile import inductor_patches
 from cachedit_fx.passes.split_at_cond import split_at_cond
-from cachedit_fx.runtime.conditional_program import ConditionalProgram, cuda_graph_trees
+from cachedit_fx.runtime.cond_parts import CondParts, cuda_graph_trees
 
 log = logging.getLogger("cachedit_fx")
 
 
-def compile_conditional_program(parent: fx.GraphModule, example_inputs: Sequence[Any],
+def compile_cond_parts(parent: fx.GraphModule, example_inputs: Sequence[Any],
                                 settings: BackendSettings) -> Callable[..., Any]:
     from torch._dynamo.backends.common import aot_autograd
     from torch._inductor.decomposition import select_decomp_table
@@ -40,7 +40,7 @@ def compile_conditional_program(parent: fx.GraphModule, example_inputs: Sequence
         split = split_at_cond(gm)
         parts = [_compile_part(part, settings) for part in (split.before, split.true_branch, split.false_branch)]
         after = _compile_part(split.after, settings)  # last: its outputs are the program's
-        program = ConditionalProgram(split, *parts, after)
+        program = CondParts(split.positions(), *parts, after)
         device = next(v.device for v in reversed(flat_inputs) if isinstance(v, torch.Tensor))
         if device.type != "cuda":
             log.info("cachedit: one program in parts around its torch.cond (no CUDA graphs on %s)", device)

@@ -192,7 +192,7 @@ def _one(t: torch.Tensor, slot: int) -> torch.Tensor:
     return t[slot:slot + 1]
 
 
-class InGraphDBCacheStep(torch.nn.Module):
+class DBCacheStep(torch.nn.Module):
     """``forward(state, hidden_entry, hidden_cut, timestep, fingerprint_inputs, partners,
     middle_inputs, reset)`` returns the middle's outputs, computed by ``middle`` or forecast
     from the residuals; ``state``: the tensors named ``StepLayout.names``, in order.

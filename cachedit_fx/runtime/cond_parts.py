@@ -20,21 +20,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from cachedit_fx.passes.split_at_cond import CondSplit
-
 Part = Callable[..., Sequence[torch.Tensor]]
 
 
-class ConditionalProgram:
+class CondParts:
     """``(*inputs) -> outputs`` of the split graph, each part a compiled callable taking
-    its inputs as positional arguments."""
+    its inputs as positional arguments; ``positions``: ``CondSplit.positions()``."""
 
-    def __init__(self, split: CondSplit, before: Part, true_branch: Part, false_branch: Part, after: Part) -> None:
+    def __init__(self, positions: tuple[int, tuple[int, ...], tuple[int, ...]], before: Part, true_branch: Part,
+                 false_branch: Part, after: Part) -> None:
         self.before, self.true_branch, self.false_branch, self.after = before, true_branch, false_branch, after
-        slots = {name: k for k, name in enumerate((*split.inputs, *split.crossing))}
-        self.predicate = slots[split.predicate]
-        self.operands = [slots[name] for name in split.operands]
-        self.after_inputs = [slots[name] for name in split.after_inputs] + [len(slots) + k for k in split.cond_results]
+        self.predicate, self.operands, self.after_inputs = positions
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         values = [*inputs, *self.before(*inputs)]
