@@ -50,6 +50,24 @@ def test_in_graph_program_equals_the_host_decision(name, inner):
                                                                         want_summary.cached_blocks)
 
 
+def test_a_middle_entered_by_slices_of_one_tensor_equals_the_host_decision():
+    """FLUX's single-stream blocks return their text and image slices of one joined tensor;
+    a middle starting after one of them gets operands sharing storage, which ``torch.cond``
+    refuses unless they are told apart (traced by AOTAutograd: aot_eager)."""
+    model, inputs = TINY_MODELS["flux"]()
+    steps = list(trajectory(inputs, 6))
+    options = dict(Fn_compute_blocks=5, Bn_compute_blocks=0, residual_diff_threshold=100.0, max_warmup_steps=1)
+    results = {}
+    for in_graph in (False, True):
+        torch._dynamo.reset()
+        compiled = _compiled(model, options, in_graph, inner="aot_eager")
+        results[in_graph] = run(compiled, steps), cachedit_fx.summary(compiled).cached_steps
+        cachedit_fx.disable(model)
+    (want, want_cached), (got, got_cached) = results[False], results[True]
+    assert got_cached == want_cached == [1, 2, 3, 4, 5]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 @pytest.mark.parametrize("calibrator", [
     cachedit_fx.TaylorSeerCalibratorConfig(taylorseer_order=3, calibrator_cache_type="hidden_states"),
     cachedit_fx.FoCaCalibratorConfig(),

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
@@ -141,6 +142,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     placeholders = list(parent.graph.find_nodes(op="placeholder"))
     signature = call_inputs(parent)
     partners = [by_name[s.head_value] for s in part.streams]
+    partners, middle_inputs = _unaliased_operands(parent.graph, call, [*partners, *call.args], len(partners))
     example = _example if state_as_inputs else _static_example
     hidden = example(by_name[part.hidden_cut])
     plans = value_plans(calibrator, len(partners), part.hidden_position)
@@ -167,7 +169,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
         node = parent.graph.create_node(
             "call_module", STEP_MODULE,
             (tuple(state_nodes), by_name[part.hidden_entry], by_name[part.hidden_cut],
-             find_timestep_input(signature), tuple(signature), tuple(partners), tuple(call.args), reset),
+             find_timestep_input(signature), tuple(signature), tuple(partners), tuple(middle_inputs), reset),
             name="cachedit_call_in_graph_step",
         )
     call.replace_all_uses_with(node)
@@ -240,6 +242,27 @@ def _check_cond_operands(middle_inputs: Iterable[Any]) -> None:
         if not isinstance(example, (torch.Tensor, int, torch.SymInt)) or isinstance(example, bool):
             raise UnsupportedGraph(f"the middle blocks take {type(example).__name__} {getattr(value, 'name', value)}, "
                                    "which torch.cond cannot pass to a branch")
+
+
+def _unaliased_operands(graph: fx.Graph, before: fx.Node, operands: list[Any], num_partners: int
+                        ) -> tuple[list[Any], list[Any]]:
+    """The ``torch.cond`` operands (partners, then the middle's inputs) with every tensor that
+    shares storage with an earlier, different operand replaced by a clone made before
+    ``before``: ``torch.cond`` refuses operands aliasing each other, as the text and image
+    slices of one joined tensor do where the middle starts at a single-stream block."""
+    seen: dict[Any, fx.Node] = {}
+    result = []
+    for operand in operands:
+        value = tensor_meta(operand) if isinstance(operand, fx.Node) else None
+        if value is not None and not isinstance(value, torch.nn.Parameter):
+            storage = StorageWeakRef(value.untyped_storage())
+            if seen.setdefault(storage, operand) is not operand:
+                with graph.inserting_before(before):
+                    clone = graph.call_function(torch.clone, (operand,))
+                clone.meta["example_value"] = value.clone()
+                operand = clone
+        result.append(operand)
+    return result[:num_partners], result[num_partners:]
 
 
 def _check_sizes_known_from_inputs(layout: StepLayout) -> None:
