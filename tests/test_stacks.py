@@ -1,0 +1,110 @@
+"""The backend under what diffusers users stack on a transformer: LoRA adapters (PEFT, through
+diffusers' API) and attention backends. Each stack caches with zero configuration and equals
+the eager oracle ``reference_dbcache.ReferenceDBCache`` applied to the same stacked model.
+
+Recompiles are counted, not forbidden: PEFT keeps each adapter's scale as a Python float, which
+Dynamo specializes, so changing ``set_adapters`` weights or the active adapters retraces the
+graph once (a new graph of the same layout continues the cache state); adapters loaded with
+``enable_lora_hotswap`` and swapped with ``hotswap=True`` hold their scales in tensors and never
+recompile.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cachedit_fx
+from models import BLOCK_LISTS, TINY_MODELS, run, trajectory
+from reference_dbcache import ReferenceDBCache
+
+peft = pytest.importorskip("peft", reason="peft is a test dependency: pip install -e '.[test]'")
+
+ALWAYS = 100.0
+OPTIONS = dict(inner_backend="eager", Fn_compute_blocks=1, residual_diff_threshold=ALWAYS, max_warmup_steps=1)
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+SINGLE_BLOCK_MLPS = r".*single_transformer_blocks\.\d+\.(proj_mlp|proj_out)"
+
+
+def _reference_outputs(model, steps):
+    reference = ReferenceDBCache(model, BLOCK_LISTS["flux"], 1, 0, threshold=ALWAYS, warmup=1)
+    try:
+        return run(reference, steps)
+    finally:
+        reference.close()
+
+
+def _generation(compiled, model, steps):
+    """(max |compiled - oracle|, cached steps, graphs Dynamo made) of one generation."""
+    want = _reference_outputs(model, steps)
+    torch._dynamo.utils.counters.clear()
+    got = run(compiled, steps)
+    error = max((g - w).abs().max().item() for g, w in zip(got, want))
+    return error, cachedit_fx.summary(compiled).cached_steps, torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def _adapter(targets, rank: int, seed: int):
+    torch.manual_seed(seed)
+    return peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
+
+
+@pytest.mark.parametrize("targets", [ATTENTION, SINGLE_BLOCK_MLPS], ids=["attention-everywhere", "single-block-mlps"])
+def test_lora_adapters_cache_and_equal_the_eager_model_when_weights_and_adapters_switch(targets):
+    model, inputs = TINY_MODELS["flux"]()
+    model.add_adapter(_adapter(targets, 4, 1), adapter_name="style")
+    model.add_adapter(_adapter(ATTENTION, 2, 2), adapter_name="detail")
+    model.set_adapters(["style"], [1.0])
+    steps = list(trajectory(inputs, 5))
+    compiled = torch.compile(model, backend="cachedit", options=OPTIONS)
+    error, cached, _ = _generation(compiled, model, steps)
+    assert error == 0.0 and cached == [1, 2, 3, 4]
+    assert cachedit_fx.inspect(model, inputs, options=OPTIONS).num_blocks == 8  # LoRA layers leave the chain whole
+    for names, weights in ((["style"], [0.4]), (["style", "detail"], [0.5, 1.5])):
+        model.set_adapters(names, weights)
+        error, cached, graphs = _generation(compiled, model, steps)
+        assert error == 0.0 and cached == [1, 2, 3, 4]
+        assert graphs <= 1  # PEFT's scales are Python floats: one retrace per change, none per step
+
+
+def test_a_lora_file_hot_swapped_never_recompiles_and_fuse_and_unload_stay_exact(tmp_path):
+    files = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        donor, _ = TINY_MODELS["flux"]()
+        donor.add_adapter(_adapter(ATTENTION, 4, seed), adapter_name=name)
+        donor.save_lora_adapter(str(tmp_path / name), adapter_name=name)
+        files[name] = str(tmp_path / name)
+    model, inputs = TINY_MODELS["flux"]()
+    steps = list(trajectory(inputs, 5))
+    model.enable_lora_hotswap(target_rank=4)
+    load = dict(prefix=None, weight_name="pytorch_lora_weights.safetensors")
+    model.load_lora_adapter(files["a"], adapter_name="default_0", **load)
+    compiled = torch.compile(model, backend="cachedit", options=OPTIONS)
+    assert _generation(compiled, model, steps)[:2] == (0.0, [1, 2, 3, 4])
+    model.load_lora_adapter(files["b"], adapter_name="default_0", hotswap=True, **load)
+    assert _generation(compiled, model, steps) == (0.0, [1, 2, 3, 4], 0)
+    model.fuse_lora(lora_scale=0.7)
+    assert _generation(compiled, model, steps)[:2] == (0.0, [1, 2, 3, 4])
+    model.unfuse_lora()
+    model.unload_lora()
+    assert _generation(compiled, model, steps)[:2] == (0.0, [1, 2, 3, 4])
+
+
+CPU_ATTENTION_BACKENDS = ["native", "_native_math", "_native_flash", "flex"]
+CUDA_ATTENTION_BACKENDS = ["_native_cudnn", "_native_efficient", "flash", "_flash_3", "sage", "xformers"]
+
+
+@pytest.mark.parametrize("backend", CPU_ATTENTION_BACKENDS + CUDA_ATTENTION_BACKENDS)
+def test_attention_backends_cache_and_equal_the_eager_model(backend):
+    if backend in CUDA_ATTENTION_BACKENDS and not torch.cuda.is_available():
+        pytest.skip(f"attention backend {backend!r} runs on a GPU only (with its package installed)")
+    device = "cuda" if backend in CUDA_ATTENTION_BACKENDS else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model, inputs = TINY_MODELS["flux"]()
+    model = model.to(device, dtype)
+    inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+    model.set_attention_backend(backend)
+    steps = list(trajectory({k: v.cpu().float() for k, v in inputs.items()}, 5))
+    steps = [{k: v.to(device, inputs[k].dtype) for k, v in step.items()} for step in steps]
+    compiled = torch.compile(model, backend="cachedit", options=OPTIONS)
+    error, cached, _ = _generation(compiled, model, steps)
+    assert error == 0.0 and cached == [1, 2, 3, 4]
