@@ -22,7 +22,7 @@ import torch.fx as fx
 from torch.utils._pytree import tree_map_only
 
 from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
-from cachedit_fx.parallelism import ParallelRun, bind_parallel_run
+from cachedit_fx.parallelism import ParallelRun, bind_parallel_run, check_no_foreign_parallelism
 from cachedit_fx.passes import (
     CHAIN_META_KEY, HANDLES_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY, CompileHandles,
     compile_handles)
@@ -55,6 +55,8 @@ def cachedit_backend(
     settings = _with_decision_resolved(
         parse_options(options if mode is None else {**(options or {}), "mode": mode}), example_inputs)
     run = bind_parallel_run(settings.parallelism)
+    if run is None:
+        check_no_foreign_parallelism(graph=gm.graph, example_inputs=example_inputs)
     if run is not None:
         placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         run.inputs = dict(zip(placeholders, example_inputs))

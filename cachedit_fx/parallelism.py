@@ -72,6 +72,32 @@ class ParallelRun:
         dist.all_reduce(sums)
 
 
+FOREIGN_PARALLELISM_REMEDY = (
+    "cachedit_fx shards the compiled graph itself and keeps every rank's cache decisions equal: compile the "
+    "unparallelised transformer with parallelism_config=cachedit_fx.ParallelismConfig(ulysses_size=N) (or "
+    "tp_size=N) instead")
+
+
+def check_no_foreign_parallelism(module: Optional[torch.nn.Module] = None, graph: Any = None,
+                                 example_inputs: Any = ()) -> None:
+    """``ParallelismError`` for a model parallelised by something else (diffusers'
+    ``enable_parallelism`` or a ``parallel_config`` load, DTensor weights, collectives in the
+    graph): ranks deciding apart could hand on different residuals or wait on each other."""
+    if module is not None and getattr(module, "_parallel_config", None) is not None:
+        raise ParallelismError(f"{type(module).__name__} was parallelised by diffusers (enable_parallelism or "
+                               f"from_pretrained(parallel_config=...)); {FOREIGN_PARALLELISM_REMEDY}")
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(value, DTensor) for value in example_inputs):
+        raise ParallelismError(f"the graph takes DTensor weights or inputs; {FOREIGN_PARALLELISM_REMEDY}")
+    collectives = [n for n in (graph.nodes if graph is not None else ()) if n.op == "call_function" and (
+        str(n.target).startswith(("_c10d_functional.", "c10d.", "_dtensor."))
+        or str(getattr(n.target, "__module__", "")).startswith("torch.distributed"))]
+    if collectives:
+        raise ParallelismError(f"the graph holds collectives ({collectives[0].target}) of another parallelism; "
+                               f"{FOREIGN_PARALLELISM_REMEDY}")
+
+
 def bind_parallel_run(config: Optional[ParallelismConfig]) -> Optional[ParallelRun]:
     """``None`` when the config asks for no parallelism; else the run on the default group."""
     if config is None or not config.enabled:

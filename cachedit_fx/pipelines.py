@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import torch
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
+from cachedit_fx.parallelism import check_no_foreign_parallelism
 from cachedit_fx.block_regions import restore_block_classes, trace_blocks_once
 from cachedit_fx.class_swap import original_class, same_named_subclass
 from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CAPTURE_SETTINGS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig, parse_options
@@ -128,6 +129,7 @@ def _compile_module(module: torch.nn.Module, cache_config: Optional[DBCacheConfi
                     options: dict[str, Any], compile_kwargs: dict[str, Any], mark_blocks: bool) -> torch.nn.Module:
     if hasattr(module, "_orig_mod"):
         raise ValueError(f"{type(module._orig_mod).__name__} is already compiled; pass the original module")
+    check_no_foreign_parallelism(module)
     module_options = dict(options)
     if cache_config is not None:
         module_options["cache_config"] = cache_config

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import cachedit_fx
-from models import BLOCK_LISTS, TINY_MODELS, run, trajectory
+from models import BLOCK_LISTS, TINY_MODELS, ToyChain, run, trajectory
 from reference_dbcache import ReferenceDBCache
 
 peft = pytest.importorskip("peft", reason="peft is a test dependency: pip install -e '.[test]'")
@@ -108,3 +108,33 @@ def test_attention_backends_cache_and_equal_the_eager_model(backend):
     compiled = torch.compile(model, backend="cachedit", options=OPTIONS)
     error, cached, _ = _generation(compiled, model, steps)
     assert error == 0.0 and cached == [1, 2, 3, 4]
+
+
+class _AllReducedInput(ToyChain):
+    """A toy chain whose input is all-reduced first, as another parallelism would do in the graph."""
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        from torch.distributed._functional_collectives import all_reduce
+
+        return super().forward(all_reduce(x, "sum", torch.distributed.group.WORLD), timestep)
+
+
+def test_a_model_parallelised_by_diffusers_or_another_parallelism_is_refused_with_the_remedy():
+    """diffusers' ``enable_parallelism`` needs an accelerator per rank (its device is picked by
+    ``rank % torch.accelerator.device_count()``), so the recorded config stands in for it here;
+    a graph holding collectives that cachedit_fx did not insert is refused the same way."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    model, _ = TINY_MODELS["flux"]()
+    model._parallel_config = object()  # what enable_parallelism / from_pretrained(parallel_config=...) record
+    with pytest.raises(cachedit_fx.ParallelismError, match="enable_parallelism.*parallelism_config"):
+        cachedit_fx.compile(model)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        compiled = torch.compile(_AllReducedInput(4), backend="cachedit", options={"inner_backend": "eager"})
+        with pytest.raises(Exception, match="collectives .* of another parallelism.*parallelism_config"):
+            with torch.no_grad():
+                compiled(torch.randn(1, 3, 8), torch.ones(1))
+    finally:
+        dist.destroy_process_group()
