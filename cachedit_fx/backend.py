@@ -57,7 +57,7 @@ def cachedit_backend(
     run = bind_parallel_run(settings.parallelism)
     if run is None:
         check_no_foreign_parallelism(graph=gm.graph, example_inputs=example_inputs)
-    if run is not None:
+    else:
         placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
         run.inputs = dict(zip(placeholders, example_inputs))
         if any(not isinstance(v, torch.Tensor) or not all(isinstance(s, int) for s in v.shape) for v in example_inputs):

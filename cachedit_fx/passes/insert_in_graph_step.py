@@ -251,16 +251,18 @@ def _unaliased_operands(graph: fx.Graph, before: fx.Node, operands: list[Any], n
     ``before``: ``torch.cond`` refuses operands aliasing each other, as the text and image
     slices of one joined tensor do where the middle starts at a single-stream block."""
     seen: dict[Any, fx.Node] = {}
+    clones: dict[fx.Node, fx.Node] = {}
     result = []
     for operand in operands:
         value = tensor_meta(operand) if isinstance(operand, fx.Node) else None
         if value is not None and not isinstance(value, torch.nn.Parameter):
             storage = StorageWeakRef(value.untyped_storage())
             if seen.setdefault(storage, operand) is not operand:
-                with graph.inserting_before(before):
-                    clone = graph.call_function(torch.clone, (operand,))
-                clone.meta["example_value"] = value.clone()
-                operand = clone
+                if operand not in clones:  # one copy per value, however often it is an operand
+                    with graph.inserting_before(before):
+                        clones[operand] = graph.call_function(torch.clone, (operand,))
+                    clones[operand].meta["example_value"] = value.clone()
+                operand = clones[operand]
         result.append(operand)
     return result[:num_partners], result[num_partners:]
 

@@ -33,6 +33,8 @@ from cachedit_fx.config import BackendSettings, DBPruneConfig
 from cachedit_fx.passes.context_parallel import context_parallel
 from cachedit_fx.passes.find_block_chain import find_block_chain
 from cachedit_fx.passes.inline_block_regions import inline_block_regions
+from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
+from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
 from cachedit_fx.passes.insert_host_step import host_step_passes
 from cachedit_fx.passes.insert_in_graph_step import insert_exported_step, insert_in_graph_step
@@ -72,8 +74,8 @@ def build_pass_list(settings: BackendSettings, target: Literal["compile", "expor
 
 PASS_NAMES = frozenset(pass_name(p) for p in (
     inline_block_regions, find_block_chain, tensor_parallel, context_parallel, partition, partition_blocks,
-    insert_in_graph_step, insert_exported_step, insert_cache_selector, insert_prune_branches, split_blocks, lower,
-    *host_step_passes(BackendSettings(cache_kernels="inductor-fused"))))
+    insert_in_graph_step, insert_exported_step, insert_cache_selector, insert_cache_branch, fuse_diff_into_head,
+    insert_prune_branches, split_blocks, lower))
 """Every pass a list may hold: the anchors ``add_pass`` accepts."""
 
 
