@@ -223,7 +223,7 @@ class DBCacheStep(torch.nn.Module):
                 reset: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.layout.names, state))
         counters, floats, settings = named["counters"], named["floats"], named["settings"]
-        level = timestep.reshape(-1).to(torch.float64).sum().reshape(1) if timestep is not None else None
+        level = timestep_level(timestep) if timestep is not None else None
         fingerprint = _fingerprint(fingerprint_inputs, named["fingerprint"].shape[0], hidden_cut.device)
         boundary, mode, swap, calls = self._generation(named, level, fingerprint, reset)
 
@@ -506,6 +506,13 @@ def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> C
     stats.steps = steps
     stats.unlisted_cached_steps = total_cached - len(stats.cached_steps)
     return stats.summary()
+
+
+def timestep_level(timestep: torch.Tensor) -> torch.Tensor:
+    """The timestep input as one number (fp64, shape [1]) for boundary and CFG detection: the sum
+    over all its elements, so per-frame or per-token timesteps (one frame pinned at 0, the others
+    falling) compare as a whole."""
+    return timestep.reshape(-1).to(torch.float64).sum().reshape(1)
 
 
 def input_sum(value: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 from cachedit_fx.runtime.histories import Calibrator, value_plans
 from cachedit_fx.runtime.dbcache_step import (
-    StepLayout, apply_config, generation_progress, input_sum, logged_summary, request_reset)
+    StepLayout, apply_config, generation_progress, input_sum, logged_summary, request_reset, timestep_level)
 from cachedit_fx.runtime.stream_state import ChainShape, StreamState, log_generation_done
 
 log = logging.getLogger("cachedit_fx")
@@ -466,13 +466,6 @@ def input_fingerprint(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """One ``input_sum`` per call input (read at a generation's first two calls only): equal
     fingerprints and shapes mean a repeated call."""
     return torch.stack([input_sum(t) for t in inputs])
-
-
-def timestep_level(timestep: torch.Tensor) -> torch.Tensor:
-    """The timestep input as one number (fp64, shape [1]) for boundary and CFG detection: the sum
-    over all its elements, so per-frame or per-token timesteps (one frame pinned at 0, the others
-    falling) compare as a whole."""
-    return timestep.reshape(-1).to(torch.float64).sum().reshape(1)
 
 
 def _relative(sum_diff: float, sum_prev: float) -> float:
