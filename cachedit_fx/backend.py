@@ -31,7 +31,7 @@ from cachedit_fx.passes.errors import NoBlocks, ParallelismError, SideGraph, Uns
 from cachedit_fx.passes.find_block_chain import BlockChain, ends_in_graph_break
 from cachedit_fx.passes.inner_compile import DynamoInputs, compile_piece, uses_cuda_graphs
 from cachedit_fx.passes.insert_in_graph_step import (
-    check_in_graph_inputs, check_in_graph_support, host_decision_reason, step_program)
+    check_in_graph_support, host_decision_reason, step_program)
 from cachedit_fx.passes.pass_list import build_pass_list
 from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.contexts import ModelCache
@@ -52,8 +52,7 @@ def cachedit_backend(
 ) -> Callable[..., Any]:
     """``torch.compile(model, backend="cachedit", options={...})``; ``mode=`` given to
     ``torch.compile`` instead of ``options`` is Inductor's mode for every piece."""
-    settings = _with_decision_resolved(
-        parse_options(options if mode is None else {**(options or {}), "mode": mode}), example_inputs)
+    settings = _with_decision_resolved(parse_options(options if mode is None else {**(options or {}), "mode": mode}))
     run = bind_parallel_run(settings.parallelism)
     if run is None:
         check_no_foreign_parallelism(graph=gm.graph, example_inputs=example_inputs)
@@ -159,14 +158,13 @@ def _capture_remedy(gm: fx.GraphModule, reason: str) -> str:
             "capture_dynamic_output_shape_ops=True)")
 
 
-def _with_decision_resolved(settings: BackendSettings, example_inputs: Sequence[Any]) -> BackendSettings:
+def _with_decision_resolved(settings: BackendSettings) -> BackendSettings:
     """``settings`` with ``in_graph_decision=None`` made False where ``host_decision_reason``
     names a reason (logged); True checks that the step applies (``ValueError`` otherwise)."""
     if settings.in_graph_decision:
         check_in_graph_support(settings)
-        check_in_graph_inputs(example_inputs)
     elif settings.in_graph_decision is None:
-        reason = host_decision_reason(settings, example_inputs)
+        reason = host_decision_reason(settings)
         if reason is not None:
             log.info("cachedit: host decision (%s)", reason)
             return dataclasses.replace(settings, in_graph_decision=False)

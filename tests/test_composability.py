@@ -25,6 +25,7 @@ import cachedit_fx
 from cachedit_fx.backend import cachedit_backend
 from cachedit_fx.kernels import runs_triton
 from cachedit_fx.quantization import quantize
+from cachedit_fx.runtime.registry import cache_for_model
 from models import BLOCK_LISTS, TINY_MODELS, run, trajectory
 from reference_dbcache import ReferenceDBCache
 
@@ -92,6 +93,7 @@ def threshold_zero_then_static_mask(model, inputs, dtype, inner, cache_kernels="
     compiled = cachedit(model, inner, cache_kernels=cache_kernels)
     got = run(compiled, steps)
     assert cachedit_fx.summary(compiled).cached_steps == []
+    assert cache_for_model(compiled).active().decided_in_graph, "the default decides in the graph"
     for k, (g, p) in enumerate(zip(got, plain)):
         assert g.dtype == dtype
         assert max_rel_err(g, p) <= (1e-5 if dtype == torch.float32 else 0.0), f"threshold 0, step {k}"

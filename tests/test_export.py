@@ -103,17 +103,21 @@ PACKAGE_RUN = textwrap.dedent("""
     state = {k: v for k, v in data["state"].items() if k in set(runner.get_constant_fqns())}
     runner.load_constants(state, check_full_update=False, user_managed=True)
     outputs = [runner(**step)[0] for step in data["steps"]]
-    assert not any(m.startswith("cachedit") for m in sys.modules), "the package run imported cachedit_fx"
+    assert not any(m.startswith(("cachedit", "torchao")) for m in sys.modules), "the package run imported more than torch"
     torch.save({"final": outputs[-1], "state": state}, sys.argv[3])
 """)
 
 
-def test_package_runs_a_cached_generation_in_a_process_that_imports_only_torch(tmp_path):
+def test_package_of_a_quantized_model_runs_a_cached_generation_in_a_process_that_imports_only_torch(tmp_path):
+    """int8 weight-only torchao weights: the program holds their plain int8 data and scales."""
+    from cachedit_fx.quantization import quantize
+
     model, inputs = _build("FluxTransformer2DModel", dict(
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]), lambda r, gen: dict(
         hidden_states=r(1, 16, 4), encoder_hidden_states=r(1, 24, 32), pooled_projections=r(1, 32),
         img_ids=r(16, 3), txt_ids=r(24, 3), timestep=torch.tensor([1.0])), 0)
+    quantize(model, "int8_weight_only")
     options = dict(Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.3, num_inference_steps=28,
                    taylorseer_order=1)
     steps = list(trajectory(inputs, 28))

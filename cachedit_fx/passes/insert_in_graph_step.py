@@ -26,7 +26,6 @@ import torch.fx as fx
 from torch._guards import detect_fake_mode
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
 from cachedit_fx.kernels import l1_rel_diff_op, l1_rel_diff_reference
@@ -58,13 +57,6 @@ def check_in_graph_support(settings: BackendSettings) -> None:
         raise ValueError(reason)
 
 
-def check_in_graph_inputs(values: Iterable[Any]) -> None:
-    """Raise ``ValueError`` when a graph input is a tensor subclass (``tensor_subclass_input``)."""
-    reason = tensor_subclass_input(values)
-    if reason is not None:
-        raise ValueError(reason)
-
-
 def unsupported_options(settings: BackendSettings) -> Optional[str]:
     """Why the in-graph step does not implement these options, or None."""
     if isinstance(settings.cache, DBPruneConfig):
@@ -74,22 +66,12 @@ def unsupported_options(settings: BackendSettings) -> Optional[str]:
     return None
 
 
-def tensor_subclass_input(values: Iterable[Any]) -> Optional[str]:
-    """Why these graph inputs rule the step out: ``torch.cond`` has no rule for tensor
-    subclasses such as torchao's quantized weights. None when every input is a plain tensor."""
-    for value in values:
-        if isinstance(value, torch.Tensor) and is_traceable_wrapper_subclass(value):
-            return (f"in_graph_decision: torch.cond cannot take tensor subclass {type(value).__name__} "
-                    "(quantized weights); use the host decision (in_graph_decision=False)")
-    return None
-
-
-def host_decision_reason(settings: BackendSettings, example_inputs: Iterable[Any]) -> Optional[str]:
-    """Why ``in_graph_decision=None`` keeps the host decision for this graph, or None: options
-    the step does not implement, tensor-subclass inputs and CUDA graphs (Inductor turns them off
-    for a program holding a ``torch.cond``; ``in_graph_decision=True`` records it with the
-    branch as a conditional node instead)."""
-    reason = unsupported_options(settings) or tensor_subclass_input(example_inputs)
+def host_decision_reason(settings: BackendSettings) -> Optional[str]:
+    """Why ``in_graph_decision=None`` keeps the host decision, or None: options the step does
+    not implement and CUDA graphs (Inductor turns them off for a program holding a
+    ``torch.cond``; ``in_graph_decision=True`` records it with the branch as a conditional
+    node instead)."""
+    reason = unsupported_options(settings)
     if reason is None and uses_cuda_graphs(settings):
         reason = ("CUDA graphs: the program recorded with its branch as a conditional node is chosen by "
                   "in_graph_decision=True")

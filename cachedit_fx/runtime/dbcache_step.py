@@ -41,6 +41,7 @@ import torch
 from cachedit_fx.config import DBCacheConfig
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
 from cachedit_fx.runtime.cfg import STREAMS, check_stream_name
+from cachedit_fx.runtime.cond_operands import CondOperands
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 
 CALLS, RESET, GENERATIONS, NUM_BLOCKS, SKIPPED_BLOCKS, MODE, SWAP, FIRST_DECISION = range(8)
@@ -266,10 +267,11 @@ class DBCacheStep(torch.nn.Module):
         has_diff = has_residual & ~follows
 
         branch_arguments = (*partners, *series, *weights)
-        operands, positions = _distinct((*branch_arguments, *middle_inputs))
+        operands = CondOperands((*branch_arguments, *middle_inputs))
         plans = tuple(v.residual for v in self.layout.values)
-        outputs = torch.ops.higher_order.cond(cache.reshape(()), _CachedBranch(plans, positions),
-                                              _ComputeBranch(self.middle, len(branch_arguments), positions), operands)
+        outputs = torch.ops.higher_order.cond(cache.reshape(()), _CachedBranch(plans, operands),
+                                              _ComputeBranch(self.middle, len(branch_arguments), operands),
+                                              tuple(operands.operands))
 
         gap = torch.where(updates > 0, step - last_computed, 1).to(torch.float32)
         for k, (out, partner, ladder, plan) in enumerate(zip(outputs, partners, ladders, self.layout.values)):
@@ -358,17 +360,16 @@ class DBCacheStep(torch.nn.Module):
 class _CachedBranch(torch.nn.Module):
     """``(partners, ladders, forecast weights, middle_inputs)`` -> per carried value its Taylor
     forecast (``base + sum_k ladder[k] * weight[k]`` over the levels in use; base: the partner
-    for a residual ladder, zero otherwise); the operands arrive without repeats, ``positions``
-    maps each argument to its operand."""
+    for a residual ladder, zero otherwise); the arguments arrive as ``CondOperands``."""
 
-    def __init__(self, residual_plans: tuple[bool, ...], positions: tuple[int, ...]) -> None:
+    def __init__(self, residual_plans: tuple[bool, ...], layout: CondOperands) -> None:
         super().__init__()
         self.residual_plans = residual_plans
-        self.positions = positions
+        self.layout = layout
 
     def forward(self, *operands: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = len(self.residual_plans)
-        arguments = [operands[k] for k in self.positions]
+        arguments = self.layout.arguments(operands)
         partners, ladders, weights = arguments[:n], arguments[n:2 * n], arguments[2 * n:4 * n]
         outputs = []
         for k, (partner, ladder, residual) in enumerate(zip(partners, ladders, self.residual_plans)):
@@ -385,30 +386,16 @@ class _ComputeBranch(torch.nn.Module):
     """``(partners, ladders, forecast weights, middle_inputs) -> middle(middle_inputs)``, fresh and
     contiguous; the middle's inputs start after the first ``num_branch_arguments`` arguments."""
 
-    def __init__(self, middle: torch.nn.Module, num_branch_arguments: int, positions: tuple[int, ...]) -> None:
+    def __init__(self, middle: torch.nn.Module, num_branch_arguments: int, layout: CondOperands) -> None:
         super().__init__()
         self.middle = middle
         self.num_branch_arguments = num_branch_arguments
-        self.positions = positions
+        self.layout = layout
 
     def forward(self, *operands: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        arguments = [operands[k] for k in self.positions]
+        arguments = self.layout.arguments(operands)
         outputs = self.middle(*arguments[self.num_branch_arguments:])
         return tuple(o.clone(memory_format=torch.contiguous_format) for o in outputs)
-
-
-def _distinct(arguments: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
-    """The arguments without repeats (``torch.cond`` refuses an operand passed twice) and, per
-    argument, the index of its operand."""
-    operands: list[torch.Tensor] = []
-    index: dict[int, int] = {}
-    positions = []
-    for value in arguments:
-        if id(value) not in index:
-            index[id(value)] = len(operands)
-            operands.append(value)
-        positions.append(index[id(value)])
-    return tuple(operands), tuple(positions)
 
 
 def _forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
