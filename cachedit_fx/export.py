@@ -24,7 +24,7 @@ from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.insert_in_graph_step import (
     RESET_INPUT, STATE_MODULE, check_in_graph_support)
 from cachedit_fx.passes.pass_list import build_pass_list
-from cachedit_fx.runtime.dbcache_step import LOGGED_STATE, logged_summary
+from cachedit_fx.runtime.dbcache_step import LOGGED_STATE, PRUNE_LOGGED_STATE, logged_summary
 from cachedit_fx.runtime.stats import CacheSummary
 
 STATE_PREFIX = f"{STATE_MODULE}."
@@ -78,7 +78,8 @@ def exported_summary(state: Any, stream: str = "default") -> CacheSummary:
     missing = [STATE_PREFIX + name for name in LOGGED_STATE if STATE_PREFIX + name not in state]
     if missing:
         raise ValueError(f"no cache state of an exported program: {', '.join(missing)} missing")
-    return logged_summary({name: state[STATE_PREFIX + name] for name in LOGGED_STATE}, stream)
+    return logged_summary({name: state[STATE_PREFIX + name] for name in LOGGED_STATE + PRUNE_LOGGED_STATE
+                           if STATE_PREFIX + name in state}, stream)
 
 
 def _captured_program(model: torch.nn.Module, kwargs: dict[str, Any], settings: BackendSettings

@@ -159,7 +159,9 @@ def test_pass_list_follows_the_options_and_a_researchers_pass_joins_with_one_lin
     assert names(in_graph_decision=False, cache_kernels="inductor-fused") == [
         "inline_block_regions", "find_block_chain", "partition", "insert_cache_selector", "insert_cache_branch",
         "fuse_diff_into_head", "lower"]
-    assert names(cache_config=cachedit_fx.DBPruneConfig(), regional_compile=True) == [
+    assert names(cache_config=cachedit_fx.DBPruneConfig()) == [
+        "inline_block_regions", "find_block_chain", "partition_blocks", "insert_prune_steps", "lower"]
+    assert names(cache_config=cachedit_fx.DBPruneConfig(), regional_compile=True, in_graph_decision=False) == [
         "inline_block_regions", "find_block_chain", "partition_blocks", "insert_cache_selector",
         "insert_prune_branches", "split_blocks", "lower"]
     seen = []

@@ -10,6 +10,7 @@ import cachedit_fx
 from cachedit_fx import DBPruneConfig
 from models import BLOCK_LISTS, TINY_MODELS, chain_length, run, trajectory
 from reference_dbprune import ReferenceDBPrune
+from cachedit_fx.runtime.registry import cache_for_model
 from test_dbcache_models import max_rel_err
 
 STEPS = 10
@@ -34,15 +35,21 @@ def prune_config(ref_args: dict, threshold: float) -> DBPruneConfig:
     )
 
 
-@pytest.mark.parametrize("name,ref_args", CASES, ids=[f"{n}-{'-'.join(map(str, a)) or 'plain'}" for n, a in CASES])
-def test_dbprune_equals_reference(name, ref_args):
+CASES_BY_DECISION = [(n, a, None) for n, a in CASES] + [(n, a, False) for n, a in CASES[1:3]]
+
+
+@pytest.mark.parametrize("name,ref_args,in_graph", CASES_BY_DECISION, ids=[
+    f"{n}-{'-'.join(map(str, a)) or 'plain'}-{'host' if d is False else 'program'}" for n, a, d in CASES_BY_DECISION])
+def test_dbprune_equals_reference(name, ref_args, in_graph):
+    """Decided in the program (the default), and for two cases on the host."""
     model, inputs = TINY_MODELS[name]()
     steps = list(trajectory(inputs, STEPS))
     threshold = THRESHOLDS[name]
     compiled = torch.compile(model, backend="cachedit", options={
-        "inner_backend": "eager", "cache_config": prune_config(ref_args, threshold)})
+        "inner_backend": "eager", "cache_config": prune_config(ref_args, threshold), "in_graph_decision": in_graph})
     got = run(compiled, steps)
     summary = cachedit_fx.summary(compiled)
+    assert cache_for_model(compiled).active().decided_in_graph == (in_graph is None)
 
     reference = ReferenceDBPrune(model, BLOCK_LISTS[name], 1, ref_args.get("Bn", 0), threshold, warmup=2,
                                  non_prune=ref_args.get("non_prune", ()),

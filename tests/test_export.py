@@ -86,7 +86,6 @@ def test_exported_program_decides_like_the_backend_and_the_reference(name):
 
 
 @pytest.mark.parametrize("options, needle", [
-    (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
     (dict(tp_size=2), "parallel"),
     (dict(Fn_compute_blocks=8, Bn_compute_blocks=4), "Fn_compute_blocks"),
 ])
@@ -108,33 +107,75 @@ PACKAGE_RUN = textwrap.dedent("""
 """)
 
 
-def test_package_of_a_quantized_model_runs_a_cached_generation_in_a_process_that_imports_only_torch(tmp_path):
-    """int8 weight-only torchao weights: the program holds their plain int8 data and scales."""
-    from cachedit_fx.quantization import quantize
-
-    model, inputs = _build("FluxTransformer2DModel", dict(
+def small_flux():
+    """FLUX with 1 double and 2 single blocks (a quick AOTInductor compile)."""
+    return _build("FluxTransformer2DModel", dict(
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]), lambda r, gen: dict(
         hidden_states=r(1, 16, 4), encoder_hidden_states=r(1, 24, 32), pooled_projections=r(1, 32),
         img_ids=r(16, 3), txt_ids=r(24, 3), timestep=torch.tensor([1.0])), 0)
-    quantize(model, "int8_weight_only")
-    options = dict(Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.3, num_inference_steps=28,
-                   taylorseer_order=1)
-    steps = list(trajectory(inputs, 28))
-    program = cachedit_fx.export(model, dict(inputs, return_dict=False), options)
-    path = cachedit_fx.package(program, str(tmp_path / "flux.pt2"))
+
+
+def run_package(tmp_path, program, steps) -> dict:
+    """Run ``program``'s AOTInductor package over ``steps`` in a process importing only torch:
+    the last output and the cache state it ran on."""
+    path = cachedit_fx.package(program, str(tmp_path / "program.pt2"))
     zero = torch.zeros(2, dtype=torch.int64)
     calls = [{**{k: v for k, v in s.items() if isinstance(v, torch.Tensor)}, RESET: zero} for s in steps]
     torch.save({"steps": calls, "state": cachedit_fx.cache_state(program)}, tmp_path / "run.pt")
     subprocess.run([sys.executable, "-c", PACKAGE_RUN, path, str(tmp_path / "run.pt"), str(tmp_path / "out.pt")],
                    check=True, timeout=600)
     result = torch.load(tmp_path / "out.pt")
+    return {"final": result["final"], "state": {**cachedit_fx.cache_state(program), **result["state"]}}
+
+
+def test_dbprune_program_decides_like_the_backend_and_the_reference_and_its_package_runs_alone(tmp_path):
+    """Dynamic threshold on: every prunable block decides in the exported program as in the
+    backend (bitwise) and the eager reference, a reset starts a generation, and the package
+    repeats the generation in a process that imports only torch."""
+    from reference_dbprune import ReferenceDBPrune
+
+    model, inputs = small_flux()
+    options = dict(cache_config=cachedit_fx.DBPruneConfig(
+        Fn_compute_blocks=1, residual_diff_threshold=0.3, max_warmup_steps=2, enable_dynamic_prune_threshold=True))
+    steps = list(trajectory(inputs, 10))
+    program = cachedit_fx.export(model, dict(inputs, return_dict=False), options)
+    module = program.module()
+    got = [_call(module, s) for s in steps]
+    got_summary = cachedit_fx.summary(module)
+    again = [_call(module, s, reset=int(k == 0)) for k, s in enumerate(steps)]
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **dict(options, inner_backend="eager"))
+    want = run(compiled, steps)
+    reference = ReferenceDBPrune(model, ["transformer_blocks", "single_transformer_blocks"], 1, 0, 0.3, warmup=2,
+                                 dynamic=True)
+    run(reference, steps)
+    reference.close()
+    assert got_summary.pruned_blocks == cachedit_fx.summary(compiled).pruned_blocks == reference.pruned
+    assert reference.pruned and cachedit_fx.summary(module).pruned_blocks == reference.pruned
+    assert all(torch.equal(g, w) for g, w in zip(got, want)) and all(torch.equal(g, w) for g, w in zip(again, want))
+    packaged = run_package(tmp_path, program, steps)
+    assert cachedit_fx.summary(packaged["state"]).pruned_blocks == reference.pruned
+    assert max_rel_err(packaged["final"], want[-1]) <= 1e-5
+
+
+def test_package_of_a_quantized_model_runs_a_cached_generation_in_a_process_that_imports_only_torch(tmp_path):
+    """int8 weight-only torchao weights: the program holds their plain int8 data and scales."""
+    from cachedit_fx.quantization import quantize
+
+    model, inputs = small_flux()
+    quantize(model, "int8_weight_only")
+    options = dict(Fn_compute_blocks=1, max_warmup_steps=2, residual_diff_threshold=0.3, num_inference_steps=28,
+                   taylorseer_order=1)
+    steps = list(trajectory(inputs, 28))
+    program = cachedit_fx.export(model, dict(inputs, return_dict=False), options)
+    result = run_package(tmp_path, program, steps)
     torch._dynamo.reset()
     compiled = cachedit_fx.compile(model, **dict(options, inner_backend="eager", cache_kernels="torch",
                                                  enable_separate_cfg=False))
     want = run(compiled, steps)
     want_cached = cachedit_fx.summary(compiled).cached_steps
-    summary = cachedit_fx.summary({**cachedit_fx.cache_state(program), **result["state"]})
+    summary = cachedit_fx.summary(result["state"])
     assert summary.cached_steps == want_cached and len(want_cached) >= 10
     assert summary.num_steps == 28
     assert max_rel_err(result["final"], want[-1]) <= 1e-5

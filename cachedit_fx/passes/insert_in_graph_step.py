@@ -59,8 +59,8 @@ def check_in_graph_support(settings: BackendSettings) -> None:
 
 def unsupported_options(settings: BackendSettings) -> Optional[str]:
     """Why the in-graph step does not implement these options, or None."""
-    if isinstance(settings.cache, DBPruneConfig):
-        return "DBPrune decides per block, with one host read per block; the in-graph step implements DBCache only"
+    if isinstance(settings.cache, DBPruneConfig) and uses_cuda_graphs(settings):
+        return "DBPrune under CUDA graphs: the program is recorded with one conditional node, and DBPrune has one per block"
     if settings.regional_compile:
         return "regional_compile compiles blocks apart; the in-graph step compiles one program"
     return None
@@ -120,12 +120,11 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     if middle_outputs != [s.middle_output for s in part.streams]:
         raise AssertionError("middle outputs do not match the partition's streams")
     call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
-    _check_cond_operands(call.args)
-    placeholders = list(parent.graph.find_nodes(op="placeholder"))
+    check_cond_operands(call.args)
     signature = call_inputs(parent)
     partners = [by_name[s.head_value] for s in part.streams]
-    partners, middle_inputs = _unaliased_operands(parent.graph, call, [*partners, *call.args], len(partners))
-    example = _example if state_as_inputs else _static_example
+    partners, middle_inputs = unaliased_operands(parent.graph, call, [*partners, *call.args], len(partners))
+    example = state_example if state_as_inputs else static_example
     hidden = example(by_name[part.hidden_cut])
     plans = value_plans(calibrator, len(partners), part.hidden_position)
     layout = StepLayout(
@@ -136,17 +135,9 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
         skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config),
         latent_index=input_index(signature, LATENT_NAMES),
         inputs=tuple((tuple(v.shape), v.dtype) for v in map(tensor_meta, signature)))
-    _check_sizes_known_from_inputs(layout)
-    state = layout.new_state(config, hidden.device) if not state_as_inputs else None
     parent.add_submodule(STEP_MODULE, DBCacheStep(parent.get_submodule("middle"), layout, sums_group,
                                                          diff_sums))
-    state_nodes = (_state_inputs(parent, layout, placeholders, hidden) if state_as_inputs
-                   else _state_buffers(parent, layout, state, placeholders))
-    reset = None
-    if reset_input is not None:
-        with parent.graph.inserting_after(placeholders[-1]):
-            reset = parent.graph.placeholder(reset_input)
-        reset.meta["example_value"] = torch.zeros(2, dtype=torch.int64, device=hidden.device)
+    state_nodes, reset = add_state(parent, layout, config, hidden.device, state_as_inputs, reset_input)
     with parent.graph.inserting_before(call):
         node = parent.graph.create_node(
             "call_module", STEP_MODULE,
@@ -160,6 +151,25 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     parent.meta[IN_GRAPH_META_KEY] = layout
     parent.recompile()
     return parent
+
+
+def add_state(parent: fx.GraphModule, layout: StepLayout, config: DBCacheConfig, device: torch.device,
+              state_as_inputs: bool, reset_input: Optional[str]) -> tuple[list[fx.Node], Optional[fx.Node]]:
+    """The nodes of the step's state tensors (``layout.names`` order): placeholders after the
+    last of Dynamo's, or ``STATE_MODULE`` buffers made for ``config``; and the reset input's
+    placeholder when ``reset_input`` names one."""
+    _check_sizes_known_from_inputs(layout)
+    placeholders = list(parent.graph.find_nodes(op="placeholder"))
+    if state_as_inputs:
+        nodes = _state_inputs(parent, layout, placeholders, device)
+    else:
+        nodes = _state_buffers(parent, layout, layout.new_state(config, device), placeholders)
+    reset = None
+    if reset_input is not None:
+        with parent.graph.inserting_after(placeholders[-1]):
+            reset = parent.graph.placeholder(reset_input)
+        reset.meta["example_value"] = torch.zeros(2, dtype=torch.int64, device=device)
+    return nodes, reset
 
 
 def step_program(parent: fx.GraphModule) -> StepProgram:
@@ -188,7 +198,7 @@ def _symbol_sources(placeholders: list[fx.Node]) -> tuple[SymbolSource, ...]:
 
 
 def _state_inputs(parent: fx.GraphModule, layout: StepLayout, placeholders: list[fx.Node],
-                  hidden: torch.Tensor) -> list[fx.Node]:
+                  device: torch.device) -> list[fx.Node]:
     """One placeholder per state tensor after the last of Dynamo's, with fake example values
     (of symbolic shape where the graph's shapes are symbolic)."""
     fake_mode = detect_fake_mode([tensor_meta(n) for n in placeholders if tensor_meta(n) is not None])
@@ -198,7 +208,7 @@ def _state_inputs(parent: fx.GraphModule, layout: StepLayout, placeholders: list
         with parent.graph.inserting_after(anchor):
             node = anchor = parent.graph.placeholder(STATE_INPUT_PREFIX + name)
         with fake_mode or contextlib.nullcontext():
-            node.meta["example_value"] = torch.empty(shape, dtype=dtype, device=hidden.device)
+            node.meta["example_value"] = torch.empty(shape, dtype=dtype, device=device)
         nodes.append(node)
     return nodes
 
@@ -216,7 +226,7 @@ def _state_buffers(parent: fx.GraphModule, layout: StepLayout, state: dict[str, 
     return nodes[::-1]
 
 
-def _check_cond_operands(middle_inputs: Iterable[Any]) -> None:
+def check_cond_operands(middle_inputs: Iterable[Any]) -> None:
     """``UnsupportedGraph`` when a middle input is neither a tensor nor an integer: ``torch.cond``
     takes no other operand (a float made symbolic by ``dynamic=True``)."""
     for value in middle_inputs:
@@ -226,7 +236,7 @@ def _check_cond_operands(middle_inputs: Iterable[Any]) -> None:
                                    "which torch.cond cannot pass to a branch")
 
 
-def _unaliased_operands(graph: fx.Graph, before: fx.Node, operands: list[Any], num_partners: int
+def unaliased_operands(graph: fx.Graph, before: fx.Node, operands: list[Any], num_partners: int
                         ) -> tuple[list[Any], list[Any]]:
     """The ``torch.cond`` operands (partners, then the middle's inputs) with every tensor that
     shares storage with an earlier, different operand replaced by a clone made before
@@ -252,21 +262,21 @@ def _unaliased_operands(graph: fx.Graph, before: fx.Node, operands: list[Any], n
 def _check_sizes_known_from_inputs(layout: StepLayout) -> None:
     """``UnsupportedGraph`` when a state size depends on data (an unbacked symbol, e.g. a
     count from ``nonzero`` or ``.item()``): the state cannot be made before the call runs."""
-    dims = [*layout.hidden[0], *(d for v in layout.values for d in v.shape)]
+    dims = layout.dims()
     data_dependent = [d for d in dims if isinstance(d, torch.SymInt) and free_unbacked_symbols(d)]
     if data_dependent:
         raise UnsupportedGraph(f"a carried value's size depends on data ({data_dependent[0]}), so the in-graph "
                                "step cannot size its state before the call")
 
 
-def _example(node: fx.Node) -> torch.Tensor:
+def state_example(node: fx.Node) -> torch.Tensor:
     value = tensor_meta(node)
     if value is None:
         raise UnsupportedGraph(f"the in-graph step needs a tensor at {node.name}")
     return value
 
 
-def _static_example(node: fx.Node) -> torch.Tensor:
+def static_example(node: fx.Node) -> torch.Tensor:
     value = tensor_meta(node)
     if value is None or not all(isinstance(s, int) for s in value.shape):
         raise UnsupportedGraph(f"the in-graph step needs static shapes; {node.name} has shape "

@@ -14,14 +14,16 @@
     fuse_diff_into_head    (cache_kernels="inductor-fused") diff sums computed by the head piece
   DBPrune:
     partition_blocks       one piece per prunable block, its streams
+    insert_prune_steps     one in-graph step (a torch.cond) per prunable block (the default)
+    or, with the host decision:
     insert_cache_selector
     insert_prune_branches  a guarded branch around every prunable block
   then:
     split_blocks           (regional_compile=True) one sub-piece per chain block
     lower                  compile each distinct piece once (the in-graph program: whole)
 
-``target="export"`` ends with ``insert_exported_step`` (state as buffers, a reset input) and
-compiles nothing. ``add_pass`` adds a researcher's pass to every list built afterwards.
+``target="export"`` ends with ``insert_exported_step`` or, for DBPrune,
+``insert_exported_prune_steps`` (state as buffers, a reset input) and compiles nothing. ``add_pass`` adds a researcher's pass to every list built afterwards.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from cachedit_fx.passes.inline_block_regions import inline_block_regions
 from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
 from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
 from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
-from cachedit_fx.passes.insert_host_step import host_step_passes
+from cachedit_fx.passes.insert_host_step import host_prune_passes, host_step_passes
 from cachedit_fx.passes.insert_in_graph_step import insert_exported_step, insert_in_graph_step
 from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
+from cachedit_fx.passes.insert_prune_steps import insert_exported_prune_steps, insert_prune_steps
 from cachedit_fx.passes.lower import lower
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.passes.partition_blocks import partition_blocks
@@ -54,10 +57,12 @@ def build_pass_list(settings: BackendSettings, target: Literal["compile", "expor
     parallelism = settings.parallelism
     if parallelism is not None and parallelism.enabled:
         passes.append(tensor_parallel if parallelism.kind == "tp" else context_parallel)
+    prune = isinstance(settings.cache, DBPruneConfig)
     if target == "export":
-        passes += [partition, insert_exported_step]
-    elif isinstance(settings.cache, DBPruneConfig):
-        passes += [partition_blocks, insert_cache_selector, insert_prune_branches]
+        passes += [partition_blocks, insert_exported_prune_steps] if prune else [partition, insert_exported_step]
+    elif prune:
+        passes += [partition_blocks, *(host_prune_passes() if settings.in_graph_decision is False
+                                       else [insert_prune_steps])]
     elif settings.in_graph_decision is False:
         passes += [partition, *host_step_passes(settings)]
     else:
@@ -75,7 +80,7 @@ def build_pass_list(settings: BackendSettings, target: Literal["compile", "expor
 PASS_NAMES = frozenset(pass_name(p) for p in (
     inline_block_regions, find_block_chain, tensor_parallel, context_parallel, partition, partition_blocks,
     insert_in_graph_step, insert_exported_step, insert_cache_selector, insert_cache_branch, fuse_diff_into_head,
-    insert_prune_branches, split_blocks, lower))
+    insert_prune_branches, insert_prune_steps, insert_exported_prune_steps, split_blocks, lower))
 """Every pass a list may hold: the anchors ``add_pass`` accepts."""
 
 

@@ -34,11 +34,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from cachedit_fx.config import DBCacheConfig
+from cachedit_fx.config import DBCacheConfig, DBPruneConfig
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
 from cachedit_fx.runtime.cfg import STREAMS, check_stream_name
 from cachedit_fx.runtime.cond_operands import CondOperands
@@ -61,15 +61,18 @@ FLOATS = 3
 ACCUMULATED = 0
 STREAM_FLOATS = 2
 (THRESHOLD, MAX_WARMUP, WARMUP_INTERVAL, MAX_CACHED, MAX_CONTINUOUS, MAX_ACCUMULATED, STEPS,
- STATIC_MASK, FORCED_MODE, COMPUTE_FIRST, DIFF_SEPARATE) = range(11)
-SETTINGS = 11
+ STATIC_MASK, FORCED_MODE, COMPUTE_FIRST, DIFF_SEPARATE, DYNAMIC_THRESHOLD, MAX_DYNAMIC, RELAX) = range(14)
+SETTINGS = 14
+"""``settings``: every option ``refresh`` may change; the last three are DBPrune's dynamic
+threshold (on, its ceiling or NaN for twice the threshold, the relax ratio)."""
 LOG_CAPACITY = 1000
 """Steps logged per stream and generation, and the longest step mask (later steps are decided
 and counted exactly, not listed; a mask entry past it means "compute")."""
-FIXED_STATE = ("counters", "stream_counters", "floats", "stream_floats", "settings", "mask", "fingerprint", "prev_fn",
+FIXED_STATE = ("counters", "stream_counters", "floats", "stream_floats", "settings", "mask", "fingerprint",
                "log_cached", "log_has_diff", "log_diff")
 LOGGED_STATE = ("counters", "stream_counters", "log_cached", "log_has_diff", "log_diff")
-"""The state tensors ``logged_summary`` reads."""
+PRUNE_LOGGED_STATE = ("log_pruned", "pruned_index")
+"""The state tensors ``logged_summary`` reads (the second group: DBPrune only)."""
 STREAM_INDEX = {name: row for row, name in enumerate(STREAMS)}
 
 
@@ -92,13 +95,30 @@ class ValueLadder:
 
 
 @dataclass(frozen=True)
-class StepLayout:
-    """Shapes of a step's state: the hidden cut (``prev_fn``) and each carried value's ladder
-    (``residual_k``: ``ValueLadder.levels``), per stream (``streams``: 2 when separate-CFG streams
-    may occur, else 1); ``num_fingerprints``: the call inputs compared to spot a warm-up call or
-    a CFG partner."""
+class PrunedBlockLayout:
+    """One prunable block's state (DBPrune): its chain index, the input its diff compares
+    (``block_<index>_input``) and the residual of each value it hands on (one-level ladders,
+    ``block_<index>_residual_<k>``), per stream."""
 
-    hidden: tuple[tuple[int, ...], torch.dtype]
+    index: int
+    input: tuple[tuple[int, ...], torch.dtype]
+    values: tuple[ValueLadder, ...]
+
+    def names(self) -> tuple[str, ...]:
+        prefix = f"block_{self.index}_"
+        return (prefix + "input", prefix + "counters", prefix + "accumulated",
+                *(f"{prefix}residual_{k}" for k in range(len(self.values))))
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """Shapes of a step's state, per stream (``streams``: 2 when separate-CFG streams may occur,
+    else 1). DBCache: the hidden cut (``prev_fn``) and each carried value's ladder
+    (``residual_k``: ``ValueLadder.levels``); DBPrune (``blocks``, ``hidden`` None): each
+    prunable block's state and the log of pruned blocks. ``num_fingerprints``: the call inputs
+    compared to spot a warm-up call or a CFG partner."""
+
+    hidden: Optional[tuple[tuple[int, ...], torch.dtype]]
     values: tuple[ValueLadder, ...]
     num_fingerprints: int
     num_blocks: int
@@ -109,10 +129,13 @@ class StepLayout:
     inputs: tuple[tuple[tuple[int, ...], torch.dtype], ...] = ()
     """Shape and dtype of each fingerprinted call input: a state serves calls of these inputs
     only (another text length starts a new generation, as on the host)."""
+    blocks: tuple[PrunedBlockLayout, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
-        return FIXED_STATE + tuple(f"residual_{k}" for k in range(len(self.values)))
+        if self.blocks:
+            return FIXED_STATE + ("log_pruned", "pruned_index") + tuple(n for b in self.blocks for n in b.names())
+        return FIXED_STATE + ("prev_fn",) + tuple(f"residual_{k}" for k in range(len(self.values)))
 
     def shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of every state tensor, by name (in ``names`` order)."""
@@ -122,12 +145,29 @@ class StepLayout:
             "floats": ((FLOATS,), torch.float64), "stream_floats": ((n, STREAM_FLOATS), torch.float64),
             "settings": ((SETTINGS,), torch.float64), "mask": ((LOG_CAPACITY + 1,), torch.int64),
             "fingerprint": ((max(self.num_fingerprints, 2),), torch.float64),
-            "prev_fn": ((n, *self.hidden[0]), self.hidden[1]),
             "log_cached": ((n, LOG_CAPACITY), torch.int64), "log_has_diff": ((n, LOG_CAPACITY), torch.int64),
             "log_diff": ((n, LOG_CAPACITY), torch.float64),
         }
+        if self.blocks:
+            shapes["log_pruned"] = ((n, LOG_CAPACITY, len(self.blocks)), torch.int8)
+            shapes["pruned_index"] = ((max(len(self.blocks), 2),), torch.int64)
+            for block in self.blocks:
+                input_name, counters_name, accumulated_name, *residuals = block.names()
+                shapes[input_name] = ((n, *block.input[0]), block.input[1])
+                shapes[counters_name] = ((n, 2), torch.int64)
+                shapes[accumulated_name] = ((n, 2), torch.float64)
+                shapes.update({name: ((n, 1, *v.shape), v.dtype) for name, v in zip(residuals, block.values)})
+            return shapes
+        shapes["prev_fn"] = ((n, *self.hidden[0]), self.hidden[1])
         shapes.update({f"residual_{k}": ((n, v.levels, *v.shape), v.dtype) for k, v in enumerate(self.values)})
         return shapes
+
+    def dims(self) -> list[Any]:
+        """Every dimension of a carried value (symbolic ones included)."""
+        dims = [d for v in self.values for d in v.shape] + list(self.hidden[0] if self.hidden else ())
+        for block in self.blocks:
+            dims += [*block.input[0], *(d for v in block.values for d in v.shape)]
+        return dims
 
     def sized(self, size: Callable[[Any], int]) -> "StepLayout":
         """This layout with every symbolic dimension replaced by ``size(dimension)`` (a graph
@@ -135,15 +175,21 @@ class StepLayout:
         def shape(dims: tuple[Any, ...]) -> tuple[int, ...]:
             return tuple(d if isinstance(d, int) else size(d) for d in dims)
 
+        def ladders(values: tuple[ValueLadder, ...]) -> tuple[ValueLadder, ...]:
+            return tuple(dataclasses.replace(v, shape=shape(v.shape)) for v in values)
+
         return dataclasses.replace(
-            self, hidden=(shape(self.hidden[0]), self.hidden[1]),
-            values=tuple(dataclasses.replace(v, shape=shape(v.shape)) for v in self.values),
-            inputs=tuple((shape(dims), dtype) for dims, dtype in self.inputs))
+            self, hidden=self.hidden and (shape(self.hidden[0]), self.hidden[1]), values=ladders(self.values),
+            inputs=tuple((shape(dims), dtype) for dims, dtype in self.inputs),
+            blocks=tuple(dataclasses.replace(b, input=(shape(b.input[0]), b.input[1]), values=ladders(b.values))
+                         for b in self.blocks))
 
     def new_state(self, config: DBCacheConfig, device: torch.device) -> dict[str, torch.Tensor]:
         """Fresh state tensors for ``config`` on ``device`` (a new generation requested)."""
         state = {name: torch.zeros(shape, dtype=dtype, device=device) for name, (shape, dtype) in self.shapes().items()}
         state["counters"][NUM_BLOCKS], state["counters"][SKIPPED_BLOCKS] = self.num_blocks, self.skipped_blocks
+        if self.blocks:
+            state["pruned_index"][: len(self.blocks)] = torch.tensor([b.index for b in self.blocks])
         apply_config(state, config)
         return state
 
@@ -172,6 +218,11 @@ def apply_config(state: dict[str, torch.Tensor], config: DBCacheConfig) -> None:
     values[FORCED_MODE] = -1.0 if config.enable_separate_cfg is None else float(config.enable_separate_cfg)
     values[COMPUTE_FIRST] = float(config.cfg_compute_first)
     values[DIFF_SEPARATE] = float(config.cfg_diff_compute_separate)
+    if isinstance(config, DBPruneConfig):
+        ceiling = config.max_dynamic_prune_threshold
+        values[DYNAMIC_THRESHOLD] = float(config.enable_dynamic_prune_threshold)
+        values[MAX_DYNAMIC] = math.nan if ceiling is None else ceiling
+        values[RELAX] = config.dynamic_prune_threshold_relax_ratio
     with torch.no_grad():
         state["settings"].copy_(torch.tensor(values, dtype=torch.float64))
         entries = torch.zeros(LOG_CAPACITY + 1, dtype=torch.int64)
@@ -191,6 +242,106 @@ def request_reset(state: dict[str, torch.Tensor]) -> None:
 def _one(t: torch.Tensor, slot: int) -> torch.Tensor:
     """Element ``slot`` of a 1-d state tensor as a [1] view."""
     return t[slot:slot + 1]
+
+
+class CallStart(NamedTuple):
+    """A call's place in its generation, after this call's boundary: (boundary, CFG mode, stream
+    swap, calls so far, position in the step, stream row, ``kept``: 0 at a boundary else 1),
+    all shape [1], then the timestep level (None: no timestep input) and the call's fingerprint."""
+
+    boundary: torch.Tensor
+    mode: torch.Tensor
+    swap: torch.Tensor
+    calls: torch.Tensor
+    position: torch.Tensor
+    stream: torch.Tensor
+    kept: torch.Tensor
+    level: Optional[torch.Tensor]
+    fingerprint: torch.Tensor
+
+
+def start_call(layout: StepLayout, named: dict[str, torch.Tensor], timestep: Optional[torch.Tensor],
+               fingerprint_inputs: Sequence[torch.Tensor], reset: Optional[torch.Tensor],
+               device: torch.device) -> CallStart:
+    """Generation boundaries and CFG detection, in ``ModelCacheState._resolve_call``'s order, then
+    the call's stream: call ``c`` of a CFG generation is position ``c % 2`` of its step; with
+    ``cfg_compute_first`` the first call's stream is relabelled "uncond" (``swap``)."""
+    counters, floats, settings = named["counters"], named["floats"], named["settings"]
+    level = timestep_level(timestep) if timestep is not None else None
+    fingerprint = _fingerprint(fingerprint_inputs, named["fingerprint"].shape[0], device)
+    calls, mode = _one(counters, CALLS), _one(counters, MODE)
+    steps = _one(settings, STEPS)
+
+    def steps_reached(mode: torch.Tensor) -> torch.Tensor:
+        return (steps >= 0) & (calls.to(torch.float64) >= steps * torch.where(mode == 1, 2.0, 1.0))
+
+    boundary = _one(counters, RESET) > 0
+    if reset is not None:
+        boundary = boundary | (reset.reshape(-1) != 0).any().reshape(1)
+    if level is not None:
+        boundary = boundary | ((_one(floats, HAS_LAST_TIMESTEP) > 0) & (level > _one(floats, LAST_TIMESTEP)))
+    boundary = boundary | (steps_reached(mode) & ~((mode < 0) & (calls == 1)))
+    if layout.num_fingerprints > 0:
+        boundary = boundary | ((calls == 1) & (fingerprint == named["fingerprint"]).all().reshape(1))
+    forced = _one(settings, FORCED_MODE).to(torch.int64)
+    same_timestep = (level == _one(floats, FIRST_TIMESTEP)) if level is not None else torch.zeros_like(boundary)
+    latent = layout.latent_index
+    if latent >= 0:
+        same_latent = _one(fingerprint, latent) == _one(named["fingerprint"], latent)
+        boundary = boundary | ((calls == 1) & same_timestep & ~same_latent & (forced != 1))
+        same_timestep = same_timestep & same_latent
+    detect = ~boundary & (mode < 0) & (calls == 1)
+    separate_now = detect & same_timestep
+    mode = torch.where(detect, separate_now.to(torch.int64), mode)
+    swap = torch.where(separate_now & (_one(settings, COMPUTE_FIRST) > 0), 1, _one(counters, SWAP))
+    boundary = boundary | (detect & steps_reached(mode))
+    mode, swap, calls = torch.where(boundary, forced, mode), torch.where(boundary, 0, swap), torch.where(boundary, 0, calls)
+    separate = mode == 1
+    position = torch.where(separate, calls % 2, 0)
+    stream = (separate & ((position == 1) != (_one(settings, COMPUTE_FIRST) > 0))).to(torch.int64) ^ swap
+    return CallStart(boundary, mode, swap, calls, position, stream, (~boundary).to(torch.int64), level, fingerprint)
+
+
+def finish_call(named: dict[str, torch.Tensor], call: CallStart, first_decision: torch.Tensor) -> None:
+    """Write the call's generation counters, timestep and fingerprint (after every other write
+    of the call); ``first_decision``: what ``FIRST_DECISION`` holds next."""
+    counters, floats = named["counters"], named["floats"]
+    counters.copy_(torch.cat([
+        call.calls + 1, torch.zeros_like(call.calls), _one(counters, GENERATIONS) + call.boundary.to(torch.int64),
+        counters[NUM_BLOCKS:MODE], call.mode, call.swap, first_decision,
+    ]))
+    if call.level is not None:
+        floats.copy_(torch.cat([call.level, torch.ones_like(call.level),
+                                torch.where(call.calls == 0, call.level, _one(floats, FIRST_TIMESTEP))]))
+    named["fingerprint"].copy_(torch.where(call.calls == 0, call.fingerprint, named["fingerprint"]))
+
+
+def relative_diff(sums: torch.Tensor, group: Optional[str]) -> torch.Tensor:
+    """``sum|prev - cur| / sum|prev|`` (fp64, shape [1]) from diff sums, added over ``group``'s
+    ranks first (tensor / context parallelism: every rank then decides alike); 0 / 0 is 0,
+    x / 0 is inf."""
+    if group is not None:
+        sums = torch.ops._c10d_functional.wait_tensor(torch.ops._c10d_functional.all_reduce(sums, "sum", group))
+    sums = sums.to(torch.float64)
+    return torch.where(sums[1:2] == 0, torch.where(sums[0:1] == 0, 0.0, math.inf), sums[0:1] / sums[1:2])
+
+
+def stream_row(stacked: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
+    """The ``stream`` row of a per-stream tensor (a plain view when there is one stream)."""
+    return stacked[0] if stacked.shape[0] == 1 else stacked.index_select(0, stream)[0]
+
+
+def with_stream_row(stacked: torch.Tensor, stream: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """``stacked`` with its ``stream`` row replaced by ``row`` (out of place)."""
+    return row.unsqueeze(0) if stacked.shape[0] == 1 else stacked.index_copy(0, stream, row.unsqueeze(0))
+
+
+def write_stream_row(stacked: torch.Tensor, stream: torch.Tensor, row: torch.Tensor) -> None:
+    """Write ``row`` into the ``stream`` row of ``stacked`` in place."""
+    if stacked.shape[0] == 1:
+        stacked[0].copy_(row)
+    else:
+        stacked.index_copy_(0, stream, row.unsqueeze(0))
 
 
 class DBCacheStep(torch.nn.Module):
@@ -223,54 +374,42 @@ class DBCacheStep(torch.nn.Module):
                 partners: Sequence[torch.Tensor], middle_inputs: Sequence[torch.Tensor],
                 reset: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.layout.names, state))
-        counters, floats, settings = named["counters"], named["floats"], named["settings"]
-        level = timestep_level(timestep) if timestep is not None else None
-        fingerprint = _fingerprint(fingerprint_inputs, named["fingerprint"].shape[0], hidden_cut.device)
-        boundary, mode, swap, calls = self._generation(named, level, fingerprint, reset)
-
-        separate = mode == 1
-        position = torch.where(separate, calls % 2, 0)
-        compute_first = _one(settings, COMPUTE_FIRST) > 0
-        second = position == 1
-        stream = (separate & (second != compute_first)).to(torch.int64) ^ swap
-        kept = (~boundary).to(torch.int64)
+        counters, settings = named["counters"], named["settings"]
+        call = start_call(self.layout, named, timestep, fingerprint_inputs, reset, hidden_cut.device)
+        boundary, mode, swap, calls, position, stream, kept = call[:7]
+        separate, second = mode == 1, position == 1
         stream_counters = named["stream_counters"] * kept
         stream_floats = torch.where(boundary, 0.0, named["stream_floats"])
-        mine = self._row(stream_counters, stream)
+        mine = stream_row(stream_counters, stream)
         step, cached_steps, continuous = _one(mine, STEP), _one(mine, CACHED), _one(mine, CONTINUOUS)
         has_residual = _one(mine, HAS_RESIDUAL) > 0
         updates, last_computed = _one(mine, UPDATES), _one(mine, LAST_COMPUTED)
         anchors, seen = _one(mine, ANCHORS), _one(mine, SEEN)
-        accumulated = _one(self._row(stream_floats, stream), ACCUMULATED)
-        prev_fn = self._row(named["prev_fn"], stream)
-        ladders = [self._row(named[f"residual_{k}"], stream) for k in range(len(partners))]
+        accumulated = _one(stream_row(stream_floats, stream), ACCUMULATED)
+        prev_fn = stream_row(named["prev_fn"], stream)
+        ladders = [stream_row(named[f"residual_{k}"], stream) for k in range(len(partners))]
         elapsed = (step - last_computed).to(torch.float64)
         series, weights, predictions = [], [], {}
         for k, (ladder, plan) in enumerate(zip(ladders, self.layout.values)):
             if plan.kind == "foca":  # the forecast itself, as a one-level series of weight 1
                 value, predictions[k] = _foca_forecast(ladder, anchors, seen)
                 series.append(value.unsqueeze(0))
-                weights += _forecast_weights(1, torch.ones_like(updates), elapsed)
+                weights += forecast_weights(1, torch.ones_like(updates), elapsed)
             else:
                 series.append(ladder)
-                weights += _forecast_weights(ladder.shape[0], updates, elapsed)
+                weights += forecast_weights(ladder.shape[0], updates, elapsed)
 
-        sums = self.diff_sums(prev_fn, hidden_cut, hidden_entry)
-        if self.sums_group is not None:
-            sums = torch.ops._c10d_functional.wait_tensor(
-                torch.ops._c10d_functional.all_reduce(sums, "sum", self.sums_group))
-        sums = sums.to(torch.float64)
-        diff = torch.where(sums[1:2] == 0, torch.where(sums[0:1] == 0, 0.0, math.inf), sums[0:1] / sums[1:2])
+        diff = relative_diff(self.diff_sums(prev_fn, hidden_cut, hidden_entry), self.sums_group)
         follows = separate & (_one(settings, DIFF_SEPARATE) == 0) & second
-        decided = _decide(settings, named["mask"], step, cached_steps, continuous, accumulated, has_residual, diff)
+        decided = decide(settings, named["mask"], step, cached_steps, continuous, accumulated, has_residual, diff)
         cache = torch.where(follows, (_one(counters, FIRST_DECISION) > 0) & has_residual, decided)
         has_diff = has_residual & ~follows
 
         branch_arguments = (*partners, *series, *weights)
         operands = CondOperands((*branch_arguments, *middle_inputs))
         plans = tuple(v.residual for v in self.layout.values)
-        outputs = torch.ops.higher_order.cond(cache.reshape(()), _CachedBranch(plans, operands),
-                                              _ComputeBranch(self.middle, len(branch_arguments), operands),
+        outputs = torch.ops.higher_order.cond(cache.reshape(()), CachedBranch(plans, operands),
+                                              ComputeBranch(self.middle, len(branch_arguments), operands),
                                               tuple(operands.operands))
 
         gap = torch.where(updates > 0, step - last_computed, 1).to(torch.float32)
@@ -281,83 +420,26 @@ class DBCacheStep(torch.nn.Module):
                 pushed = torch.stack([value.to(ladder.dtype), ladder[FULL], value.to(ladder.dtype), ladder[LATEST]])
             else:
                 kept_history = ladder
-                pushed = _ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
-            self._write_row(named[f"residual_{k}"], stream, torch.where(cache, kept_history, pushed))
+                pushed = ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
+            write_stream_row(named[f"residual_{k}"], stream, torch.where(cache, kept_history, pushed))
         fresh_fn = torch.where(cache, prev_fn, (hidden_cut.float() - hidden_entry.float()).to(prev_fn.dtype))
-        self._write_row(named["prev_fn"], stream, fresh_fn)
-        _log_step(named, kept, stream, step, cache, has_diff, diff)
+        write_stream_row(named["prev_fn"], stream, fresh_fn)
+        log_step(named, kept, stream, step, cache, has_diff, diff)
         cached = cache.to(torch.int64)
         positive = has_diff & torch.isfinite(diff) & (diff > 0)
         deepest = max(v.order for v in self.layout.values) + 1
-        named["stream_counters"].copy_(self._with_row(stream_counters, stream, torch.cat([
+        named["stream_counters"].copy_(with_stream_row(stream_counters, stream, torch.cat([
             step + 1, cached_steps + cached, (continuous + cached) * cached, (has_residual | ~cache).to(torch.int64),
             torch.where(cache, updates, (updates + 1).clamp(max=deepest)), torch.where(cache, last_computed, step),
             torch.where(cache, anchors, (anchors + 1).clamp(max=2)), torch.where(cache, seen, (seen + 1).clamp(max=2)),
         ])))
-        named["stream_floats"].copy_(self._with_row(stream_floats, stream, torch.cat([
+        named["stream_floats"].copy_(with_stream_row(stream_floats, stream, torch.cat([
             accumulated + torch.where(cache & positive, diff, 0.0), torch.zeros_like(accumulated)])))
-        counters.copy_(torch.cat([
-            calls + 1, torch.zeros_like(calls), _one(counters, GENERATIONS) + boundary.to(torch.int64),
-            counters[NUM_BLOCKS:MODE], mode, swap,
-            torch.where(position == 0, cached, _one(counters, FIRST_DECISION)),
-        ]))
-        if level is not None:
-            floats.copy_(torch.cat([level, torch.ones_like(level),
-                                    torch.where(calls == 0, level, _one(floats, FIRST_TIMESTEP))]))
-        named["fingerprint"].copy_(torch.where(calls == 0, fingerprint, named["fingerprint"]))
+        finish_call(named, call, torch.where(position == 0, cached, _one(counters, FIRST_DECISION)))
         return outputs
 
-    def _row(self, stacked: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
-        """The ``stream`` row of a per-stream tensor (a plain view when there is one stream)."""
-        return stacked[0] if self.layout.streams == 1 else stacked.index_select(0, stream)[0]
 
-    def _with_row(self, stacked: torch.Tensor, stream: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-        """``stacked`` with its ``stream`` row replaced by ``row`` (out of place)."""
-        return row.unsqueeze(0) if self.layout.streams == 1 else stacked.index_copy(0, stream, row.unsqueeze(0))
-
-    def _write_row(self, stacked: torch.Tensor, stream: torch.Tensor, row: torch.Tensor) -> None:
-        """Write ``row`` into the ``stream`` row of ``stacked`` in place."""
-        if self.layout.streams == 1:
-            stacked[0].copy_(row)
-        else:
-            stacked.index_copy_(0, stream, row.unsqueeze(0))
-
-    def _generation(self, named: dict[str, torch.Tensor], level: Optional[torch.Tensor], fingerprint: torch.Tensor,
-                    reset: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Generation boundaries and CFG detection, in ``ModelCacheState._resolve_call``'s order:
-        returns (boundary, CFG mode, stream swap, calls so far), all after this call's boundary."""
-        counters, floats, settings = named["counters"], named["floats"], named["settings"]
-        calls, mode = _one(counters, CALLS), _one(counters, MODE)
-        steps = _one(settings, STEPS)
-
-        def steps_reached(mode: torch.Tensor) -> torch.Tensor:
-            return (steps >= 0) & (calls.to(torch.float64) >= steps * torch.where(mode == 1, 2.0, 1.0))
-
-        boundary = _one(counters, RESET) > 0
-        if reset is not None:
-            boundary = boundary | (reset.reshape(-1) != 0).any().reshape(1)
-        if level is not None:
-            boundary = boundary | ((_one(floats, HAS_LAST_TIMESTEP) > 0) & (level > _one(floats, LAST_TIMESTEP)))
-        boundary = boundary | (steps_reached(mode) & ~((mode < 0) & (calls == 1)))
-        if self.layout.num_fingerprints > 0:
-            boundary = boundary | ((calls == 1) & (fingerprint == named["fingerprint"]).all().reshape(1))
-        forced = _one(settings, FORCED_MODE).to(torch.int64)
-        same_timestep = (level == _one(floats, FIRST_TIMESTEP)) if level is not None else torch.zeros_like(boundary)
-        latent = self.layout.latent_index
-        if latent >= 0:
-            same_latent = _one(fingerprint, latent) == _one(named["fingerprint"], latent)
-            boundary = boundary | ((calls == 1) & same_timestep & ~same_latent & (forced != 1))
-            same_timestep = same_timestep & same_latent
-        detect = ~boundary & (mode < 0) & (calls == 1)
-        separate_now = detect & same_timestep
-        mode = torch.where(detect, separate_now.to(torch.int64), mode)
-        swap = torch.where(separate_now & (_one(settings, COMPUTE_FIRST) > 0), 1, _one(counters, SWAP))
-        boundary = boundary | (detect & steps_reached(mode))
-        return (boundary, torch.where(boundary, forced, mode), torch.where(boundary, 0, swap),
-                torch.where(boundary, 0, calls))
-
-
-class _CachedBranch(torch.nn.Module):
+class CachedBranch(torch.nn.Module):
     """``(partners, ladders, forecast weights, middle_inputs)`` -> per carried value its Taylor
     forecast (``base + sum_k ladder[k] * weight[k]`` over the levels in use; base: the partner
     for a residual ladder, zero otherwise); the arguments arrive as ``CondOperands``."""
@@ -382,7 +464,7 @@ class _CachedBranch(torch.nn.Module):
         return tuple(outputs)
 
 
-class _ComputeBranch(torch.nn.Module):
+class ComputeBranch(torch.nn.Module):
     """``(partners, ladders, forecast weights, middle_inputs) -> middle(middle_inputs)``, fresh and
     contiguous; the middle's inputs start after the first ``num_branch_arguments`` arguments."""
 
@@ -398,7 +480,7 @@ class _ComputeBranch(torch.nn.Module):
         return tuple(o.clone(memory_format=torch.contiguous_format) for o in outputs)
 
 
-def _forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Which ladder levels a forecast uses (the first ``min(updates, levels)``) and their
     weights ``elapsed**k / k!`` (fp32, as the ladder kernels take them)."""
     k = torch.arange(levels, device=updates.device)
@@ -426,7 +508,7 @@ def _foca_after_forecast(history: torch.Tensor, predicted: torch.Tensor, seen: t
     return torch.where(seen >= 2, advanced, history)
 
 
-def _ladder_push(ladder: torch.Tensor, value: torch.Tensor, gap: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+def ladder_push(ladder: torch.Tensor, value: torch.Tensor, gap: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """``taylor_update_reference_`` as a pure function: ``value`` (fp32) becomes level 0 and
     each of the first ``levels`` levels becomes the difference of the one below, over ``gap``."""
     rows = []
@@ -438,23 +520,25 @@ def _ladder_push(ladder: torch.Tensor, value: torch.Tensor, gap: torch.Tensor, l
     return torch.stack(rows)
 
 
-def _decide(settings: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, cached_steps: torch.Tensor,
-            continuous: torch.Tensor, accumulated: torch.Tensor, has_residual: torch.Tensor,
-            diff: torch.Tensor) -> torch.Tensor:
-    """``policy.should_cache`` on tensors (shape [1], bool)."""
+def decide(settings: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, cached_steps: torch.Tensor,
+           continuous: torch.Tensor, accumulated: torch.Tensor, has_residual: torch.Tensor,
+           diff: torch.Tensor, threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``policy.should_cache`` on tensors (shape [1], bool); ``threshold`` replaces the
+    configured one (DBPrune's dynamic threshold)."""
     def setting(slot: int) -> torch.Tensor:
         return settings[slot:slot + 1]
 
+    threshold = setting(THRESHOLD) if threshold is None else threshold
     warm = (step < setting(MAX_WARMUP).to(torch.int64)) & (step % setting(WARMUP_INTERVAL).to(torch.int64) == 0)
     allowed = ~warm & torch.isfinite(diff) & (mask.index_select(0, step.clamp(max=mask.shape[0] - 1)) == 0)
     max_cached, max_continuous = setting(MAX_CACHED).to(torch.int64), setting(MAX_CONTINUOUS).to(torch.int64)
     dynamic = (allowed & ~((max_cached >= 0) & (cached_steps >= max_cached))
                & ~((max_continuous >= 0) & (continuous >= max_continuous))
-               & (accumulated < setting(MAX_ACCUMULATED)) & (setting(THRESHOLD) > 0) & (diff < setting(THRESHOLD)))
+               & (accumulated < setting(MAX_ACCUMULATED)) & (threshold > 0) & (diff < threshold))
     return torch.where(setting(STATIC_MASK) > 0, allowed, dynamic) & has_residual
 
 
-def _log_step(state: dict[str, torch.Tensor], kept: torch.Tensor, stream: torch.Tensor, step: torch.Tensor,
+def log_step(state: dict[str, torch.Tensor], kept: torch.Tensor, stream: torch.Tensor, step: torch.Tensor,
               cache: torch.Tensor, has_diff: torch.Tensor, diff: torch.Tensor) -> None:
     """Clear every stream's log at a boundary, then record this step in its stream's row
     (steps past ``LOG_CAPACITY`` are not logged)."""
@@ -478,7 +562,7 @@ def generation_progress(state: dict[str, torch.Tensor]) -> tuple[int, dict[str, 
 
 def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> CacheSummary:
     """The latest generation's statistics of ``stream`` from the step's state (``LOGGED_STATE``
-    by name)."""
+    by name, and ``PRUNE_LOGGED_STATE`` for DBPrune)."""
     check_stream_name(stream)
     counters = state["counters"].tolist()
     row = STREAM_INDEX[stream] ^ counters[SWAP]
@@ -488,8 +572,11 @@ def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> C
         return stats.summary()
     steps, total_cached = state["stream_counters"][row, STEP:CACHED + 1].tolist()
     cached, has_diff, diffs = (state[name][row].tolist() for name in LOGGED_STATE[2:])
+    pruned = state["log_pruned"][row].tolist() if "log_pruned" in state else None
+    index = state["pruned_index"].tolist() if pruned is not None else []
     for step in range(min(steps, LOG_CAPACITY)):
-        stats.record(step, bool(cached[step]), diffs[step] if has_diff[step] else None)
+        blocks = [index[k] for k, flag in enumerate(pruned[step]) if flag] if pruned is not None else None
+        stats.record(step, bool(cached[step]), diffs[step] if has_diff[step] else None, pruned_blocks=blocks)
     stats.steps = steps
     stats.unlisted_cached_steps = total_cached - len(stats.cached_steps)
     return stats.summary()

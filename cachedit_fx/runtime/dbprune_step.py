@@ -1,0 +1,173 @@
+"""The DBPrune step as tensor code: one ``torch.cond`` per prunable block, each on its own diff.
+
+Each prunable block of the program is replaced by a ``PrunedBlockStep`` (``passes/
+insert_prune_steps.py``). The first one of a call starts it (``start_call``: boundaries, CFG
+streams, as DBCache does), the call's progress (``PruneCall``) flows from block to block as
+graph values, and the last one finishes it (step counters, the per-step log, ``finish_call``).
+Semantics equal ``ModelCacheState.run_block``: every rule is DBCache's (``decide``,
+``CachedBranch``, ``ComputeBranch``, ``ladder_push`` with one-level ladders), applied per block
+with the block's own counters (pruned in a row, accumulated diff, a residual written) and the
+call's step counters (a step that pruned any block counts as cached); the diff compares the
+block's hidden input with the one it saw at its last computed step. With
+``enable_dynamic_prune_threshold`` a block's threshold comes from the diffs of the blocks
+before it in the call (``dynamic_threshold``).
+
+Invariants: as ``runtime/dbcache_step.py``; a block's state is read only when its counters say
+a computed step of this generation wrote it (a boundary clears every block's counters); the
+call's step counters change only at the last block, so every block of a call sees the same
+step, cached-step count and stream.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+
+from cachedit_fx.kernels.reference import l1_rel_diff_reference
+from cachedit_fx.runtime.cond_operands import CondOperands
+from cachedit_fx.runtime.dbcache_step import (
+    CACHED, DYNAMIC_THRESHOLD, LOG_CAPACITY, MAX_DYNAMIC, RELAX, STEP, THRESHOLD, CachedBranch, CallStart,
+    ComputeBranch, StepLayout, decide, finish_call, forecast_weights, ladder_push, log_step, relative_diff,
+    start_call, stream_row, with_stream_row, write_stream_row)
+
+DYNAMIC_DIFFS = 5
+"""The dynamic threshold averages the positive ones among a call's first five block diffs."""
+
+
+class PruneCall(NamedTuple):
+    """A call's progress through its prunable blocks: where it stands (``CallStart``), its
+    stream's step and cached steps, the first ``DYNAMIC_DIFFS`` diffs taken and their count, the
+    first block's diff and whether it had one, and one pruned flag per prunable block."""
+
+    start: CallStart
+    step: torch.Tensor
+    cached_steps: torch.Tensor
+    diffs: torch.Tensor
+    num_diffs: torch.Tensor
+    first_diff: torch.Tensor
+    has_first_diff: torch.Tensor
+    pruned: torch.Tensor
+
+
+class PrunedBlockStep(torch.nn.Module):
+    """``forward(state, call, hidden_input, partners, block_inputs)`` returns the block's
+    outputs (computed by ``block`` or its inputs plus the stored residuals) and, unless it is
+    the last prunable block, the ``PruneCall`` for the next one. ``call`` is that of the block
+    before, or for the first block ``(timestep, fingerprint_inputs, reset)`` to start the call;
+    ``position``: this block's rank among the prunable blocks."""
+
+    def __init__(self, block: torch.nn.Module, layout: StepLayout, position: int, sums_group: Optional[str] = None,
+                 diff_sums=l1_rel_diff_reference) -> None:
+        super().__init__()
+        self.block = block
+        self.layout = layout
+        self.position = position
+        self.sums_group = sums_group
+        self.diff_sums = diff_sums
+
+    @property
+    def first(self) -> bool:
+        return self.position == 0
+
+    @property
+    def last(self) -> bool:
+        return self.position == len(self.layout.blocks) - 1
+
+    def forward(self, state: Sequence[torch.Tensor], call, hidden_input: torch.Tensor,
+                partners: Sequence[torch.Tensor], block_inputs: Sequence[torch.Tensor]):
+        named = dict(zip(self.layout.names, state))
+        if self.first:
+            call = self._start(named, *call, hidden_input.device)
+        start = call.start
+        settings = named["settings"]
+        input_name, counters_name, accumulated_name, *residual_names = self.layout.blocks[self.position].names()
+        block_counters = named[counters_name] * start.kept
+        block_floats = torch.where(start.boundary, 0.0, named[accumulated_name])
+        mine = stream_row(block_counters, start.stream)
+        continuous, has_residual = mine[0:1], mine[1:2] > 0
+        accumulated = stream_row(block_floats, start.stream)[0:1]
+        previous = stream_row(named[input_name], start.stream)
+        ladders = [stream_row(named[name], start.stream) for name in residual_names]
+
+        diff = relative_diff(self.diff_sums(previous, hidden_input, None), self.sums_group)
+        threshold = dynamic_threshold(settings, call.diffs, call.num_diffs)
+        prune = decide(settings, named["mask"], call.step, call.cached_steps, continuous, accumulated, has_residual,
+                       diff, threshold)
+
+        weights = [w for _ in ladders for w in forecast_weights(1, has_residual.to(torch.int64), torch.zeros_like(diff))]
+        branch_arguments = (*partners, *ladders, *weights)
+        operands = CondOperands((*branch_arguments, *block_inputs))
+        outputs = torch.ops.higher_order.cond(prune.reshape(()), CachedBranch((True,) * len(ladders), operands),
+                                              ComputeBranch(self.block, len(branch_arguments), operands),
+                                              tuple(operands.operands))
+
+        one, gap = torch.ones_like(call.step), torch.ones(1, dtype=torch.float32, device=diff.device)
+        for name, out, partner, ladder in zip(residual_names, outputs, partners, ladders):
+            pushed = ladder_push(ladder, out.float() - partner.float(), gap, one)
+            write_stream_row(named[name], start.stream, torch.where(prune, ladder, pushed))
+        write_stream_row(named[input_name], start.stream, torch.where(prune, previous, hidden_input))
+        pruned = prune.to(torch.int64)
+        named[counters_name].copy_(with_stream_row(block_counters, start.stream, torch.cat([
+            (continuous + pruned) * pruned, (has_residual | ~prune).to(torch.int64)])))
+        positive = has_residual & torch.isfinite(diff) & (diff > 0)
+        named[accumulated_name].copy_(with_stream_row(block_floats, start.stream, torch.cat([
+            accumulated + torch.where(prune & positive, diff, 0.0), torch.zeros_like(accumulated)])))
+
+        slot = call.num_diffs.clamp(max=DYNAMIC_DIFFS - 1)
+        taken = has_residual & (call.num_diffs < DYNAMIC_DIFFS)
+        call = call._replace(
+            diffs=call.diffs.index_copy(0, slot, torch.where(taken, diff, call.diffs.index_select(0, slot))),
+            num_diffs=call.num_diffs + has_residual.to(torch.int64),
+            first_diff=diff if self.first else call.first_diff,
+            has_first_diff=has_residual if self.first else call.has_first_diff,
+            pruned=torch.cat([call.pruned[:self.position], pruned, call.pruned[self.position + 1:]]))
+        if not self.last:
+            return (*outputs, call)
+        self._finish(named, call)
+        return tuple(outputs)
+
+    def _start(self, named: dict[str, torch.Tensor], timestep: Optional[torch.Tensor],
+               fingerprint_inputs: Sequence[torch.Tensor], reset: Optional[torch.Tensor],
+               device: torch.device) -> PruneCall:
+        start = start_call(self.layout, named, timestep, fingerprint_inputs, reset, device)
+        mine = stream_row(named["stream_counters"] * start.kept, start.stream)
+        zero = torch.zeros(1, dtype=torch.float64, device=device)
+        return PruneCall(start, mine[STEP:STEP + 1], mine[CACHED:CACHED + 1],
+                         torch.zeros(DYNAMIC_DIFFS, dtype=torch.float64, device=device),
+                         torch.zeros(1, dtype=torch.int64, device=device), zero, torch.zeros_like(zero, dtype=torch.bool),
+                         torch.zeros(len(self.layout.blocks), dtype=torch.int64, device=device))
+
+    def _finish(self, named: dict[str, torch.Tensor], call: PruneCall) -> None:
+        """The call's step: counted as cached when any block was pruned, logged with the first
+        block's diff and the pruned blocks."""
+        start = call.start
+        any_pruned = call.pruned.amax().reshape(1) > 0
+        stream_counters = named["stream_counters"] * start.kept
+        row = stream_row(stream_counters, start.stream)
+        named["stream_counters"].copy_(with_stream_row(stream_counters, start.stream, torch.cat([
+            call.step + 1, call.cached_steps + any_pruned.to(torch.int64), row[CACHED + 1:]])))
+        log_step(named, start.kept, start.stream, call.step, any_pruned, call.has_first_diff, call.first_diff)
+        log = named["log_pruned"]
+        flat = (log * start.kept.to(log.dtype)).reshape(-1, log.shape[-1])
+        index = start.stream * LOG_CAPACITY + call.step.clamp(max=LOG_CAPACITY - 1)
+        entry = torch.where(call.step < LOG_CAPACITY, call.pruned.to(log.dtype).unsqueeze(0), flat.index_select(0, index))
+        log.copy_(flat.index_copy(0, index, entry).view_as(log))
+        finish_call(named, start, any_pruned.to(torch.int64))
+
+
+def dynamic_threshold(settings: torch.Tensor, diffs: torch.Tensor, num_diffs: torch.Tensor) -> torch.Tensor:
+    """The threshold of a block (fp64, [1]): the configured one, or with the dynamic threshold on
+    and a positive diff among the call's first ``DYNAMIC_DIFFS`` block diffs so far, their mean
+    times the relax ratio when that is below the ceiling (the configured ``max``, or twice the
+    threshold), never below the configured threshold."""
+    base = settings[THRESHOLD:THRESHOLD + 1]
+    taken = torch.arange(DYNAMIC_DIFFS, device=diffs.device) < num_diffs
+    positive = taken & (diffs > 0)
+    count = positive.sum().reshape(1)
+    mean = torch.where(positive, diffs, 0.0).sum().reshape(1) / count.clamp(min=1)
+    relaxed = mean * settings[RELAX:RELAX + 1]
+    ceiling = settings[MAX_DYNAMIC:MAX_DYNAMIC + 1]
+    ceiling = torch.where(torch.isnan(ceiling), 2 * base, ceiling)
+    on = (settings[DYNAMIC_THRESHOLD:DYNAMIC_THRESHOLD + 1] > 0) & (count > 0) & (relaxed < ceiling)
+    return torch.where(on, torch.maximum(relaxed, base), base)
