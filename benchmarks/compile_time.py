@@ -48,7 +48,7 @@ def compiled_model(system: str, model: torch.nn.Module, inner_backend: str) -> t
     if system.endswith("-once"):
         cachedit_fx.trace_blocks_once(model)
     options = dict(Fn_compute_blocks=1, residual_diff_threshold=0.12, regional_compile="regional" in system,
-                   inner_backend=inner_backend, in_graph_decision=False)
+                   inner_backend=inner_backend)
     return torch.compile(model, backend="cachedit", options=options)
 
 

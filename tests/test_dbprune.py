@@ -35,21 +35,23 @@ def prune_config(ref_args: dict, threshold: float) -> DBPruneConfig:
     )
 
 
-CASES_BY_DECISION = [(n, a, None) for n, a in CASES] + [(n, a, False) for n, a in CASES[1:3]]
+VARIANTS = {"program": {}, "host": {"in_graph_decision": False}, "regional": {"regional_compile": True}}
+CASES_BY_VARIANT = ([(n, a, "program") for n, a in CASES] + [(n, a, "host") for n, a in CASES[1:3]]
+                    + [(n, a, "regional") for n, a in CASES[2:4]])
 
 
-@pytest.mark.parametrize("name,ref_args,in_graph", CASES_BY_DECISION, ids=[
-    f"{n}-{'-'.join(map(str, a)) or 'plain'}-{'host' if d is False else 'program'}" for n, a, d in CASES_BY_DECISION])
-def test_dbprune_equals_reference(name, ref_args, in_graph):
-    """Decided in the program (the default), and for two cases on the host."""
+@pytest.mark.parametrize("name,ref_args,variant", CASES_BY_VARIANT, ids=[
+    f"{n}-{'-'.join(map(str, a)) or 'plain'}-{v}" for n, a, v in CASES_BY_VARIANT])
+def test_dbprune_equals_reference(name, ref_args, variant):
+    """Decided in the program (the default, also with regional compilation) and on the host."""
     model, inputs = TINY_MODELS[name]()
     steps = list(trajectory(inputs, STEPS))
     threshold = THRESHOLDS[name]
     compiled = torch.compile(model, backend="cachedit", options={
-        "inner_backend": "eager", "cache_config": prune_config(ref_args, threshold), "in_graph_decision": in_graph})
+        "inner_backend": "eager", "cache_config": prune_config(ref_args, threshold), **VARIANTS[variant]})
     got = run(compiled, steps)
     summary = cachedit_fx.summary(compiled)
-    assert cache_for_model(compiled).active().decided_in_graph == (in_graph is None)
+    assert cache_for_model(compiled).active().decided_in_graph == (variant != "host")
 
     reference = ReferenceDBPrune(model, BLOCK_LISTS[name], 1, ref_args.get("Bn", 0), threshold, warmup=2,
                                  non_prune=ref_args.get("non_prune", ()),

@@ -121,24 +121,25 @@ def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own
 
 @pytest.mark.parametrize("options, needle", [
     (dict(regional_compile=True), "regional_compile"),
+    (dict(cache_config=cachedit_fx.DBPruneConfig()), "DBPrune"),
 ])
-def test_options_the_in_graph_step_does_not_implement_are_named(options, needle):
-    model, inputs = TINY_MODELS["flux"]()
-    compiled = torch.compile(model, backend="cachedit", options=dict(
-        dict(Fn_compute_blocks=1, inner_backend="eager", in_graph_decision=True), **options))
-    with pytest.raises(Exception, match=needle):
-        run(compiled, [inputs])
+def test_what_cuda_graphs_cannot_record_in_the_program_is_named(options, needle):
+    """Under CUDA graphs the program is recorded with one conditional node: regions run apart
+    and DBPrune's per-block conds are refused by ``in_graph_decision=True``."""
+    from cachedit_fx.config import parse_options
+    from cachedit_fx.passes.insert_in_graph_step import check_in_graph_support
+
+    check_in_graph_support(parse_options(options))
+    with pytest.raises(ValueError, match=needle):
+        check_in_graph_support(parse_options(dict(options, mode="reduce-overhead")))
 
 
-@pytest.mark.parametrize("options, host_because", [
-    ({}, None),
-    (dict(cache_kernels="torch"), None),
-    (dict(cache_config=cachedit_fx.DBPruneConfig()), None),
-    (dict(regional_compile=True), "regional_compile"),
-    (dict(cache_kernels="triton"), None),
-    (dict(cache_kernels="inductor-fused"), None),
+@pytest.mark.parametrize("options", [
+    {}, dict(cache_kernels="torch"), dict(cache_config=cachedit_fx.DBPruneConfig()), dict(regional_compile=True),
+    dict(cache_kernels="triton"), dict(cache_kernels="inductor-fused"),
+    dict(cache_config=cachedit_fx.DBPruneConfig(), regional_compile=True),
 ])
-def test_the_default_decides_in_the_graph_where_it_applies_and_logs_why_not(options, host_because, caplog):
+def test_the_default_decides_in_the_graph_for_every_feature(options, caplog):
     model, inputs = TINY_MODELS["flux"]()
     compiled = torch.compile(model, backend="cachedit", options=dict(
         dict(Fn_compute_blocks=1, inner_backend="eager"), **options))
@@ -146,11 +147,7 @@ def test_the_default_decides_in_the_graph_where_it_applies_and_logs_why_not(opti
         run(compiled, list(trajectory(inputs, 2)))
     state = cache_for_model(compiled).active()
     host_lines = [r.getMessage() for r in caplog.records if "host decision" in r.getMessage()]
-    if host_because is None:
-        assert state.decided_in_graph and not state.streams and not host_lines
-    else:
-        assert not state.decided_in_graph and state.streams
-        assert len(host_lines) == 1 and host_because in host_lines[0]
+    assert state.decided_in_graph and not state.streams and not host_lines
 
 
 def test_cuda_graphs_keep_the_host_decision_by_default():

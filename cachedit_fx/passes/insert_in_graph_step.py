@@ -61,8 +61,8 @@ def unsupported_options(settings: BackendSettings) -> Optional[str]:
     """Why the in-graph step does not implement these options, or None."""
     if isinstance(settings.cache, DBPruneConfig) and uses_cuda_graphs(settings):
         return "DBPrune under CUDA graphs: the program is recorded with one conditional node, and DBPrune has one per block"
-    if settings.regional_compile:
-        return "regional_compile compiles blocks apart; the in-graph step compiles one program"
+    if settings.regional_compile and uses_cuda_graphs(settings):
+        return "regional_compile under CUDA graphs: the regions would run inside a recorded conditional node"
     return None
 
 

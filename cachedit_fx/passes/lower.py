@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -29,7 +29,7 @@ from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import (
     BLOCKWISE_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY, compile_handles)
 from cachedit_fx.passes.compile_cond_parts import compile_cond_parts
-from cachedit_fx.passes.inner_compile import compile_piece, example_value, uses_cuda_graphs
+from cachedit_fx.passes.inner_compile import DynamoInputs, compile_piece, example_value, uses_cuda_graphs
 from cachedit_fx.passes.split_pieces import piece_modules
 
 log = logging.getLogger("cachedit_fx")
@@ -59,24 +59,32 @@ class CompileReport:
 def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     if IN_GRAPH_META_KEY in parent.meta:
         return _lower_as_one_program(parent, settings)
-    dynamo_inputs = compile_handles(parent).dynamo_inputs
-    compiled: dict[Hashable, Callable[..., Any]] = {}
-    units = 0
+    units = []
     for owner, name, piece in piece_modules(parent):
-        targets = piece_modules(piece) if piece.meta.get(BLOCKWISE_META_KEY) else [(owner, name, piece)]
-        for unit_owner, unit_name, unit in targets:
-            if dynamo_inputs is not None:
-                dynamo_inputs.carry_onto(unit)
-            signature = graph_signature(unit)
-            if uses_cuda_graphs(settings):  # static weights at other addresses would re-record every graph
-                signature = (signature, id(unit))
-            if signature not in compiled:
-                compiled[signature] = compile_piece(unit, settings)
-            setattr(unit_owner, unit_name, CompiledPiece(unit_name, compiled[signature]))
-            units += 1
-    parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(units, len(compiled))
-    log.info("cachedit: %d pieces, %d distinct compiles", units, len(compiled))
+        units += piece_modules(piece) if piece.meta.get(BLOCKWISE_META_KEY) else [(owner, name, piece)]
+    report = compile_units(units, settings, compile_handles(parent).dynamo_inputs, {})
+    parent.meta[COMPILE_REPORT_META_KEY] = report
+    log.info("cachedit: %d pieces, %d distinct compiles", report.pieces, report.compiles)
     return parent
+
+
+def compile_units(units: Sequence[tuple[torch.nn.Module, str, fx.GraphModule]], settings: BackendSettings,
+                  dynamo_inputs: Optional[DynamoInputs], compiled: dict[Hashable, Callable[..., Any]]
+                  ) -> CompileReport:
+    """Compile each ``(owner, attribute, graph)`` unit and put it in place as a
+    ``CompiledPiece``, compiling equal graphs (``graph_signature``) once; ``compiled`` holds the
+    callables by signature (shared across calls). Reports units and distinct compiles."""
+    before = len(compiled)
+    for owner, name, unit in units:
+        if dynamo_inputs is not None:
+            dynamo_inputs.carry_onto(unit)
+        signature = graph_signature(unit)
+        if uses_cuda_graphs(settings):  # static weights at other addresses would re-record every graph
+            signature = (signature, id(unit))
+        if signature not in compiled:
+            compiled[signature] = compile_piece(unit, settings)
+        setattr(owner, name, CompiledPiece(name, compiled[signature]))
+    return CompileReport(len(units), len(compiled) - before)
 
 
 COND_CACHE_KEY = "torch.ops.higher_order.cond"
@@ -105,7 +113,8 @@ def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> 
         parent.meta[ONE_PROGRAM_META_KEY] = compile_cond_parts(parent, examples, settings)
     else:
         parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings)
-    parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(1, 1)
+    regions = parent.meta.get(COMPILE_REPORT_META_KEY, CompileReport(0, 0))
+    parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(regions.pieces + 1, regions.compiles + 1)
     log.info("cachedit: one program (decision in the graph)")
     return parent
 

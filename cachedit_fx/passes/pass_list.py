@@ -19,6 +19,9 @@
     insert_cache_selector
     insert_prune_branches  a guarded branch around every prunable block
   then:
+    compile_regions        (regional_compile=True) the steps' regions compiled block by block, once
+                           per distinct block, called through a custom op
+    or, with the host decision:
     split_blocks           (regional_compile=True) one sub-piece per chain block
     lower                  compile each distinct piece once (the in-graph program: whole)
 
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from cachedit_fx.config import BackendSettings, DBPruneConfig
+from cachedit_fx.passes.compile_regions import compile_regions
 from cachedit_fx.passes.context_parallel import context_parallel
 from cachedit_fx.passes.find_block_chain import find_block_chain
 from cachedit_fx.passes.inline_block_regions import inline_block_regions
@@ -68,7 +72,8 @@ def build_pass_list(settings: BackendSettings, target: Literal["compile", "expor
     else:
         passes += [partition, insert_in_graph_step]
     if target == "compile":
-        passes += [split_blocks] if settings.regional_compile else []
+        if settings.regional_compile:
+            passes.append(split_blocks if settings.in_graph_decision is False else compile_regions)
         passes.append(lower)
     manager = PassManager(passes)
     for entry in _USER_PASSES:
@@ -80,7 +85,7 @@ def build_pass_list(settings: BackendSettings, target: Literal["compile", "expor
 PASS_NAMES = frozenset(pass_name(p) for p in (
     inline_block_regions, find_block_chain, tensor_parallel, context_parallel, partition, partition_blocks,
     insert_in_graph_step, insert_exported_step, insert_cache_selector, insert_cache_branch, fuse_diff_into_head,
-    insert_prune_branches, insert_prune_steps, insert_exported_prune_steps, split_blocks, lower))
+    insert_prune_branches, insert_prune_steps, insert_exported_prune_steps, compile_regions, split_blocks, lower))
 """Every pass a list may hold: the anchors ``add_pass`` accepts."""
 
 

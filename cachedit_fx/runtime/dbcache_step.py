@@ -359,7 +359,8 @@ class DBCacheStep(torch.nn.Module):
     def __init__(self, middle: torch.nn.Module, layout: StepLayout, sums_group: Optional[str] = None,
                  diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> None:
         super().__init__()
-        self.middle = middle
+        self.region = middle
+        """What the compute branch runs: the middle piece (``compile_regions`` may replace it)."""
         self.layout = layout
         self.sums_group = sums_group
         """The process group (by name) whose ranks' diff sums are added before the decision
@@ -409,7 +410,7 @@ class DBCacheStep(torch.nn.Module):
         operands = CondOperands((*branch_arguments, *middle_inputs))
         plans = tuple(v.residual for v in self.layout.values)
         outputs = torch.ops.higher_order.cond(cache.reshape(()), CachedBranch(plans, operands),
-                                              ComputeBranch(self.middle, len(branch_arguments), operands),
+                                              ComputeBranch(self.region, len(branch_arguments), operands),
                                               tuple(operands.operands))
 
         gap = torch.where(updates > 0, step - last_computed, 1).to(torch.float32)

@@ -60,7 +60,8 @@ class PrunedBlockStep(torch.nn.Module):
     def __init__(self, block: torch.nn.Module, layout: StepLayout, position: int, sums_group: Optional[str] = None,
                  diff_sums=l1_rel_diff_reference) -> None:
         super().__init__()
-        self.block = block
+        self.region = block
+        """What the compute branch runs: the block piece (``compile_regions`` may replace it)."""
         self.layout = layout
         self.position = position
         self.sums_group = sums_group
@@ -99,7 +100,7 @@ class PrunedBlockStep(torch.nn.Module):
         branch_arguments = (*partners, *ladders, *weights)
         operands = CondOperands((*branch_arguments, *block_inputs))
         outputs = torch.ops.higher_order.cond(prune.reshape(()), CachedBranch((True,) * len(ladders), operands),
-                                              ComputeBranch(self.block, len(branch_arguments), operands),
+                                              ComputeBranch(self.region, len(branch_arguments), operands),
                                               tuple(operands.operands))
 
         one, gap = torch.ones_like(call.step), torch.ones(1, dtype=torch.float32, device=diff.device)

@@ -1,0 +1,73 @@
+"""A region of the program compiled apart (regional compilation), called from the program as a
+custom op, so the compiler that traces the program sees one opaque call in the branch.
+
+The op ``cachedit_fx_regions::region_<key>`` takes the region's tensor inputs and its integer
+(or symbolic size) inputs and returns the region's outputs; its real implementation runs the
+region compiled block by block, its fake implementation runs the region's graph on fake
+tensors (shapes, dtypes, symbolic sizes). ``key`` is a digest of the region's graph, so equal
+regions share an op and Inductor's caches never hand one region's code to another.
+
+Invariants: the op's outputs are fresh, contiguous tensors (an output sharing storage with an
+input or another output, or not contiguous, is copied), in the real and the fake implementation alike; the op mutates
+nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+
+NAMESPACE = "cachedit_fx_regions"
+_REGIONS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+"""op name -> (the region's graph, the region compiled block by block): the latest of each."""
+
+
+def region_key(signature: Hashable) -> str:
+    return hashlib.sha256(repr(signature).encode()).hexdigest()[:20]
+
+
+class RegionCall(torch.nn.Module):
+    """``forward(*inputs)`` -> the region's outputs (a tuple), through its custom op; ``inputs``:
+    tensors and integers in the region's order."""
+
+    def __init__(self, graph: Callable[..., Any], compiled: Callable[..., Any], key: str) -> None:
+        super().__init__()
+        self.name = f"region_{key}"
+        _REGIONS[self.name] = (graph, compiled)
+        if not hasattr(getattr(torch.ops, NAMESPACE, None), self.name):
+            _define(self.name)
+        self.op = getattr(getattr(torch.ops, NAMESPACE), self.name)
+
+    def forward(self, *inputs: Any) -> tuple[torch.Tensor, ...]:
+        tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
+        sizes = [v for v in inputs if not isinstance(v, torch.Tensor)]
+        kinds = "".join("t" if isinstance(v, torch.Tensor) else "s" for v in inputs)
+        return tuple(self.op(tensors, sizes, kinds))
+
+
+def _define(name: str) -> None:
+    @torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=())
+    def run(tensors: list[torch.Tensor], sizes: list[int], kinds: str) -> list[torch.Tensor]:
+        return _fresh(_REGIONS[name][1](*_arguments(tensors, sizes, kinds)), tensors)
+
+    @run.register_fake
+    def _(tensors: list[torch.Tensor], sizes: list[int], kinds: str) -> list[torch.Tensor]:
+        return _fresh(_REGIONS[name][0](*_arguments(tensors, sizes, kinds)), tensors)
+
+
+def _arguments(tensors: Sequence[torch.Tensor], sizes: Sequence[int], kinds: str) -> list[Any]:
+    tensor_values, size_values = iter(tensors), iter(sizes)
+    return [next(tensor_values) if kind == "t" else next(size_values) for kind in kinds]
+
+
+def _fresh(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``outputs`` with each one that is not contiguous, or shares storage with an input or an
+    earlier output (slices of one joined tensor), replaced by a contiguous copy."""
+    fresh: list[torch.Tensor] = []
+    for value in outputs:
+        if not value.is_contiguous() or any(torch._C._is_alias_of(value, t) for t in (*inputs, *fresh)):
+            value = value.clone(memory_format=torch.contiguous_format)
+        fresh.append(value)
+    return fresh
