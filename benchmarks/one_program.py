@@ -3,8 +3,8 @@
     python -m benchmarks.one_program [--models flux,wan] [--steps 28] [--repeats 5] [--readme]
 
 Per model (the suite's quick sizes), in one process with every system alive and their warm
-generations interleaved round by round: plain Inductor, then cachedit at threshold 0, F1B0 and
-SCM-fast, each with the host decision (``in_graph_decision=False``: pieces and one host read
+generations interleaved round by round: plain Inductor, then cachedit at threshold 0, F1B0,
+SCM-fast and DBPrune, each with the host decision (``in_graph_decision=False``: pieces and one host read
 per step) and with the in-graph program (``in_graph_decision=True``). Reported: ms per
 generation, threshold-0 overhead over Inductor, realised / ideal speedup of the cached rows
 (ideal: FLOPs of the uncached generation over those with the skipped blocks removed), cached
@@ -39,7 +39,8 @@ def settings(threshold: float, warmup: int, in_graph: bool) -> list[CacheSetting
     suffix = "/in-graph" if in_graph else ""
     return [CacheSetting(f"threshold0{suffix}", 1, 0, 0.0, warmup, in_graph=in_graph),
             CacheSetting(f"F1B0{suffix}", 1, 0, threshold, warmup, in_graph=in_graph),
-            CacheSetting(f"SCM-fast{suffix}", 1, 0, threshold, warmup, mask_policy="fast", in_graph=in_graph)]
+            CacheSetting(f"SCM-fast{suffix}", 1, 0, threshold, warmup, mask_policy="fast", in_graph=in_graph),
+            CacheSetting(f"DBPrune{suffix}", 1, 0, threshold, warmup, prune=True, in_graph=in_graph)]
 
 
 def measure_model(name: str, steps: int, repeats: int) -> dict[str, Any]:

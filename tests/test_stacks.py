@@ -1,5 +1,5 @@
 """The backend under what diffusers users stack on a transformer: LoRA adapters (PEFT, through
-diffusers' API) and attention backends. Each stack caches with zero configuration and equals
+diffusers' API), layerwise casting and attention backends. Each stack caches with zero configuration and equals
 the eager oracle ``reference_dbcache.ReferenceDBCache`` applied to the same stacked model.
 
 Recompiles are counted, not forbidden: PEFT keeps each adapter's scale as a Python float, which
@@ -117,6 +117,30 @@ class _AllReducedInput(ToyChain):
         from torch.distributed._functional_collectives import all_reduce
 
         return super().forward(all_reduce(x, "sum", torch.distributed.group.WORLD), timestep)
+
+
+@pytest.mark.parametrize("inner", ["eager", "aot_eager"])
+def test_layerwise_casting_is_adopted_caches_in_one_graph_and_equals_the_hooked_model(inner):
+    """fp8 storage, fp32 compute: diffusers' hooks split every layer into a graph of its own;
+    ``cachedit_fx.compile`` adopts them as cast-on-use weights (one graph, decided in the
+    program), the outputs equal the oracle on the hooked eager model, ``disable`` puts the
+    hooks back."""
+    from cachedit_fx.layerwise_casting import CastOnUse
+
+    model, inputs = TINY_MODELS["flux"]()
+    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    steps = list(trajectory(inputs, 5))
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, inner_backend=inner))
+    weight = model.transformer_blocks[0].attn.to_q.weight
+    assert isinstance(weight, CastOnUse) and weight.stored.dtype == torch.float8_e4m3fn
+    error, cached, graphs = _generation(compiled, model, steps)
+    assert error <= 1e-6 and cached == [1, 2, 3, 4] and graphs == 1
+    cachedit_fx.disable(compiled)
+    layer = model.transformer_blocks[0].attn.to_q
+    assert type(layer.weight) is torch.nn.Parameter and layer.weight.dtype == torch.float8_e4m3fn
+    assert layer._diffusers_hook.get_hook("layerwise_casting") is not None
+    hooked = run(model, steps[:1])[0]
+    assert torch.equal(hooked, _reference_outputs(model, steps[:1])[0])
 
 
 def test_a_model_parallelised_by_diffusers_or_another_parallelism_is_refused_with_the_remedy():

@@ -20,6 +20,7 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import CHAIN_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, compile_handles
+from cachedit_fx.passes.inner_compile import example_value
 from cachedit_fx.passes.lower import CompileReport, compile_units, graph_signature
 from cachedit_fx.passes.split_blocks import block_ranges, split_blocks
 from cachedit_fx.passes.split_pieces import piece_modules, split_into_pieces
@@ -50,7 +51,8 @@ def compile_regions(parent: fx.GraphModule, settings: BackendSettings) -> fx.Gra
     pieces = compiles = 0
     for step in [m for m in parent.modules() if isinstance(m, (DBCacheStep, PrunedBlockStep))]:
         region: fx.GraphModule = step.region
-        key = region_key(graph_signature(region))
+        key = region_key((graph_signature(region), [type(example_value(n)).__qualname__
+                                                    for n in region.graph.find_nodes(op="placeholder")]))
         ranges = block_ranges(region, block_of)
         if len(ranges) > 1:
             runner: torch.nn.Module = split_into_pieces(region, ranges)

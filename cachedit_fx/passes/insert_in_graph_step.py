@@ -83,16 +83,27 @@ def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> f
     shim sizes them per call). With ``in_graph_decision=None`` (the backend ruled out
     ``host_decision_reason`` already) a graph the step cannot take gets the host step
     (``insert_host_step``, logged) before anything is changed."""
+    return step_or_host_decision(
+        parent, settings, lambda **step: rewrite_middle_as_step(parent, settings.cache, settings.calibrator, **step),
+        insert_host_step)
+
+
+def step_or_host_decision(parent: fx.GraphModule, settings: BackendSettings,
+                          rewrite: Callable[..., fx.GraphModule],
+                          host: Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]) -> fx.GraphModule:
+    """``rewrite(state_as_inputs=True, sums_group=..., diff_sums=...)``: the step with its state
+    as graph inputs, its diff sums added over the parallel run's group; a graph it cannot take
+    (``UnsupportedGraph``, raised before anything is changed) gets ``host(parent, settings)``
+    instead (logged), unless ``in_graph_decision=True``."""
     run = compile_handles(parent).parallel_run
     try:
-        return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, state_as_inputs=True,
-                                      sums_group=run.group_name if run is not None else None,
-                                      diff_sums=step_diff_sums(settings.cache_kernels))
+        return rewrite(state_as_inputs=True, sums_group=run.group_name if run is not None else None,
+                       diff_sums=step_diff_sums(settings.cache_kernels))
     except UnsupportedGraph as reason:
         if settings.in_graph_decision:
             raise
         log.info("cachedit: host decision (%s)", reason)
-        return insert_host_step(parent, settings)
+        return host(parent, settings)
 
 
 def insert_exported_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:

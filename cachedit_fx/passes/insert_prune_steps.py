@@ -13,7 +13,6 @@ the one before; each returns its block's outputs one for one. The state is added
 
 from __future__ import annotations
 
-import logging
 import operator
 from typing import Callable, Optional
 
@@ -21,35 +20,26 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings, DBPruneConfig
-from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY, compile_handles
-from cachedit_fx.passes.errors import UnsupportedGraph
+from cachedit_fx.kernels.reference import l1_rel_diff_reference
+from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.insert_host_step import insert_host_prune_branches
 from cachedit_fx.passes.insert_cache_branch import LATENT_NAMES, call_inputs, find_timestep_input, input_index
 from cachedit_fx.passes.insert_in_graph_step import (
-    RESET_INPUT, add_state, check_cond_operands, state_example, static_example, step_diff_sums, unaliased_operands)
+    RESET_INPUT, add_state, check_cond_operands, state_example, static_example, step_or_host_decision,
+    unaliased_operands)
 from cachedit_fx.passes.partition_blocks import BlockPartition
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.split_pieces import piece_io
 from cachedit_fx.runtime.dbcache_step import PrunedBlockLayout, StepLayout, ValueLadder, streams_for
 from cachedit_fx.runtime.dbprune_step import PrunedBlockStep
 
-log = logging.getLogger("cachedit_fx")
-
 
 def insert_prune_steps(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     """The state becomes graph inputs (the backend's shim passes each context's tensors). With
     ``in_graph_decision=None`` a graph the steps cannot take gets the host's prune branches
     (``insert_host_prune_branches``, logged) before anything is changed."""
-    run = compile_handles(parent).parallel_run
-    try:
-        return rewrite_blocks_as_steps(parent, settings.cache, state_as_inputs=True,
-                                       sums_group=run.group_name if run is not None else None,
-                                       diff_sums=step_diff_sums(settings.cache_kernels))
-    except UnsupportedGraph as reason:
-        if settings.in_graph_decision:
-            raise
-        log.info("cachedit: host decision (%s)", reason)
-        return insert_host_prune_branches(parent, settings)
+    return step_or_host_decision(parent, settings, lambda **step: rewrite_blocks_as_steps(parent, settings.cache, **step),
+                                 insert_host_prune_branches)
 
 
 def insert_exported_prune_steps(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
@@ -59,7 +49,7 @@ def insert_exported_prune_steps(parent: fx.GraphModule, settings: BackendSetting
 
 def rewrite_blocks_as_steps(parent: fx.GraphModule, config: DBPruneConfig, state_as_inputs: bool,
                             reset_input: Optional[str] = None, sums_group: Optional[str] = None,
-                            diff_sums: Optional[Callable[..., torch.Tensor]] = None) -> fx.GraphModule:
+                            diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> fx.GraphModule:
     part: BlockPartition = parent.meta[PARTITION_META_KEY]
     by_name = {n.name: n for n in parent.graph.nodes}
     calls = {n.target: n for n in parent.graph.nodes if n.op == "call_module"}
@@ -85,8 +75,7 @@ def rewrite_blocks_as_steps(parent: fx.GraphModule, config: DBPruneConfig, state
         partners, block_inputs = unaliased_operands(
             parent.graph, call, [*(by_name[s.head_value] for s in block.streams), *call.args], len(block.streams))
         name = f"prune_{block.piece}"
-        step = PrunedBlockStep(parent.get_submodule(block.piece), layout, position, sums_group,
-                               *(() if diff_sums is None else (diff_sums,)))
+        step = PrunedBlockStep(parent.get_submodule(block.piece), layout, position, sums_group, diff_sums)
         parent.add_submodule(name, step)
         with parent.graph.inserting_before(call):
             node = parent.graph.create_node(

@@ -20,7 +20,7 @@ step, cached-step count and stream.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ class PrunedBlockStep(torch.nn.Module):
     ``position``: this block's rank among the prunable blocks."""
 
     def __init__(self, block: torch.nn.Module, layout: StepLayout, position: int, sums_group: Optional[str] = None,
-                 diff_sums=l1_rel_diff_reference) -> None:
+                 diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> None:
         super().__init__()
         self.region = block
         """What the compute branch runs: the block piece (``compile_regions`` may replace it)."""

@@ -1,8 +1,8 @@
 """A region of the program compiled apart (regional compilation), called from the program as a
 custom op, so the compiler that traces the program sees one opaque call in the branch.
 
-The op ``cachedit_fx_regions::region_<key>`` takes the region's tensor inputs and its integer
-(or symbolic size) inputs and returns the region's outputs; its real implementation runs the
+The op ``cachedit_fx_regions::region_<key>`` takes the region's tensor inputs (a tensor
+subclass as its inner tensors, ``CondOperands``) and its integer (or symbolic size) inputs and returns the region's outputs; its real implementation runs the
 region compiled block by block, its fake implementation runs the region's graph on fake
 tensors (shapes, dtypes, symbolic sizes). ``key`` is a digest of the region's graph, so equal
 regions share an op and Inductor's caches never hand one region's code to another.
@@ -19,9 +19,14 @@ from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
+from cachedit_fx.runtime.cond_operands import CondOperands
+
 NAMESPACE = "cachedit_fx_regions"
 _REGIONS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 """op name -> (the region's graph, the region compiled block by block): the latest of each."""
+_LAYOUTS: dict[str, CondOperands] = {}
+"""op name -> how its tensor arguments were flattened (the latest call; equal for every call of
+one region, whose inputs' types are part of its key)."""
 
 
 def region_key(signature: Hashable) -> str:
@@ -41,24 +46,27 @@ class RegionCall(torch.nn.Module):
         self.op = getattr(getattr(torch.ops, NAMESPACE), self.name)
 
     def forward(self, *inputs: Any) -> tuple[torch.Tensor, ...]:
-        tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
+        operands = CondOperands([v for v in inputs if isinstance(v, torch.Tensor)])
+        _LAYOUTS[self.name] = operands
         sizes = [v for v in inputs if not isinstance(v, torch.Tensor)]
         kinds = "".join("t" if isinstance(v, torch.Tensor) else "s" for v in inputs)
-        return tuple(self.op(tensors, sizes, kinds))
+        return tuple(self.op(operands.operands, sizes, kinds))
 
 
 def _define(name: str) -> None:
     @torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=())
     def run(tensors: list[torch.Tensor], sizes: list[int], kinds: str) -> list[torch.Tensor]:
-        return _fresh(_REGIONS[name][1](*_arguments(tensors, sizes, kinds)), tensors)
+        return _fresh(_REGIONS[name][1](*_arguments(name, tensors, sizes, kinds)), tensors)
 
     @run.register_fake
     def _(tensors: list[torch.Tensor], sizes: list[int], kinds: str) -> list[torch.Tensor]:
-        return _fresh(_REGIONS[name][0](*_arguments(tensors, sizes, kinds)), tensors)
+        return _fresh(_REGIONS[name][0](*_arguments(name, tensors, sizes, kinds)), tensors)
 
 
-def _arguments(tensors: Sequence[torch.Tensor], sizes: Sequence[int], kinds: str) -> list[Any]:
-    tensor_values, size_values = iter(tensors), iter(sizes)
+def _arguments(name: str, tensors: Sequence[torch.Tensor], sizes: Sequence[int], kinds: str) -> list[Any]:
+    """The region's arguments: tensor subclasses (quantized weights) rebuilt from their inner
+    tensors as ``RegionCall`` flattened them, sizes in place."""
+    tensor_values, size_values = iter(_LAYOUTS[name].arguments(tensors)), iter(sizes)
     return [next(tensor_values) if kind == "t" else next(size_values) for kind in kinds]
 
 

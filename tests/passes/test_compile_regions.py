@@ -48,3 +48,22 @@ def test_a_region_returning_slices_of_one_tensor_gets_fresh_outputs():
     assert not torch._C._is_alias_of(text, image) and not torch._C._is_alias_of(same, given)
     assert torch.equal(torch.stack([text, image]), joined) and torch.equal(same, given)
     assert strided.is_contiguous() and torch.equal(strided, joined.t())
+
+
+def test_quantized_weights_reach_the_compiled_region_as_their_inner_tensors():
+    """torchao int8 weights cross the custom op as their int8 data and scales and are rebuilt
+    in the region: the regional program equals the oracle on the same quantized model."""
+    from cachedit_fx.quantization import quantize
+
+    model, inputs = TINY_MODELS["flux"]()
+    quantize(model, "int8_weight_only")
+    steps = list(trajectory(inputs, 6))
+    compiled = torch.compile(model, backend="cachedit", options=dict(
+        Fn_compute_blocks=1, residual_diff_threshold=0.3, max_warmup_steps=2, inner_backend="aot_eager",
+        regional_compile=True))
+    got = run(compiled, steps)
+    reference = ReferenceDBCache(model, BLOCK_LISTS["flux"], 1, 0, 0.3, warmup=2)
+    want = run(reference, steps)
+    reference.close()
+    assert cachedit_fx.summary(compiled).cached_steps == reference.cached_steps != []
+    assert all(max_rel_err(g, w) <= 1e-5 for g, w in zip(got, want))
