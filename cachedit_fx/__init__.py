@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from cachedit_fx.backend import CacheditFallbackWarning, cachedit_backend
 from cachedit_fx.block_regions import trace_blocks_once
-from cachedit_fx.layerwise_casting import adopt_layerwise_casting
+from cachedit_fx.stored_weights import adopt_stored_weights, fetched_bytes
 from cachedit_fx.config import (
     BackendSettings,
     DBCacheConfig,
@@ -37,7 +37,7 @@ from cachedit_fx.runtime.step_masks import steps_mask
 __all__ = [
     "BackendSettings", "CacheContext", "ParallelismConfig", "ParallelismError", "ShardingReport", "sharding_report", "CacheSummary", "InspectReport", "compile", "disable", "inspect", "quantize", "CacheditFallbackWarning", "DBCacheConfig", "DBPruneConfig", "UnsupportedGraph",
     "FoCaCalibratorConfig", "TaylorSeerCalibratorConfig", "cachedit_backend", "cache_context", "parse_options", "refresh", "steps_mask", "summary",
-    "trace_blocks_once", "adopt_layerwise_casting", "export", "package", "cache_state", "RESET_INPUT", "add_pass", "build_pass_list",
+    "trace_blocks_once", "adopt_stored_weights", "fetched_bytes", "export", "package", "cache_state", "RESET_INPUT", "add_pass", "build_pass_list",
 ]
 
 BACKEND_NAME = "cachedit"

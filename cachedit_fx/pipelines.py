@@ -26,7 +26,7 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from cachedit_fx.parallelism import check_no_foreign_parallelism
 from cachedit_fx.block_regions import restore_block_classes, trace_blocks_once
-from cachedit_fx.layerwise_casting import adopt_layerwise_casting, restore_layerwise_casting
+from cachedit_fx.stored_weights import adopt_stored_weights, restore_stored_weights
 from cachedit_fx.class_swap import original_class, same_named_subclass
 from cachedit_fx.config import BACKEND_KEYS, CACHE_KEYS, CAPTURE_SETTINGS, CALIBRATOR_KEYS, PRUNE_KEYS, DBCacheConfig, parse_options
 from cachedit_fx.runtime.registry import cache_for_model, forget_model
@@ -71,7 +71,7 @@ def compile(target: Target, cache_config: PerComponent = None, calibrator_config
     from component name (``"transformer"``, ``"transformer_2"``) to its own. ``kwargs``:
     ``fullgraph`` and ``dynamic`` go to ``torch.compile``; ``trace_blocks_once=True`` applies
     ``cachedit_fx.trace_blocks_once`` to each transformer first; diffusers' layerwise casting
-    hooks are adopted (``adopt_layerwise_casting``) so each transformer still traces whole; every other key is a backend
+    and group offloading hooks are adopted (``adopt_stored_weights``) so each transformer still traces whole; every other key is a backend
     option (``residual_diff_threshold``, ``inner_backend``, ``mode``, ...). Returns the
     pipeline itself (now caching), or the compiled transformer."""
     compile_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in TORCH_COMPILE_KEYS}
@@ -107,18 +107,18 @@ def compile(target: Target, cache_config: PerComponent = None, calibrator_config
 def disable(target: Any) -> Any:
     """Undo ``compile``: a pipeline gets its original transformer modules and class back (and is
     returned); a compiled transformer returns its original module. The cache state is freed and
-    ``trace_blocks_once`` and the adoption of layerwise casting undone."""
+    ``trace_blocks_once`` and the adoption of stored weights undone."""
     if isinstance(target, torch.nn.Module):
         original = getattr(target, "_orig_mod", target)
         forget_model(original)
-        restore_layerwise_casting(original)
+        restore_stored_weights(original)
         return restore_block_classes(original)
     originals = getattr(target, _COMPILED_ATTR, None)
     if not originals:
         raise ValueError(f"{type(target).__name__} was not compiled by cachedit_fx.compile")
     for name, module in originals.items():
         forget_model(module)
-        restore_layerwise_casting(module)
+        restore_stored_weights(module)
         setattr(target, name, restore_block_classes(module))
     delattr(target, _COMPILED_ATTR)
     target.__class__ = original_class(target)
@@ -143,9 +143,9 @@ def _compile_module(module: torch.nn.Module, cache_config: Optional[DBCacheConfi
     module_options.update(cache_config=settings.cache, calibrator_config=settings.calibrator)  # frozen copies
     if mark_blocks:
         trace_blocks_once(module)
-    adopted = adopt_layerwise_casting(module)
+    adopted = adopt_stored_weights(module)
     if adopted:
-        log.info("cachedit: diffusers' layerwise casting of %d layers adopted as cast-on-use weights", adopted)
+        log.info("cachedit: diffusers' layerwise casting / group offloading of %d modules adopted as stored weights", adopted)
     cache_for_model(module, create=True)
     compiled = torch.compile(module, backend="cachedit", options=module_options, **compile_kwargs)
     compiled.forward = traced_with_capture_settings(compiled.forward, module)

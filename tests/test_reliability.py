@@ -308,7 +308,7 @@ def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_
     The next call starts a new generation: the rest of the loop runs as a fresh request would.
     Compiled with plain ``torch.compile`` (no ``cachedit_fx.compile`` wrapper to refresh it), so
     the compiled program's own recovery is what is checked."""
-    from cachedit_fx.runtime.dbcache_step import _ComputeBranch
+    from cachedit_fx.runtime.dbcache_step import ComputeBranch
     from cachedit_fx.runtime.state import ModelCacheState
 
     model, inputs = tiny_flux()
@@ -328,7 +328,7 @@ def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_
 
         monkeypatch.setattr(ModelCacheState, "_region_outputs", failing)
     else:
-        compute = _ComputeBranch.forward
+        compute = ComputeBranch.forward
         computed = []
 
         def failing(self, *operands):
@@ -337,7 +337,7 @@ def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_
                 raise RuntimeError("injected failure in the middle")
             return compute(self, *operands)
 
-        monkeypatch.setattr(_ComputeBranch, "forward", failing)
+        monkeypatch.setattr(ComputeBranch, "forward", failing)
     with pytest.raises(Exception, match="injected failure"):
         run(compiled, steps[:4])
     monkeypatch.undo()

@@ -125,14 +125,14 @@ def test_layerwise_casting_is_adopted_caches_in_one_graph_and_equals_the_hooked_
     ``cachedit_fx.compile`` adopts them as cast-on-use weights (one graph, decided in the
     program), the outputs equal the oracle on the hooked eager model, ``disable`` puts the
     hooks back."""
-    from cachedit_fx.layerwise_casting import CastOnUse
+    from cachedit_fx.stored_weights import StoredWeight
 
     model, inputs = TINY_MODELS["flux"]()
     model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
     steps = list(trajectory(inputs, 5))
     compiled = cachedit_fx.compile(model, **dict(OPTIONS, inner_backend=inner))
     weight = model.transformer_blocks[0].attn.to_q.weight
-    assert isinstance(weight, CastOnUse) and weight.stored.dtype == torch.float8_e4m3fn
+    assert isinstance(weight, StoredWeight) and weight.stored.dtype == torch.float8_e4m3fn
     error, cached, graphs = _generation(compiled, model, steps)
     assert error <= 1e-6 and cached == [1, 2, 3, 4] and graphs == 1
     cachedit_fx.disable(compiled)
@@ -141,6 +141,46 @@ def test_layerwise_casting_is_adopted_caches_in_one_graph_and_equals_the_hooked_
     assert layer._diffusers_hook.get_hook("layerwise_casting") is not None
     hooked = run(model, steps[:1])[0]
     assert torch.equal(hooked, _reference_outputs(model, steps[:1])[0])
+
+
+def _block_bytes(model, lists) -> list[int]:
+    return [sum(p.stored.numel() * p.stored.element_size() for p in block.parameters())
+            for name in lists for block in getattr(model, name)]
+
+
+@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+def test_group_offloading_is_adopted_and_skipped_blocks_are_never_fetched(offload_type):
+    """diffusers' group offloading (onload and offload device both CPU, so it runs anywhere) is
+    adopted as fetched weights: one graph, outputs equal to the oracle on the offloaded eager
+    model, and the weight bytes fetched per generation fall by exactly the skipped blocks'
+    bytes (a cached step fetches the Fn block's weights only)."""
+    from diffusers.hooks import apply_group_offloading
+    from cachedit_fx.stored_weights import StoredWeight
+
+    cpu = torch.device("cpu")
+    models = []
+    for _ in range(2):
+        model, inputs = TINY_MODELS["flux"]()
+        apply_group_offloading(model, onload_device=cpu, offload_device=cpu, offload_type=offload_type,
+                               **({"num_blocks_per_group": 1} if offload_type == "block_level" else {}))
+        models.append(model)
+    steps = list(trajectory(inputs, 5))
+    compiled = cachedit_fx.compile(models[0], **dict(OPTIONS, residual_diff_threshold=0.0))
+    cachedit_fx.fetched_bytes(reset=True)
+    want_plain = run(models[1], steps)
+    assert torch.equal(torch.stack(run(compiled, steps)), torch.stack(want_plain))
+    uncached = cachedit_fx.fetched_bytes(reset=True)
+    cachedit_fx.refresh(compiled, residual_diff_threshold=ALWAYS)
+    error, cached, graphs = _generation(compiled, models[1], steps)
+    fetched = cachedit_fx.fetched_bytes(reset=True)
+    blocks = _block_bytes(models[0], BLOCK_LISTS["flux"])
+    assert error == 0.0 and cached == [1, 2, 3, 4] and graphs == 0
+    assert uncached == len(steps) * sum(blocks)
+    assert fetched == uncached - len(cached) * sum(blocks[1:])
+    cachedit_fx.disable(compiled)
+    hooked = [m for m in models[0].modules() if hasattr(m, "_diffusers_hook")]
+    assert any(m._diffusers_hook.get_hook("group_offloading") is not None for m in hooked)
+    assert not any(isinstance(p, StoredWeight) for p in models[0].parameters())
 
 
 def test_a_model_parallelised_by_diffusers_or_another_parallelism_is_refused_with_the_remedy():

@@ -61,20 +61,21 @@ def test_regional_caching_equals_whole_piece_caching(name, threshold):
 
 
 def test_dbprune_block_pieces_share_compiles(compile_reports):
+    """Blocks 1 and 2 are equal graphs: one compile serves both, as host pieces and as the
+    regions of the program's per-block steps (regional compilation)."""
     model, inputs = TINY_MODELS["wan"]()
     steps = list(trajectory(inputs, 8))
     outputs = {}
-    for regional in (False, True):
+    for variant in ({"in_graph_decision": False}, {"regional_compile": True}):
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="cachedit", options={
-            "inner_backend": "aot_eager", "regional_compile": regional,
+            "inner_backend": "aot_eager", **variant,
             "cache_config": cachedit_fx.DBPruneConfig(Fn_compute_blocks=1, residual_diff_threshold=0.2,
                                                       max_warmup_steps=1)})
-        outputs[regional] = (run(compiled, steps), cachedit_fx.summary(compiled).pruned_blocks)
-    # blocks 1 and 2 are equal graphs: one compile serves both, with or without regional_compile
-    assert compile_reports[0].compiles < compile_reports[0].pieces
-    assert outputs[True][1] == outputs[False][1] and outputs[True][1]
-    for a, b in zip(outputs[True][0], outputs[False][0]):
+        outputs[len(outputs)] = (run(compiled, steps), cachedit_fx.summary(compiled).pruned_blocks)
+    assert all(report.compiles < report.pieces for report in compile_reports)
+    assert outputs[0][1] == outputs[1][1] and outputs[1][1]
+    for a, b in zip(outputs[0][0], outputs[1][0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
