@@ -94,8 +94,8 @@ def piece_io(parent: fx.GraphModule, piece: str) -> tuple[list[str], list[str]]:
 
 def piece_modules(parent: fx.GraphModule) -> list[tuple[torch.nn.Module, str, fx.GraphModule]]:
     """Every piece of a piecewise program as ``(owner, attribute, piece)``: the parent's
-    ``GraphModule`` submodules, and the ``piece`` of branch modules (``CacheBranch``,
-    ``PruneBranch``) that wrap one."""
+    ``GraphModule`` submodules, the ``piece`` of branch modules (``CacheBranch``,
+    ``PruneBranch``) and the ``region`` of in-graph steps that wrap one."""
     found = []
     for node in parent.graph.nodes:
         if node.op != "call_module":
@@ -103,6 +103,7 @@ def piece_modules(parent: fx.GraphModule) -> list[tuple[torch.nn.Module, str, fx
         module = parent.get_submodule(node.target)
         if isinstance(module, fx.GraphModule):
             found.append((parent, node.target, module))
-        elif isinstance(getattr(module, "piece", None), fx.GraphModule):
-            found.append((module, "piece", module.piece))
+        else:
+            found += [(module, name, getattr(module, name)) for name in ("piece", "region")
+                      if isinstance(getattr(module, name, None), fx.GraphModule)]
     return found

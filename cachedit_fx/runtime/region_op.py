@@ -30,7 +30,17 @@ one region, whose inputs' types are part of its key)."""
 
 
 def region_key(signature: Hashable) -> str:
-    return hashlib.sha256(repr(signature).encode()).hexdigest()[:20]
+    """A digest of ``signature`` that is the same in every process (functions by their
+    qualified names, not their addresses), so Inductor's on-disk caches serve a later process."""
+    return hashlib.sha256(_stable(signature).encode()).hexdigest()[:20]
+
+
+def _stable(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(_stable(v) for v in value) + ")"
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', None)}.{value.__qualname__}"
+    return repr(value)
 
 
 class RegionCall(torch.nn.Module):

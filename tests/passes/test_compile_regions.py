@@ -67,3 +67,18 @@ def test_quantized_weights_reach_the_compiled_region_as_their_inner_tensors():
     reference.close()
     assert cachedit_fx.summary(compiled).cached_steps == reference.cached_steps != []
     assert all(max_rel_err(g, w) <= 1e-5 for g, w in zip(got, want))
+
+
+def test_a_region_key_is_the_same_in_every_process():
+    """Functions enter the key by name, not address: a later process finds the op name, and so
+    Inductor's on-disk cache entry, of an equal region."""
+    import subprocess
+    import sys
+
+    from cachedit_fx.runtime.region_op import region_key
+
+    signature = "(('call_function', torch.nn.functional.silu, ('node', 0)), ('placeholder', (2, 3)))"
+    code = f"import torch; from cachedit_fx.runtime.region_op import region_key; print(region_key(eval({signature!r})))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other == region_key(eval(signature))
+    assert region_key(eval(signature)) != region_key(eval(signature.replace("silu", "gelu")))
