@@ -150,3 +150,14 @@ def test_gpu_check_dry_run_runs_every_section_on_cpu(tmp_path):
     assert mid["in_graph_threshold0_max_rel_err"] <= 1e-5 and mid["in_graph_cached_steps"] == mid["cached_steps"]
     assert all(n > 0 for n in sections["reduce_overhead"]["static_inputs_per_piece"])
     assert json.loads((tmp_path / "gpu_check.json").read_text())["sections"].keys() == sections.keys()
+
+
+@pytest.mark.parametrize("stack", ["layerwise casting (float8 storage)", "group offloading (block level)"])
+def test_composability_matrix_rows_cache_and_equal_the_stacked_eager_model(stack):
+    """The fast subset of ``benchmarks.composability``: eager pieces, no timing."""
+    from benchmarks import composability
+
+    row = composability.measure(stack, "eager")
+    assert row["caches"] and row["equals_reference"] and row["recompiles"] == 0
+    table = composability.markdown({"rows": [row], "inner_backend": "eager", "threads": 1, "date": "today"})
+    assert f"| {stack} | yes | yes" in table
