@@ -540,17 +540,21 @@ def decide(settings: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, cache
 
 
 def log_step(state: dict[str, torch.Tensor], kept: torch.Tensor, stream: torch.Tensor, step: torch.Tensor,
-              cache: torch.Tensor, has_diff: torch.Tensor, diff: torch.Tensor) -> None:
+             cache: torch.Tensor, has_diff: torch.Tensor, diff: torch.Tensor,
+             pruned: Optional[torch.Tensor] = None) -> None:
     """Clear every stream's log at a boundary, then record this step in its stream's row
-    (steps past ``LOG_CAPACITY`` are not logged)."""
+    (steps past ``LOG_CAPACITY`` are not logged); ``pruned``: DBPrune's flag per prunable block."""
     index = stream * LOG_CAPACITY + step.clamp(max=LOG_CAPACITY - 1)
     logging = step < LOG_CAPACITY
-    entries = (("log_cached", cache.to(torch.int64)), ("log_has_diff", has_diff.to(torch.int64)),
-               ("log_diff", torch.where(has_diff, diff, 0.0)))
+    entries = [("log_cached", cache.to(torch.int64)), ("log_has_diff", has_diff.to(torch.int64)),
+               ("log_diff", torch.where(has_diff, diff, 0.0))]
+    if pruned is not None:
+        entries.append(("log_pruned", pruned))
     for name, value in entries:
         log = state[name]
-        flat = (log * kept.to(log.dtype)).reshape(-1)
-        log.copy_(flat.index_copy(0, index, torch.where(logging, value, flat.index_select(0, index))).view_as(log))
+        flat = (log * kept.to(log.dtype)).reshape(log.shape[0] * log.shape[1], -1)
+        entry = torch.where(logging, value.to(log.dtype).reshape(1, -1), flat.index_select(0, index))
+        log.copy_(flat.index_copy(0, index, entry).view_as(log))
 
 
 def generation_progress(state: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:

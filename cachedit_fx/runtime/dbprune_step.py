@@ -27,7 +27,7 @@ import torch
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
 from cachedit_fx.runtime.cond_operands import CondOperands
 from cachedit_fx.runtime.dbcache_step import (
-    CACHED, DYNAMIC_THRESHOLD, LOG_CAPACITY, MAX_DYNAMIC, RELAX, STEP, THRESHOLD, CachedBranch, CallStart,
+    CACHED, DYNAMIC_THRESHOLD, MAX_DYNAMIC, RELAX, STEP, THRESHOLD, CachedBranch, CallStart,
     ComputeBranch, StepLayout, decide, finish_call, forecast_weights, ladder_push, log_step, relative_diff,
     start_call, stream_row, with_stream_row, write_stream_row)
 
@@ -96,7 +96,7 @@ class PrunedBlockStep(torch.nn.Module):
         prune = decide(settings, named["mask"], call.step, call.cached_steps, continuous, accumulated, has_residual,
                        diff, threshold)
 
-        weights = [w for _ in ladders for w in forecast_weights(1, has_residual.to(torch.int64), torch.zeros_like(diff))]
+        weights = forecast_weights(1, has_residual.to(torch.int64), torch.zeros_like(diff)) * len(ladders)
         branch_arguments = (*partners, *ladders, *weights)
         operands = CondOperands((*branch_arguments, *block_inputs))
         outputs = torch.ops.higher_order.cond(prune.reshape(()), CachedBranch((True,) * len(ladders), operands),
@@ -148,12 +148,8 @@ class PrunedBlockStep(torch.nn.Module):
         row = stream_row(stream_counters, start.stream)
         named["stream_counters"].copy_(with_stream_row(stream_counters, start.stream, torch.cat([
             call.step + 1, call.cached_steps + any_pruned.to(torch.int64), row[CACHED + 1:]])))
-        log_step(named, start.kept, start.stream, call.step, any_pruned, call.has_first_diff, call.first_diff)
-        log = named["log_pruned"]
-        flat = (log * start.kept.to(log.dtype)).reshape(-1, log.shape[-1])
-        index = start.stream * LOG_CAPACITY + call.step.clamp(max=LOG_CAPACITY - 1)
-        entry = torch.where(call.step < LOG_CAPACITY, call.pruned.to(log.dtype).unsqueeze(0), flat.index_select(0, index))
-        log.copy_(flat.index_copy(0, index, entry).view_as(log))
+        log_step(named, start.kept, start.stream, call.step, any_pruned, call.has_first_diff, call.first_diff,
+                 call.pruned)
         finish_call(named, start, any_pruned.to(torch.int64))
 
 
