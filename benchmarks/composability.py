@@ -31,6 +31,8 @@ README_START = "<!-- composability:start -->"
 README_END = "<!-- composability:end -->"
 DOCUMENT = report.README
 """The document holding the ``composability`` section that ``--readme`` rewrites."""
+OFFLOADING = ("offload",)
+"""Stacks whose name holds one of these move weights: their rows report the bytes fetched."""
 
 
 def _lora(model: torch.nn.Module) -> None:
@@ -45,12 +47,32 @@ def _layerwise_casting(model: torch.nn.Module) -> None:
     model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
 
 
-def _group_offloading(model: torch.nn.Module) -> None:
-    from diffusers.hooks import apply_group_offloading
+def _layerwise_casting_bf16(model: torch.nn.Module) -> torch.dtype:
+    model.to(torch.bfloat16).enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    return torch.bfloat16
 
-    cpu = torch.device("cpu")
-    apply_group_offloading(model, onload_device=cpu, offload_device=cpu, offload_type="block_level",
-                           num_blocks_per_group=1)
+
+def _group_offloading(offload_type: str) -> Callable[[torch.nn.Module], None]:
+    def apply(model: torch.nn.Module) -> None:
+        from diffusers.hooks import apply_group_offloading
+
+        cpu = torch.device("cpu")
+        apply_group_offloading(model, onload_device=cpu, offload_device=cpu, offload_type=offload_type,
+                               **({"num_blocks_per_group": 1} if offload_type == "block_level" else {}))
+
+    return apply
+
+
+def _sequential_cpu_offload(model: torch.nn.Module) -> None:
+    import accelerate
+
+    accelerate.cpu_offload(model, execution_device=torch.device("cpu"))
+
+
+def _model_cpu_offload(model: torch.nn.Module) -> None:
+    import accelerate
+
+    accelerate.cpu_offload_with_hook(model, execution_device=torch.device("cpu"))
 
 
 def _int8_weights(model: torch.nn.Module) -> None:
@@ -66,11 +88,15 @@ def _attention_backend(name: str) -> Callable[[torch.nn.Module], None]:
     return apply
 
 
-STACKS: dict[str, Callable[[torch.nn.Module], None]] = {
+STACKS: dict[str, Callable[[torch.nn.Module], Optional[torch.dtype]]] = {
     "none": lambda model: None,
     "LoRA on attention (PEFT)": _lora,
     "layerwise casting (float8 storage)": _layerwise_casting,
-    "group offloading (block level)": _group_offloading,
+    "layerwise casting (float8 storage, bf16 compute)": _layerwise_casting_bf16,
+    "group offloading (block level)": _group_offloading("block_level"),
+    "group offloading (leaf level)": _group_offloading("leaf_level"),
+    "sequential CPU offload (accelerate)": _sequential_cpu_offload,
+    "model CPU offload (accelerate)": _model_cpu_offload,
     "torchao int8 weight-only": _int8_weights,
     "attention backend _native_math": _attention_backend("_native_math"),
     "attention backend flex": _attention_backend("flex"),
@@ -81,7 +107,9 @@ def _stacked(stack: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     from cachedit_fx.tiny_models import TINY_MODELS
 
     model, inputs = TINY_MODELS["flux"]()
-    STACKS[stack](model)
+    dtype = STACKS[stack](model)
+    if dtype is not None:
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
     return model, inputs
 
 
@@ -90,7 +118,8 @@ def _steps(inputs: dict[str, Any]) -> list[dict[str, Any]]:
     steps = []
     for k in range(STEPS):
         latent = inputs["hidden_states"] + 0.05 * k * torch.randn(inputs["hidden_states"].shape, generator=generator)
-        steps.append(dict(inputs, hidden_states=latent, timestep=inputs["timestep"] * (1 - k / (2 * STEPS))))
+        steps.append(dict(inputs, hidden_states=latent.to(inputs["hidden_states"].dtype),
+                          timestep=inputs["timestep"] * (1 - k / (2 * STEPS))))
     return steps
 
 
@@ -112,14 +141,20 @@ def measure(stack: str, inner_backend: str = "eager", timing: bool = False, repe
     counters.clear()
     compiled = cachedit_fx.compile(model, inner_backend=inner_backend, Fn_compute_blocks=1,
                                    residual_diff_threshold=0.0, max_warmup_steps=1)
+    cachedit_fx.fetched_bytes(reset=True)
     got = _run(compiled, steps)
-    error = max(((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item() for g, w in zip(got, want))
+    uncached_bytes = cachedit_fx.fetched_bytes(reset=True)
+    error = max(((g - w).float().abs().max() / w.float().abs().max().clamp_min(1e-12)).item()
+                for g, w in zip(got, want))
     cachedit_fx.refresh(compiled, residual_diff_threshold=HUGE_THRESHOLD)
     _run(compiled, steps)
+    cached_bytes = cachedit_fx.fetched_bytes(reset=True)
     cached = cachedit_fx.summary(compiled).cached_steps
     row = {"stack": stack, "equals_reference": error <= REL_TOLERANCE, "max_rel_error": error,
            "caches": cached == list(range(1, STEPS)), "cached_steps": cached,
            "recompiles": counters["stats"]["unique_graphs"] - 1}
+    if any(word in stack for word in OFFLOADING):
+        row["fetched_bytes"] = {"uncached": uncached_bytes, "cached": cached_bytes}
     if timing:
         cachedit_fx.refresh(compiled, residual_diff_threshold=0.0)
         plain_model, _ = _stacked(stack)
@@ -137,13 +172,16 @@ def measure(stack: str, inner_backend: str = "eager", timing: bool = False, repe
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["| stack | caches | equals the eager model | threshold-0 overhead vs plain `torch.compile` | recompiles |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| stack | caches | equals the eager model | threshold-0 overhead vs plain `torch.compile` | recompiles "
+             "| weight bytes fetched, cached / uncached |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row in results["rows"]:
         overhead = f"{100 * row['overhead']:+.1f}%" if "overhead" in row else "-"
+        fetched = row.get("fetched_bytes")
+        moved = f"{fetched['cached'] / fetched['uncached']:.3f}" if fetched and fetched["uncached"] else "-"
         lines.append(f"| {row['stack']} | {'yes' if row['caches'] else 'no'} | "
                      f"{'yes' if row['equals_reference'] else 'no'} ({row['max_rel_error']:.1e}) | {overhead} | "
-                     f"{row['recompiles']} |")
+                     f"{row['recompiles']} | {moved} |")
     lines += ["", f"Tiny FLUX, {STEPS} steps, `cachedit_fx.compile` (F1B0), {results['inner_backend']} inner backend, "
               f"CPU ({results['threads']} threads), {results['date']}; overhead: median of interleaved generations."]
     return "\n".join(lines)

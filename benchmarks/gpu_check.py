@@ -23,7 +23,12 @@ section does not stop the others:
      against the one program without CUDA graphs, threshold-0 step time against plain
      Inductor in that mode (about 2 minutes on an H200 on its own:
      ``--sections cuda_graph_branch``);
-  5. ``flux_dev``: the FLUX.1-dev transformer (random bf16 weights, 1024px) with the SCM-fast
+  5. ``offload``: the mid FLUX with diffusers' group offloading (block level, with and without
+     its streams) and with accelerate's sequential CPU offload, weights on the CPU, adopted by ``cachedit_fx.compile``:
+     where the block weights live, peak GPU memory and step time against the model resident on
+     the GPU (plain Inductor), threshold-0 error, and the weight bytes fetched by a caching
+     generation against an uncached one;
+  6. ``flux_dev``: the FLUX.1-dev transformer (random bf16 weights, 1024px) with the SCM-fast
      mask for 28 steps against plain Inductor (skipped when the time left is short).
 
 The device machine has an older torch and no diffusers: carry wheels as the device tool's
@@ -46,7 +51,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-SECTIONS = ("kernels", "mid_flux", "reduce_overhead", "cuda_graph_branch", "flux_dev")
+SECTIONS = ("kernels", "mid_flux", "reduce_overhead", "cuda_graph_branch", "offload", "flux_dev")
 MID_FLUX = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=128,
                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
                 axes_dims_rope=[16, 56, 56])
@@ -283,6 +288,67 @@ def check_cuda_graph_branch(check: Check) -> dict[str, Any]:
             "threshold0_step_s": zero_s, "inductor_step_s": plain_s, "overhead": zero_s / plain_s - 1}
 
 
+def _offloaded(model: torch.nn.Module, kind: str, device: torch.device) -> None:
+    """``model`` (on the CPU) offloaded the way ``kind`` names, computing on ``device``."""
+    if kind.startswith("group_offloading_block_level"):
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(model, onload_device=device, offload_device=torch.device("cpu"),
+                               offload_type="block_level", num_blocks_per_group=1, use_stream=kind.endswith("streams"))
+    else:
+        import accelerate
+
+        accelerate.cpu_offload(model, execution_device=device)
+
+
+def check_offload(check: Check) -> dict[str, Any]:
+    import cachedit_fx
+
+    count = 4 if check.dry_run else 8
+    model, inputs = check.flux()
+    steps = steps_of(inputs, count)
+    plain = torch.compile(model, backend=check.inner)
+    timed_generation(plain, steps, check)
+    if check.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    plain_out, plain_s = timed_generation(plain, steps, check)
+    resident_peak = torch.cuda.max_memory_allocated() if check.device.type == "cuda" else None
+    del plain
+    torch._dynamo.reset()
+    model.to("cpu")
+    results: dict[str, Any] = {"resident_peak_bytes": resident_peak, "resident_inductor_step_s": plain_s}
+    kinds = (["sequential_cpu_offload"] if check.dry_run  # group offloading runs in tests/test_stacks.py
+             else ["group_offloading_block_level", "group_offloading_block_level_streams", "sequential_cpu_offload"])
+    for kind in kinds:
+        offloaded, _ = check.flux()
+        offloaded.load_state_dict(model.state_dict())
+        offloaded.to("cpu")
+        _offloaded(offloaded, kind, check.device)
+        compiled = cachedit_fx.compile(offloaded, inner_backend=check.inner, Fn_compute_blocks=1,
+                                       max_warmup_steps=1, num_inference_steps=count, residual_diff_threshold=0.0)
+        timed_generation(compiled, steps, check)
+        if check.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        cachedit_fx.fetched_bytes(reset=True)
+        zero_out, zero_s = timed_generation(compiled, steps, check)
+        uncached_bytes = cachedit_fx.fetched_bytes(reset=True)
+        peak = torch.cuda.max_memory_allocated() if check.device.type == "cuda" else None
+        cachedit_fx.refresh(compiled, residual_diff_threshold=1e9)
+        _, cached_s = timed_generation(compiled, steps, check)
+        block = offloaded.transformer_blocks[0].attn.to_q.weight
+        results[kind] = {
+            "block_weight_stored_on": str(getattr(block, "stored", block).device),
+            "peak_bytes": peak, "threshold0_step_s": zero_s, "threshold0_vs_resident": zero_s / plain_s,
+            "threshold0_max_rel_err": max(rel_err(a, b) for a, b in zip(zero_out, plain_out)),
+            "caching_step_s": cached_s, "cached_steps": cachedit_fx.summary(compiled).cached_steps,
+            "fetched_bytes_uncached": uncached_bytes, "fetched_bytes_caching": cachedit_fx.fetched_bytes(reset=True)}
+        cachedit_fx.disable(compiled)
+        del compiled, offloaded
+        torch._dynamo.reset()
+    return results
+
+
 def check_flux_dev(check: Check) -> dict[str, Any]:
     import cachedit_fx
 
@@ -309,7 +375,7 @@ def check_flux_dev(check: Check) -> dict[str, Any]:
 
 CHECKS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "kernels": check_kernels, "mid_flux": check_mid_flux, "reduce_overhead": check_reduce_overhead,
-    "cuda_graph_branch": check_cuda_graph_branch, "flux_dev": check_flux_dev,
+    "cuda_graph_branch": check_cuda_graph_branch, "offload": check_offload, "flux_dev": check_flux_dev,
 }
 
 

@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 from cachedit_fx.backend import CacheditFallbackWarning, cachedit_backend
 from cachedit_fx.block_regions import trace_blocks_once
-from cachedit_fx.stored_weights import adopt_stored_weights, fetched_bytes
+from cachedit_fx.runtime.weight_fetch import fetched_bytes
+from cachedit_fx.stored_weights import adopt_stored_weights
 from cachedit_fx.config import (
     BackendSettings,
     DBCacheConfig,

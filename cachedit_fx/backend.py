@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_map_only
 
-from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
+from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, DBCacheConfig, parse_options
 from cachedit_fx.parallelism import ParallelRun, bind_parallel_run, check_no_foreign_parallelism
 from cachedit_fx.passes import (
     CHAIN_META_KEY, HANDLES_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY, CompileHandles,
@@ -38,7 +38,9 @@ from cachedit_fx.runtime.contexts import ModelCache
 from cachedit_fx.runtime.stateful_program import program_with_state
 from cachedit_fx.runtime.registry import cache_for_params
 from cachedit_fx.runtime.stream_state import ChainShape
+from cachedit_fx.runtime.weight_fetch import stop_prefetch_after
 from cachedit_fx.runtime.weight_shards import release_full_storage
+from cachedit_fx.stored_weights import StoredWeight
 
 log = logging.getLogger("cachedit_fx")
 
@@ -73,6 +75,7 @@ def cachedit_backend(
         chain = gm.meta[CHAIN_META_KEY]
         settings.cache.check_against_chain(len(chain))
         handles.model_cache = _cache_for(example_inputs, settings, chain, run)
+        stop_prefetch_after(_prefetch_stops(gm, example_inputs, chain, settings.cache))
         return gm
 
     passes = build_pass_list(settings)
@@ -169,6 +172,23 @@ def _with_decision_resolved(settings: BackendSettings) -> BackendSettings:
             log.info("cachedit: host decision (%s)", reason)
             return dataclasses.replace(settings, in_graph_decision=False)
     return settings
+
+
+def _prefetch_stops(gm: fx.GraphModule, example_inputs: Sequence[Any], chain: BlockChain,
+                    cache: DBCacheConfig) -> set[int]:
+    """The weight-fetch groups of the chain blocks past which offloaded weights are not copied
+    ahead (``runtime/weight_fetch.py``): a cache decision may skip the next block, or the block
+    is the chain's last."""
+    examples = dict(zip(gm.graph.find_nodes(op="placeholder"), example_inputs))
+    nodes = {node.name: node for node in gm.graph.nodes}
+    groups = set()
+    for block in chain.blocks:
+        if block is chain.blocks[-1] or cache.decided_before(block.chain_index + 1, len(chain)):
+            for name in block.node_names:
+                for value in map(examples.get, nodes[name].all_input_nodes):
+                    if isinstance(value, StoredWeight) and value.compute[2] is not None:
+                        groups.add(value.compute[2])
+    return groups
 
 
 def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: BlockChain,

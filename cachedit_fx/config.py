@@ -91,6 +91,11 @@ class DBCacheConfig:
                 f"leaves no cacheable block in a chain of {num_blocks} blocks (need Fn + Bn < {num_blocks})"
             )
 
+    def decided_before(self, block: int, num_blocks: int) -> bool:
+        """Whether a cache decision is taken just before chain block ``block``, which then may
+        not run: the first middle block."""
+        return block == self.Fn_compute_blocks
+
     def replace(self, **changes: Any) -> "DBCacheConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -143,6 +148,10 @@ class DBPruneConfig(DBCacheConfig):
     def is_protected(self, block: int, num_blocks: int) -> bool:
         return (block < self.Fn_compute_blocks or block >= num_blocks - self.Bn_compute_blocks
                 or block in self.non_prune_block_ids)
+
+    def decided_before(self, block: int, num_blocks: int) -> bool:
+        """Every block that is not protected is decided on its own."""
+        return not self.is_protected(block, num_blocks)
 
 
 PRUNE_KEYS = frozenset(f.name for f in dataclasses.fields(DBPruneConfig)) - CACHE_KEYS

@@ -1,14 +1,15 @@
 """Weights stored apart from how they compute, traced whole: diffusers' layerwise casting
-(``enable_layerwise_casting``: low-precision storage) and group offloading
-(``enable_group_offload`` / ``apply_group_offloading``: storage on the offload device).
+(``enable_layerwise_casting``: low-precision storage), group offloading
+(``enable_group_offload`` / ``apply_group_offloading``) and sequential CPU offload
+(``enable_sequential_cpu_offload``, accelerate's ``cpu_offload``): storage on the offload device.
 
-diffusers implements both with module hooks (``module.to(...)`` before each forward, back
+diffusers and accelerate implement these with module hooks (``module.to(...)`` before each forward, back
 after), which Dynamo cannot trace: every layer or group becomes a graph of its own and no graph
 holds a block chain. ``adopt_stored_weights`` removes those hooks and wraps each weight they
 manage in a ``StoredWeight``: its data stays where and as it is stored, it presents the compute
 dtype and device, and every op it enters sees the weight fetched to the compute device
-(``cachedit_fx::fetch_weight``, which counts the bytes it moves) and cast to the compute
-dtype. The arithmetic is the hooks' (the same round trip through the storage dtype), but the
+(``cachedit_fx::fetch_weight``: ``runtime/weight_fetch.py``, which counts the bytes it moves
+and copies the next block's weights ahead) and cast to the compute dtype. The arithmetic is the hooks' (the same round trip through the storage dtype), but the
 fetch and the cast are traced into the graph: inside the cached branch, so **the weights of
 blocks skipped on a cached step are never fetched**.
 
@@ -21,11 +22,13 @@ of the model (embedders, final norm: small) and every buffer move to the compute
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Optional
+import itertools
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch.utils._pytree import tree_map_only
+
+from cachedit_fx.runtime.weight_fetch import fetch_weight
 
 CASTING_HOOK = "layerwise_casting"
 OFFLOAD_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
@@ -36,31 +39,32 @@ ADOPTED_ATTR = "_cachedit_stored_weights"
 
 class StoredWeight(torch.Tensor):
     """A weight stored as ``stored`` (any dtype, any device) that behaves as ``stored`` fetched
-    to ``device`` (when ``fetch``) and cast to ``dtype`` in every op; views and detach keep it
-    wrapped. A traceable wrapper subclass: Dynamo and AOTAutograd see the stored data as the
+    to ``device`` (when it has a fetch ``group``: ``runtime/weight_fetch.py``) and cast to
+    ``dtype`` in every op; views and detach keep it wrapped. A traceable wrapper subclass: Dynamo and AOTAutograd see the stored data as the
     graph input and the fetch and cast as graph ops."""
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
-    def __new__(cls, stored: torch.Tensor, dtype: torch.dtype, device: torch.device, fetch: bool) -> "StoredWeight":
+    def __new__(cls, stored: torch.Tensor, dtype: torch.dtype, device: torch.device,
+                group: Optional[int]) -> "StoredWeight":
         return torch.Tensor._make_wrapper_subclass(cls, stored.shape, strides=stored.stride(), dtype=dtype,
                                                    device=device, requires_grad=False)
 
-    def __init__(self, stored: torch.Tensor, dtype: torch.dtype, device: torch.device, fetch: bool) -> None:
+    def __init__(self, stored: torch.Tensor, dtype: torch.dtype, device: torch.device, group: Optional[int]) -> None:
         self.stored = stored
-        self.compute = (dtype, torch.device(device), fetch)
+        self.compute = (dtype, torch.device(device), group)
 
     def __repr__(self) -> str:
-        dtype, device, fetch = self.compute
+        dtype, device, group = self.compute
         return (f"StoredWeight(stored={self.stored.dtype} on {self.stored.device}, compute={dtype} on {device}"
-                f"{', fetched' if fetch else ''}, shape={tuple(self.shape)})")
+                f"{'' if group is None else f', fetched (group {group})'}, shape={tuple(self.shape)})")
 
-    def __tensor_flatten__(self) -> tuple[list[str], tuple[torch.dtype, torch.device, bool]]:
+    def __tensor_flatten__(self) -> tuple[list[str], tuple[torch.dtype, torch.device, Optional[int]]]:
         return ["stored"], self.compute
 
     @staticmethod
-    def __tensor_unflatten__(inner: dict[str, torch.Tensor], compute: tuple[torch.dtype, torch.device, bool],
+    def __tensor_unflatten__(inner: dict[str, torch.Tensor], compute: tuple[torch.dtype, torch.device, Optional[int]],
                              outer_size: Any, outer_stride: Any) -> "StoredWeight":
         return StoredWeight(inner["stored"], *compute)
 
@@ -77,84 +81,46 @@ _KEEPS_WRAPPED = {torch.ops.aten.detach.default, torch.ops.aten.alias.default, t
 
 
 def _in_use(weight: StoredWeight) -> torch.Tensor:
-    dtype, device, fetch = weight.compute
-    value = torch.ops.cachedit_fx.fetch_weight(weight.stored, device) if fetch else weight.stored
+    dtype, device, group = weight.compute
+    value = weight.stored if group is None else fetch_weight(weight.stored, device, group)
     return value.to(dtype)
 
 
-class _Fetched(threading.local):
-    bytes = 0
-
-
-_FETCHED = _Fetched()
-
-
-@torch.library.custom_op("cachedit_fx::fetch_weight", mutates_args=())
-def fetch_weight(stored: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``stored`` copied to ``device`` (a copy even on its own device, so every fetch is
-    counted alike), its bytes added to ``fetched_bytes``."""
-    _FETCHED.bytes += stored.numel() * stored.element_size()
-    return stored.to(device, copy=True, non_blocking=stored.device.type == "cpu" and device.type == "cuda")
-
-
-@fetch_weight.register_fake
-def _(stored: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.empty_like(stored, device=device)
-
-
-def fetched_bytes(reset: bool = False) -> int:
-    """Weight bytes fetched to the compute device by this thread since the last reset."""
-    total = _FETCHED.bytes
-    if reset:
-        _FETCHED.bytes = 0
-    return total
-
-
 def adopt_stored_weights(model: torch.nn.Module) -> int:
-    """Replace diffusers' layerwise-casting and group-offloading hooks in ``model`` by
-    ``StoredWeight`` parameters; returns how many modules changed (0: it has none)."""
-    offload = _group_offload_config(model)
-    casting = {}
-    for module in model.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        hook = registry.get_hook(CASTING_HOOK) if registry is not None else None
-        if hook is not None:
-            hook.deinitalize_hook = lambda held: held  # diffusers refuses to undo the storage cast; it stays
-            registry.remove_hook(CASTING_HOOK, recurse=False)
-            module.to(dtype=hook.storage_dtype)
-            casting[module] = hook
-    if offload is not None:
-        from diffusers.hooks.hooks import HookRegistry
-
-        registry = HookRegistry.check_if_exists_or_initialize(model)
-        for name in OFFLOAD_HOOKS:
-            registry.remove_hook(name, recurse=True)
-        model.to(offload.offload_device)
+    """Replace diffusers' layerwise-casting and group-offloading hooks and accelerate's
+    sequential CPU offload (``enable_sequential_cpu_offload``) in ``model`` by ``StoredWeight``
+    parameters; returns how many modules changed (0: it has none)."""
+    casting = _remove_casting_hooks(model)
+    offload = _remove_group_offloading(model) or _remove_sequential_offload(model)
+    groups = _fetch_groups(model) if offload is not None else {}
     changed = set(casting)
-    in_blocks = {m for blocks in model.modules() if isinstance(blocks, torch.nn.ModuleList) for m in blocks.modules()}
     for module in model.modules():
         hook = casting.get(module)
-        fetch = offload is not None and module in in_blocks
-        if offload is not None and not fetch:
-            module.to(offload.onload_device)  # outside the blocks: small, kept on the compute device
-        if hook is None and not fetch:
-            continue
+        group = groups.get(module)
         for name, param in list(module.named_parameters(recurse=False)):
+            stored = offload.stored(module, name, param) if offload is not None else param.data
+            if offload is not None and group is None:  # outside the blocks: small, kept on the compute device
+                stored = stored.to(offload.device)
+            if hook is None and group is None:
+                if offload is not None:
+                    module._parameters[name] = torch.nn.Parameter(stored, requires_grad=False)
+                continue
+            if group is not None and offload.device.type == "cuda" and stored.device.type == "cpu":
+                stored = stored.pin_memory()  # copies to the GPU overlap compute only from pinned memory
             module._parameters[name] = torch.nn.Parameter(StoredWeight(
-                param.data, hook.compute_dtype if hook is not None else param.dtype,
-                offload.onload_device if fetch else param.device, fetch), requires_grad=False)
+                stored, hook.compute_dtype if hook is not None else stored.dtype,
+                offload.device if group is not None else stored.device, group), requires_grad=False)
             changed.add(module)
-        if fetch:
+        if offload is not None:
             for name, buffer in list(module.named_buffers(recurse=False)):
-                module._buffers[name] = buffer.to(offload.onload_device)
+                module._buffers[name] = offload.stored(module, name, buffer).to(offload.device)
     if changed:
-        setattr(model, ADOPTED_ATTR, ({m: (h.storage_dtype, h.compute_dtype, h.non_blocking) for m, h in casting.items()},
-                                      offload))
+        setattr(model, ADOPTED_ATTR, (casting, offload))
     return len(changed)
 
 
 def restore_stored_weights(model: torch.nn.Module) -> None:
-    """Undo ``adopt_stored_weights``: plain weights as stored, diffusers' hooks back."""
+    """Undo ``adopt_stored_weights``: plain weights as stored, the hooks back."""
     adopted = model.__dict__.pop(ADOPTED_ATTR, None)
     if adopted is None:
         return
@@ -165,22 +131,99 @@ def restore_stored_weights(model: torch.nn.Module) -> None:
                 module._parameters[name] = torch.nn.Parameter(param.stored, requires_grad=False)
     if casting:
         from diffusers.hooks.hooks import HookRegistry
-        from diffusers.hooks.layerwise_casting import LayerwiseCastingHook
 
-        for module, (storage, compute, non_blocking) in casting.items():
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(
-                LayerwiseCastingHook(storage, compute, non_blocking), CASTING_HOOK)
+        for module, hook in casting.items():
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, CASTING_HOOK)
     if offload is not None:
-        from diffusers.hooks.group_offloading import _apply_group_offloading
-
-        _apply_group_offloading(model, offload)
+        offload.restore()
 
 
-def _group_offload_config(model: torch.nn.Module) -> Optional[Any]:
-    """The ``GroupOffloadingConfig`` diffusers applied to ``model`` (None: not offloaded)."""
+_GROUPS = itertools.count()
+
+
+def _fetch_groups(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
+    """Each module inside a block list, by the fetch group of its block (a new number per block:
+    the unit that ``runtime/weight_fetch.py`` prefetches)."""
+    groups: dict[torch.nn.Module, int] = {}
+    for blocks in model.modules():
+        if isinstance(blocks, torch.nn.ModuleList) and blocks not in groups:
+            for block in blocks:
+                group = next(_GROUPS)
+                for module in block.modules():
+                    groups.setdefault(module, group)
+    return groups
+
+
+class _Offload(NamedTuple):
+    """A removed offloading: the compute ``device``, ``stored(module, name, tensor)`` (where a
+    tensor of ``module`` is kept, on the offload device) and ``restore()`` (the hooks back)."""
+
+    device: torch.device
+    stored: Callable[[torch.nn.Module, str, torch.Tensor], torch.Tensor]
+    restore: Callable[[], None]
+
+
+def _remove_casting_hooks(model: torch.nn.Module) -> dict[torch.nn.Module, Any]:
+    """diffusers' layerwise-casting hooks removed, by module; the weights stay in the storage dtype."""
+    casting = {}
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook(CASTING_HOOK) if registry is not None else None
+        if hook is not None:
+            hook.deinitalize_hook = lambda held: held  # diffusers refuses to undo the storage cast; it stays
+            registry.remove_hook(CASTING_HOOK, recurse=False)
+            del hook.deinitalize_hook
+            module.to(dtype=hook.storage_dtype)
+            casting[module] = hook
+    return casting
+
+
+def _remove_group_offloading(model: torch.nn.Module) -> Optional[_Offload]:
+    """diffusers' group offloading removed (None: ``model`` has none); every tensor is then on
+    the offload device."""
     if not any(hasattr(m, "_diffusers_hook") for m in model.modules()):
         return None
-    from diffusers.hooks.group_offloading import _get_top_level_group_offload_hook
+    from diffusers.hooks.group_offloading import _apply_group_offloading, _get_top_level_group_offload_hook
+    from diffusers.hooks.hooks import HookRegistry
 
-    hook = _get_top_level_group_offload_hook(model)
-    return hook.config if hook is not None else None
+    top = _get_top_level_group_offload_hook(model)
+    if top is None:
+        return None
+    config = top.config
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    for name in OFFLOAD_HOOKS:
+        registry.remove_hook(name, recurse=True)
+    model.to(config.offload_device)
+    return _Offload(torch.device(config.onload_device), lambda module, name, tensor: tensor,
+                    lambda: _apply_group_offloading(model, config))
+
+
+def _remove_sequential_offload(model: torch.nn.Module) -> Optional[_Offload]:
+    """accelerate's ``cpu_offload`` (what ``enable_sequential_cpu_offload`` applies) removed
+    (None: ``model`` has none); the tensors it offloaded are read from its CPU weights map,
+    never moved to their devices of origin."""
+    hooks = {m: m._hf_hook for m in model.modules() if hasattr(m, "_hf_hook")}
+    aligns = {m: h for m, hook in hooks.items() for h in getattr(hook, "hooks", [hook])
+              if type(h).__name__ == "AlignDevicesHook" and h.offload}
+    if not aligns:
+        return None
+    from accelerate.hooks import add_hook_to_module, remove_hook_from_module
+
+    device = torch.device(next(iter(aligns.values())).execution_device)
+    stored = {}
+    for module, align in aligns.items():
+        for name, tensor in list(module.named_parameters(recurse=align.place_submodules)) + list(
+                module.named_buffers(recurse=align.place_submodules)):
+            owner, _, leaf = name.rpartition(".")
+            stored[(module.get_submodule(owner), leaf)] = align.weights_map[name] if name in align.weights_map else tensor
+        align.detach_hook = lambda held: held  # the weights stay where they are stored
+    for module in hooks:
+        remove_hook_from_module(module)
+    for align in aligns.values():
+        del align.detach_hook
+
+    def restore() -> None:
+        for module, hook in hooks.items():
+            add_hook_to_module(module, hook)
+
+    return _Offload(device, lambda module, name, tensor: stored.get((module, name), tensor), restore)

@@ -149,6 +149,9 @@ def test_gpu_check_dry_run_runs_every_section_on_cpu(tmp_path):
     assert mid["max_rel_err_vs_reference"] <= 1e-5 and 0 < len(mid["cached_steps"]) < 3
     assert mid["in_graph_threshold0_max_rel_err"] <= 1e-5 and mid["in_graph_cached_steps"] == mid["cached_steps"]
     assert all(n > 0 for n in sections["reduce_overhead"]["static_inputs_per_piece"])
+    offload = sections["offload"]["sequential_cpu_offload"]
+    assert offload["threshold0_max_rel_err"] <= 1e-5 and offload["cached_steps"] == [1, 2, 3]
+    assert offload["fetched_bytes_caching"] < 0.5 * offload["fetched_bytes_uncached"]
     assert json.loads((tmp_path / "gpu_check.json").read_text())["sections"].keys() == sections.keys()
 
 
@@ -161,3 +164,5 @@ def test_composability_matrix_rows_cache_and_equal_the_stacked_eager_model(stack
     assert row["caches"] and row["equals_reference"] and row["recompiles"] == 0
     table = composability.markdown({"rows": [row], "inner_backend": "eager", "threads": 1, "date": "today"})
     assert f"| {stack} | yes | yes" in table
+    if "offload" in stack:  # 4 of 5 steps skip 7 of 8 blocks: far fewer weight bytes move
+        assert row["fetched_bytes"]["cached"] < 0.5 * row["fetched_bytes"]["uncached"]

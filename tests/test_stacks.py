@@ -119,17 +119,19 @@ class _AllReducedInput(ToyChain):
         return super().forward(all_reduce(x, "sum", torch.distributed.group.WORLD), timestep)
 
 
-@pytest.mark.parametrize("inner", ["eager", "aot_eager"])
-def test_layerwise_casting_is_adopted_caches_in_one_graph_and_equals_the_hooked_model(inner):
-    """fp8 storage, fp32 compute: diffusers' hooks split every layer into a graph of its own;
-    ``cachedit_fx.compile`` adopts them as cast-on-use weights (one graph, decided in the
-    program), the outputs equal the oracle on the hooked eager model, ``disable`` puts the
+@pytest.mark.parametrize("inner, compute", [("eager", torch.float32), ("aot_eager", torch.float32),
+                                            ("eager", torch.bfloat16)])
+def test_layerwise_casting_is_adopted_caches_in_one_graph_and_equals_the_hooked_model(inner, compute):
+    """fp8 storage, fp32 or bf16 compute: diffusers' hooks split every layer into a graph of
+    its own; ``cachedit_fx.compile`` adopts them as cast-on-use weights (one graph, decided in
+    the program), the outputs equal the oracle on the hooked eager model, ``disable`` puts the
     hooks back."""
     from cachedit_fx.stored_weights import StoredWeight
 
     model, inputs = TINY_MODELS["flux"]()
-    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
-    steps = list(trajectory(inputs, 5))
+    model.to(compute).enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
+    steps = [{k: v.to(compute) if v.is_floating_point() else v for k, v in step.items()}
+             for step in trajectory(inputs, 5)]
     compiled = cachedit_fx.compile(model, **dict(OPTIONS, inner_backend=inner))
     weight = model.transformer_blocks[0].attn.to_q.weight
     assert isinstance(weight, StoredWeight) and weight.stored.dtype == torch.float8_e4m3fn
@@ -148,39 +150,102 @@ def _block_bytes(model, lists) -> list[int]:
             for name in lists for block in getattr(model, name)]
 
 
-@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
-def test_group_offloading_is_adopted_and_skipped_blocks_are_never_fetched(offload_type):
-    """diffusers' group offloading (onload and offload device both CPU, so it runs anywhere) is
-    adopted as fetched weights: one graph, outputs equal to the oracle on the offloaded eager
-    model, and the weight bytes fetched per generation fall by exactly the skipped blocks'
-    bytes (a cached step fetches the Fn block's weights only)."""
+def _group_offloaded(offload_type):
     from diffusers.hooks import apply_group_offloading
+
+    def apply(model):
+        cpu = torch.device("cpu")
+        apply_group_offloading(model, onload_device=cpu, offload_device=cpu, offload_type=offload_type,
+                               **({"num_blocks_per_group": 1} if offload_type == "block_level" else {}))
+
+    def hooked(model):
+        return any(m._diffusers_hook.get_hook("group_offloading") is not None
+                   for m in model.modules() if hasattr(m, "_diffusers_hook"))
+
+    return apply, hooked
+
+
+def _sequentially_offloaded():
+    """accelerate's ``cpu_offload``, what ``enable_sequential_cpu_offload`` applies to each
+    component (weights on the meta device, fetched from a CPU weights map at every layer)."""
+    accelerate = pytest.importorskip("accelerate")
+
+    def apply(model):
+        accelerate.cpu_offload(model, execution_device=torch.device("cpu"))
+
+    def hooked(model):
+        layer = model.transformer_blocks[0].attn.to_q
+        return hasattr(layer, "_hf_hook") and layer.weight.device.type == "meta"
+
+    return apply, hooked
+
+
+OFFLOADS = {"block_level": lambda: _group_offloaded("block_level"), "leaf_level": lambda: _group_offloaded("leaf_level"),
+            "sequential_cpu_offload": _sequentially_offloaded}
+
+
+@pytest.mark.parametrize("offload", sorted(OFFLOADS))
+def test_offloading_is_adopted_and_skipped_blocks_are_never_fetched(offload):
+    """diffusers' group offloading and accelerate's sequential CPU offload (onload / execution
+    and offload device both CPU, so it runs anywhere) are adopted as fetched weights: one graph,
+    outputs equal to the oracle on the offloaded eager model, and the weight bytes fetched per
+    generation fall by exactly the skipped blocks' bytes (a cached step fetches the Fn block's
+    weights only); ``disable`` puts the hooks back."""
+    from cachedit_fx.runtime.weight_fetch import fetched_bytes, prefetched_bytes
     from cachedit_fx.stored_weights import StoredWeight
 
-    cpu = torch.device("cpu")
+    apply, hooked = OFFLOADS[offload]()
     models = []
     for _ in range(2):
         model, inputs = TINY_MODELS["flux"]()
-        apply_group_offloading(model, onload_device=cpu, offload_device=cpu, offload_type=offload_type,
-                               **({"num_blocks_per_group": 1} if offload_type == "block_level" else {}))
+        apply(model)
         models.append(model)
     steps = list(trajectory(inputs, 5))
     compiled = cachedit_fx.compile(models[0], **dict(OPTIONS, residual_diff_threshold=0.0))
-    cachedit_fx.fetched_bytes(reset=True)
     want_plain = run(models[1], steps)
+    fetched_bytes(reset=True), prefetched_bytes(reset=True)
     assert torch.equal(torch.stack(run(compiled, steps)), torch.stack(want_plain))
-    uncached = cachedit_fx.fetched_bytes(reset=True)
+    uncached, uncached_ahead = fetched_bytes(reset=True), prefetched_bytes(reset=True)
     cachedit_fx.refresh(compiled, residual_diff_threshold=ALWAYS)
     error, cached, graphs = _generation(compiled, models[1], steps)
-    fetched = cachedit_fx.fetched_bytes(reset=True)
+    fetched, fetched_ahead = fetched_bytes(reset=True), prefetched_bytes(reset=True)
     blocks = _block_bytes(models[0], BLOCK_LISTS["flux"])
     assert error == 0.0 and cached == [1, 2, 3, 4] and graphs == 0
     assert uncached == len(steps) * sum(blocks)
     assert fetched == uncached - len(cached) * sum(blocks[1:])
+    # copied ahead: each block after the second, once the first step has taught the order; never
+    # the first middle block (a decision precedes it) nor the next call's first block
+    assert uncached_ahead == (len(steps) - 1) * sum(blocks[2:])
+    assert fetched_ahead == (len(steps) - len(cached)) * sum(blocks[2:])
     cachedit_fx.disable(compiled)
-    hooked = [m for m in models[0].modules() if hasattr(m, "_diffusers_hook")]
-    assert any(m._diffusers_hook.get_hook("group_offloading") is not None for m in hooked)
+    assert hooked(models[0])
     assert not any(isinstance(p, StoredWeight) for p in models[0].parameters())
+    assert torch.equal(run(models[0], steps[:1])[0], want_plain[0])
+
+
+def test_model_cpu_offload_of_a_pipeline_caches_like_the_oracle_in_one_graph():
+    """``enable_model_cpu_offload`` moves the whole transformer to the execution device around
+    its call (accelerate's hook outside the traced forward): the compiled pipeline caches in one
+    graph and equals the oracle on the offloaded eager pipeline."""
+    from cachedit_fx.tiny_pipelines import default_call_kwargs, tiny_flux_pipeline
+
+    def generate(pipe):
+        return pipe(**dict(default_call_kwargs("flux"), num_inference_steps=6), output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    oracle_pipe = tiny_flux_pipeline(0)
+    oracle_pipe.enable_model_cpu_offload(device="cpu")
+    oracle = ReferenceDBCache(oracle_pipe.transformer, BLOCK_LISTS["flux"], 1, 0, threshold=0.3, warmup=1)
+    want = generate(oracle_pipe)
+    oracle.close()
+    pipe = tiny_flux_pipeline(0)
+    pipe.enable_model_cpu_offload(device="cpu")
+    cachedit_fx.compile(pipe, **dict(OPTIONS, residual_diff_threshold=0.3))
+    torch._dynamo.utils.counters.clear()
+    got = generate(pipe)
+    assert torch.equal(got, want)
+    assert cachedit_fx.summary(pipe.transformer).cached_steps == oracle.cached_steps != []
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 def test_a_model_parallelised_by_diffusers_or_another_parallelism_is_refused_with_the_remedy():

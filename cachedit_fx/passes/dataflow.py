@@ -5,6 +5,8 @@ All positions index ``list(graph.nodes)``; the output node counts as a use at it
 
 from __future__ import annotations
 
+import re
+
 from typing import Callable, Iterable
 
 import torch
@@ -63,11 +65,13 @@ def same_layout(a: fx.Node, b: fx.Node) -> bool:
 
 
 def is_module_state(node: fx.Node) -> bool:
-    """A placeholder lifted from the module itself (parameter or buffer), not a call input."""
+    """A placeholder lifted from the module itself (parameter or buffer), not a call input: a
+    parameter, or an attribute of the traced forward's module (``L['self'].…``, or
+    ``L['module'].…`` when a hook wrapper such as accelerate's calls the forward)."""
     if node.op != "placeholder":
         return False
     grapharg = node.meta.get("grapharg")
     if grapharg is not None and isinstance(getattr(grapharg, "example", None), torch.nn.Parameter):
         return True
     source = getattr(grapharg, "source", None)
-    return source is not None and source.name.startswith("L['self']")
+    return source is not None and re.match(r"L\['[^']+'\]\.", source.name) is not None

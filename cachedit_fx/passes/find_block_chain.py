@@ -123,8 +123,10 @@ class BlockChain:
 
 
 def normalize_module_path(path: str) -> str:
-    """``L['self'].__dict__['_modules']['blocks']._modules['3']`` -> ``blocks.3``."""
-    path = path.replace("L['self']", "")
+    """``L['self'].__dict__['_modules']['blocks']._modules['3']`` -> ``blocks.3``: relative to the
+    traced forward's module, whatever its local is called (``L['module']`` when a hook wrapper
+    such as accelerate's calls the forward)."""
+    path = re.sub(r"^L\['[^']+'\]", "", path)
     path = re.sub(r"\.__dict__\['_modules'\]\['([^']+)'\]", r".\1", path)
     path = re.sub(r"\._modules\['([^']+)'\]", r".\1", path)
     path = re.sub(r"\['([^']+)'\]", r".\1", path)

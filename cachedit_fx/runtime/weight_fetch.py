@@ -1,0 +1,127 @@
+"""Offloaded weights fetched to the compute device: the counted custom op
+``cachedit_fx::fetch_weight`` and the prefetch that runs one block ahead of it.
+
+Each fetched weight belongs to a group: the block (a member of a ``ModuleList``) that holds it.
+Per thread, the fetches learn which group followed which. When a group's first weight is
+fetched, every weight of the group that followed it last time is copied ahead (on CUDA on a
+side stream, so the copy overlaps the current block's compute), unless the group is a stop
+(``stop_prefetch_after``): a cache decision follows it, so its successor may be skipped and is
+fetched on demand only once it runs; or it is the chain's last block, whose successor is the
+next call's first block (nothing is held between calls).
+
+Invariants: every copy is counted in ``fetched_bytes``, prefetched or not; a weight is copied
+at most once per use; no weight of a block behind a cache decision is copied before the
+decision took it; a prefetched copy is used by the fetch of the same stored tensor, or dropped
+(still counted) when the thread moves to a group that was not predicted.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable, NamedTuple, Optional
+
+import torch
+
+NO_GROUP = -1
+"""The group of a fetched weight outside every block list."""
+
+
+class _Copy(NamedTuple):
+    group: int
+    value: torch.Tensor
+    ready: Optional[torch.cuda.Event]
+
+
+class _Fetches(threading.local):
+    """One thread's fetches: bytes copied, the current group, what it learned, copies ahead."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.ahead_bytes = 0
+        self.group = NO_GROUP
+        self.successor: dict[int, int] = {}
+        self.members: dict[int, dict[tuple[int, torch.device], torch.Tensor]] = {}
+        self.ahead: dict[tuple[int, torch.device], _Copy] = {}
+
+
+_FETCHES = _Fetches()
+_STOPS: set[int] = set()
+_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def stop_prefetch_after(groups: Iterable[int]) -> None:
+    """Groups past which nothing is copied ahead (module docstring)."""
+    _STOPS.update(groups)
+
+
+def fetched_bytes(reset: bool = False) -> int:
+    """Weight bytes copied to the compute device by this thread since the last reset."""
+    total = _FETCHES.bytes
+    if reset:
+        _FETCHES.bytes = 0
+    return total
+
+
+def prefetched_bytes(reset: bool = False) -> int:
+    """The part of ``fetched_bytes`` copied ahead of use, since the last reset."""
+    total = _FETCHES.ahead_bytes
+    if reset:
+        _FETCHES.ahead_bytes = 0
+    return total
+
+
+def _key(stored: torch.Tensor, device: torch.device) -> tuple[int, torch.device]:
+    return stored.data_ptr(), device
+
+
+def _copy(stored: torch.Tensor, device: torch.device, group: int, ahead: bool) -> _Copy:
+    """``stored`` copied to ``device`` (a copy even on its own device, so every fetch counts
+    alike); ahead of use on CUDA, on a side stream with an event to wait for."""
+    _FETCHES.bytes += stored.numel() * stored.element_size()
+    _FETCHES.ahead_bytes += stored.numel() * stored.element_size() if ahead else 0
+    if not (ahead and device.type == "cuda"):
+        return _Copy(group, stored.to(device, copy=True, non_blocking=stored.is_pinned()), None)
+    stream = _STREAMS.setdefault(device, torch.cuda.Stream(device))
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        value = stored.to(device, copy=True, non_blocking=stored.is_pinned())
+        return _Copy(group, value, stream.record_event())
+
+
+def _enter(group: int) -> None:
+    """The thread moves to ``group``: learn the transition, drop copies made for another
+    group, copy the predicted next group's weights ahead."""
+    fetches = _FETCHES
+    if fetches.group != NO_GROUP:
+        fetches.successor[fetches.group] = group
+    fetches.group = group
+    following = fetches.successor.get(group)
+    fetches.ahead = {k: c for k, c in fetches.ahead.items() if c.group == group}
+    if following is None or following == group or group in _STOPS:
+        return
+    for key, stored in fetches.members.get(following, {}).items():
+        if key not in fetches.ahead:
+            fetches.ahead[key] = _copy(stored, key[1], following, ahead=True)
+
+
+@torch.library.custom_op("cachedit_fx::fetch_weight", mutates_args=())
+def fetch_weight(stored: torch.Tensor, device: torch.device, group: int) -> torch.Tensor:
+    """``stored`` on ``device``: the copy made ahead for it, else a copy made now."""
+    device = torch.device(device)
+    if group != NO_GROUP:
+        if group != _FETCHES.group:
+            _enter(group)
+        _FETCHES.members.setdefault(group, {}).setdefault(_key(stored, device), stored)
+    made = _FETCHES.ahead.pop(_key(stored, device), None)
+    if made is None:
+        return _copy(stored, device, group, ahead=False).value
+    if made.ready is not None:
+        current = torch.cuda.current_stream(device)
+        current.wait_event(made.ready)
+        made.value.record_stream(current)
+    return made.value
+
+
+@fetch_weight.register_fake
+def _(stored: torch.Tensor, device: torch.device, group: int) -> torch.Tensor:
+    return torch.empty_like(stored, device=device)
