@@ -267,3 +267,27 @@ def test_a_model_parallelised_by_diffusers_or_another_parallelism_is_refused_wit
                 compiled(torch.randn(1, 3, 8), torch.ones(1))
     finally:
         dist.destroy_process_group()
+
+
+def test_offloaded_dbprune_fetches_only_the_blocks_it_runs_and_copies_none_ahead():
+    """Under DBPrune every prunable block is decided on its own, so no offloaded weight is
+    copied ahead past a block boundary; the bytes fetched are exactly the blocks that ran."""
+    from reference_dbprune import ReferenceDBPrune
+    from cachedit_fx.runtime.weight_fetch import fetched_bytes, prefetched_bytes
+
+    apply, _ = _group_offloaded("block_level")
+    model, inputs = TINY_MODELS["flux"]()
+    apply(model)
+    steps = list(trajectory(inputs, 6))
+    reference = ReferenceDBPrune(model, BLOCK_LISTS["flux"], 1, 0, 0.3, warmup=1)
+    want = run(reference, steps)
+    reference.close()
+    compiled = cachedit_fx.compile(model, inner_backend="eager", cache_config=cachedit_fx.DBPruneConfig(
+        Fn_compute_blocks=1, residual_diff_threshold=0.3, max_warmup_steps=1))
+    fetched_bytes(reset=True), prefetched_bytes(reset=True)
+    got = run(compiled, steps)
+    blocks = _block_bytes(model, BLOCK_LISTS["flux"])
+    assert reference.pruned and cachedit_fx.summary(compiled).pruned_blocks == reference.pruned
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert prefetched_bytes() == 0
+    assert fetched_bytes() == len(steps) * sum(blocks) - sum(blocks[b] for ids in reference.pruned.values() for b in ids)
