@@ -92,7 +92,7 @@ STACKS: dict[str, Callable[[torch.nn.Module], Optional[torch.dtype]]] = {
     "none": lambda model: None,
     "LoRA on attention (PEFT)": _lora,
     "layerwise casting (float8 storage)": _layerwise_casting,
-    "layerwise casting (float8 storage, bf16 compute)": _layerwise_casting_bf16,
+    "layerwise casting (float8 storage / bf16 compute)": _layerwise_casting_bf16,
     "group offloading (block level)": _group_offloading("block_level"),
     "group offloading (leaf level)": _group_offloading("leaf_level"),
     "sequential CPU offload (accelerate)": _sequential_cpu_offload,
