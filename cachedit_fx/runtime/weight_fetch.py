@@ -9,6 +9,8 @@ side stream, so the copy overlaps the current block's compute), unless the group
 fetched on demand only once it runs; or it is the chain's last block, whose successor is the
 next call's first block (nothing is held between calls).
 
+Nothing is copied ahead while a CUDA graph records (the graph replays its own copies).
+
 Invariants: every copy is counted in ``fetched_bytes``, prefetched or not; a weight is copied
 at most once per use; no weight of a block behind a cache decision is copied before the
 decision took it; a prefetched copy is used by the fetch of the same stored tensor, or dropped
@@ -82,8 +84,7 @@ def _copy(stored: torch.Tensor, device: torch.device, group: int, ahead: bool) -
     if not (ahead and device.type == "cuda"):
         return _Copy(group, stored.to(device, copy=True, non_blocking=stored.is_pinned()), None)
     stream = _STREAMS.setdefault(device, torch.cuda.Stream(device))
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
+    with torch.cuda.stream(stream):  # reads pinned host memory no kernel writes: no wait needed
         value = stored.to(device, copy=True, non_blocking=stored.is_pinned())
         return _Copy(group, value, stream.record_event())
 
@@ -97,11 +98,17 @@ def _enter(group: int) -> None:
     fetches.group = group
     following = fetches.successor.get(group)
     fetches.ahead = {k: c for k, c in fetches.ahead.items() if c.group == group}
-    if following is None or following == group or group in _STOPS:
+    if following is None or following == group or group in _STOPS or _capturing():
         return
     for key, stored in fetches.members.get(following, {}).items():
         if key not in fetches.ahead:
             fetches.ahead[key] = _copy(stored, key[1], following, ahead=True)
+
+
+def _capturing() -> bool:
+    """A CUDA graph is being recorded: every copy must be part of it (a copy made ahead on the
+    side stream would not be replayed), so nothing is copied ahead."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 @torch.library.custom_op("cachedit_fx::fetch_weight", mutates_args=())
@@ -113,7 +120,7 @@ def fetch_weight(stored: torch.Tensor, device: torch.device, group: int) -> torc
             _enter(group)
         _FETCHES.members.setdefault(group, {}).setdefault(_key(stored, device), stored)
     made = _FETCHES.ahead.pop(_key(stored, device), None)
-    if made is None:
+    if made is None or (made.ready is not None and _capturing()):
         return _copy(stored, device, group, ahead=False).value
     if made.ready is not None:
         current = torch.cuda.current_stream(device)
