@@ -3,8 +3,9 @@ composability matrix: what diffusers users stack on a transformer, each with cac
 
 For every stack (``STACKS``) on tiny FLUX, built fresh: the eager model with the stack is the
 reference. ``cachedit_fx.compile`` (F1B0) runs it at threshold 0 (must equal the reference
-within ``REL_TOLERANCE``, or within twice plain ``torch.compile``'s own error where that is
-larger, as in bf16 under Inductor: "equals the reference"), then, refreshed to a huge
+within ``REL_TOLERANCE`` of its compute dtype: "equals the reference"; in bf16 a whole-graph
+Inductor program rounds less often than eager, so plain ``torch.compile`` of tiny FLUX in bf16
+without any hook differs from eager by 2.8e-2), then, refreshed to a huge
 threshold, again ("caches": every step after the warmup reuses the cache); Dynamo's graph count
 over both generations gives "recompiles" (graphs beyond the first). With timing, the
 threshold-0 program is timed against plain ``torch.compile`` of the same stacked model (median
@@ -28,7 +29,7 @@ import torch
 from benchmarks import report
 
 STEPS = 5
-REL_TOLERANCE = 1e-5
+REL_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4 * torch.finfo(torch.bfloat16).eps}
 HUGE_THRESHOLD = 1e9
 README_START = "<!-- composability:start -->"
 README_END = "<!-- composability:end -->"
@@ -153,7 +154,7 @@ def measure(stack: str, inner_backend: str = "eager", timing: bool = False, repe
     _run(compiled, steps)
     cached_bytes = cachedit_fx.fetched_bytes(reset=True)
     cached = cachedit_fx.summary(compiled).cached_steps
-    row = {"stack": stack, "equals_reference": error <= REL_TOLERANCE, "max_rel_error": error,
+    row = {"stack": stack, "equals_reference": error <= REL_TOLERANCE[want[0].dtype], "max_rel_error": error,
            "caches": cached == list(range(1, STEPS)), "cached_steps": cached,
            "recompiles": counters["stats"]["unique_graphs"] - 1}
     if any(word in stack for word in OFFLOADING):
@@ -165,12 +166,7 @@ def measure(stack: str, inner_backend: str = "eager", timing: bool = False, repe
         torch._dynamo.reset()  # the plain model shares the class's code objects: no guard churn between them
         plain_model, _ = _stacked(stack)
         plain = torch.compile(plain_model, backend=inner_backend)
-        plain_out = _run(plain, steps)
-        plain_error = max(((p - w).float().abs().max() / w.float().abs().max().clamp_min(1e-12)).item()
-                          for p, w in zip(plain_out, want))
         row["overhead"] = cachedit_s / _median_seconds(plain, steps, repeats) - 1
-        row["plain_max_rel_error"] = plain_error
-        row["equals_reference"] = error <= max(REL_TOLERANCE, 2 * plain_error)
         torch._dynamo.reset()
         return row
     cachedit_fx.disable(compiled)
@@ -195,16 +191,14 @@ def markdown(results: dict[str, Any]) -> str:
     for row in results["rows"]:
         overhead = f"{100 * row['overhead']:+.1f}%" if "overhead" in row else "-"
         fetched = row.get("fetched_bytes")
-        plain = (f"; plain {row['plain_max_rel_error']:.1e}"
-                 if row.get("plain_max_rel_error", 0.0) > REL_TOLERANCE else "")
         moved = f"{fetched['cached'] / fetched['uncached']:.3f}" if fetched and fetched["uncached"] else "-"
         lines.append(f"| {row['stack']} | {'yes' if row['caches'] else 'no'} | "
-                     f"{'yes' if row['equals_reference'] else 'no'} ({row['max_rel_error']:.1e}{plain}) | {overhead} | "
+                     f"{'yes' if row['equals_reference'] else 'no'} ({row['max_rel_error']:.1e}) | {overhead} | "
                      f"{row['recompiles']} | {moved} |")
     lines += ["", f"Tiny FLUX, {STEPS} steps, `cachedit_fx.compile` (F1B0), {results['inner_backend']} inner backend, "
               f"CPU ({results['threads']} threads), {results['date']}; overhead: median of 5 generations each, "
-              "cachedit then plain `torch.compile`; error: max relative error against the eager model "
-              "(plain `torch.compile`'s own error where the row needs it)."]
+              "cachedit then plain `torch.compile`; error: max relative error against the eager model, "
+              "within 1e-5 in fp32, 3.1e-2 (4 bf16 ulps) in bf16."]
     return "\n".join(lines)
 
 
