@@ -44,6 +44,7 @@ class CondOperands:
         self.operands: list[torch.Tensor] = []
         self._index: dict[int, int] = {}
         self.slots: tuple[Slot, ...] = tuple(self._slot(value) for value in arguments)
+        self._identity = self.slots == tuple(range(len(self.operands)))
 
     def _slot(self, value: torch.Tensor) -> Slot:
         if is_traceable_wrapper_subclass(value):
@@ -56,6 +57,8 @@ class CondOperands:
         return self._index[id(value)]
 
     def arguments(self, operands: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if self._identity:  # distinct plain tensors: the operands are the arguments
+            return list(operands)
         return [_rebuild(slot, operands) for slot in self.slots]
 
 

@@ -27,6 +27,10 @@ _REGIONS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 _LAYOUTS: dict[str, CondOperands] = {}
 """op name -> how its tensor arguments were flattened (the latest call; equal for every call of
 one region, whose inputs' types are part of its key)."""
+_ALIASED: dict[str, tuple[bool, ...]] = {}
+"""op name -> which outputs of its compiled region share storage with an input or an earlier
+output, found on its first real call: a compiled graph returns a view always or never, since
+its operands are distinct tensors (``CondOperands``). Contiguity is checked at every call."""
 
 
 def region_key(signature: Hashable) -> str:
@@ -51,6 +55,7 @@ class RegionCall(torch.nn.Module):
         super().__init__()
         self.name = f"region_{key}"
         _REGIONS[self.name] = (graph, compiled)
+        _ALIASED.pop(self.name, None)
         if not hasattr(getattr(torch.ops, NAMESPACE, None), self.name):
             _define(self.name)
         self.op = getattr(getattr(torch.ops, NAMESPACE), self.name)
@@ -66,26 +71,35 @@ class RegionCall(torch.nn.Module):
 def _define(name: str) -> None:
     @torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=())
     def run(tensors: list[torch.Tensor], sizes: list[int], kinds: str) -> list[torch.Tensor]:
-        return _fresh(_REGIONS[name][1](*_arguments(name, tensors, sizes, kinds)), tensors)
+        outputs = _REGIONS[name][1](*_arguments(name, tensors, sizes, kinds))
+        aliased = _ALIASED.get(name)
+        if aliased is None:
+            aliased = _ALIASED[name] = tuple(_aliases(outputs, tensors))
+        return _fresh(outputs, aliased)
 
     @run.register_fake
     def _(tensors: list[torch.Tensor], sizes: list[int], kinds: str) -> list[torch.Tensor]:
-        return _fresh(_REGIONS[name][0](*_arguments(name, tensors, sizes, kinds)), tensors)
+        outputs = _REGIONS[name][0](*_arguments(name, tensors, sizes, kinds))
+        return _fresh(outputs, _aliases(outputs, tensors))
 
 
 def _arguments(name: str, tensors: Sequence[torch.Tensor], sizes: Sequence[int], kinds: str) -> list[Any]:
     """The region's arguments: tensor subclasses (quantized weights) rebuilt from their inner
     tensors as ``RegionCall`` flattened them, sizes in place."""
+    if not sizes:
+        return _LAYOUTS[name].arguments(tensors)
     tensor_values, size_values = iter(_LAYOUTS[name].arguments(tensors)), iter(sizes)
     return [next(tensor_values) if kind == "t" else next(size_values) for kind in kinds]
 
 
-def _fresh(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``outputs`` with each one that is not contiguous, or shares storage with an input or an
-    earlier output (slices of one joined tensor), replaced by a contiguous copy."""
-    fresh: list[torch.Tensor] = []
-    for value in outputs:
-        if not value.is_contiguous() or any(torch._C._is_alias_of(value, t) for t in (*inputs, *fresh)):
-            value = value.clone(memory_format=torch.contiguous_format)
-        fresh.append(value)
-    return fresh
+def _aliases(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> list[bool]:
+    """For each output: whether it shares storage with an input or an earlier output (slices of
+    one joined tensor)."""
+    return [any(torch._C._is_alias_of(value, t) for t in (*inputs, *outputs[:k])) for k, value in enumerate(outputs)]
+
+
+def _fresh(outputs: Sequence[torch.Tensor], aliased: Sequence[bool]) -> list[torch.Tensor]:
+    """``outputs`` with each one that is aliased (``_aliases``) or not contiguous replaced by a
+    contiguous copy."""
+    return [value.clone(memory_format=torch.contiguous_format) if alias or not value.is_contiguous() else value
+            for value, alias in zip(outputs, aliased)]

@@ -41,10 +41,12 @@ def test_regional_program_equals_the_oracle_and_compiles_each_block_kind_once(na
 def test_a_region_returning_slices_of_one_tensor_gets_fresh_outputs():
     """FLUX's single blocks return text and image as slices of one joined tensor: the custom op
     hands them out as separate tensors (a custom op may not return aliases)."""
-    from cachedit_fx.runtime.region_op import _fresh
+    from cachedit_fx.runtime.region_op import _aliases, _fresh
 
     joined, given = torch.randn(2, 6), torch.randn(3)
-    text, image, same, strided = _fresh([joined[0], joined[1], given, joined.t()], [given])
+    outputs = [joined[0], joined[1], given, joined.t()]
+    assert _aliases(outputs, [given]) == [False, True, True, True]  # the strided one is copied anyway
+    text, image, same, strided = _fresh(outputs, _aliases(outputs, [given]))
     assert not torch._C._is_alias_of(text, image) and not torch._C._is_alias_of(same, given)
     assert torch.equal(torch.stack([text, image]), joined) and torch.equal(same, given)
     assert strided.is_contiguous() and torch.equal(strided, joined.t())
