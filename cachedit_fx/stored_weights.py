@@ -60,6 +60,12 @@ class StoredWeight(torch.Tensor):
         return (f"StoredWeight(stored={self.stored.dtype} on {self.stored.device}, compute={dtype} on {device}"
                 f"{'' if group is None else f', fetched (group {group})'}, shape={tuple(self.shape)})")
 
+    def _stable_hash_for_caching(self) -> str:
+        """What AOTAutograd's cache key holds for this weight: its layout, stored and as computed."""
+        stored, (dtype, device, group) = self.stored, self.compute
+        return (f"StoredWeight({stored.dtype},{tuple(stored.shape)},{stored.stride()},{stored.device.type},"
+                f"{dtype},{device},{group})")
+
     def __tensor_flatten__(self) -> tuple[list[str], tuple[torch.dtype, torch.device, Optional[int]]]:
         return ["stored"], self.compute
 

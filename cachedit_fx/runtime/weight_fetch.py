@@ -12,7 +12,7 @@ next call's first block (nothing is held between calls).
 Nothing is copied ahead while a CUDA graph records (the graph replays its own copies).
 
 Invariants: every copy is counted in ``fetched_bytes``, prefetched or not; a weight is copied
-at most once per use; no weight of a block behind a cache decision is copied before the
+at most once per use; what is learned holds weights weakly (a deleted model frees them); no weight of a block behind a cache decision is copied before the
 decision took it; a prefetched copy is used by the fetch of the same stored tensor, or dropped
 (still counted) when the thread moves to a group that was not predicted.
 """
@@ -20,6 +20,7 @@ decision took it; a prefetched copy is used by the fetch of the same stored tens
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Iterable, NamedTuple, Optional
 
 import torch
@@ -42,7 +43,7 @@ class _Fetches(threading.local):
         self.ahead_bytes = 0
         self.group = NO_GROUP
         self.successor: dict[int, int] = {}
-        self.members: dict[int, dict[tuple[int, torch.device], torch.Tensor]] = {}
+        self.members: dict[int, dict[tuple[int, torch.device], weakref.ref[torch.Tensor]]] = {}
         self.ahead: dict[tuple[int, torch.device], _Copy] = {}
 
 
@@ -83,7 +84,7 @@ def _copy(stored: torch.Tensor, device: torch.device, group: int, ahead: bool) -
     _FETCHES.ahead_bytes += stored.numel() * stored.element_size() if ahead else 0
     if not (ahead and device.type == "cuda"):
         return _Copy(group, stored.to(device, copy=True, non_blocking=stored.is_pinned()), None)
-    stream = _STREAMS.setdefault(device, torch.cuda.Stream(device))
+    stream = _STREAMS.get(device) or _STREAMS.setdefault(device, torch.cuda.Stream(device))
     with torch.cuda.stream(stream):  # reads pinned host memory no kernel writes: no wait needed
         value = stored.to(device, copy=True, non_blocking=stored.is_pinned())
         return _Copy(group, value, stream.record_event())
@@ -100,8 +101,9 @@ def _enter(group: int) -> None:
     fetches.ahead = {k: c for k, c in fetches.ahead.items() if c.group == group}
     if following is None or following == group or group in _STOPS or _capturing():
         return
-    for key, stored in fetches.members.get(following, {}).items():
-        if key not in fetches.ahead:
+    for key, held in fetches.members.get(following, {}).items():
+        stored = held()
+        if stored is not None and key not in fetches.ahead:
             fetches.ahead[key] = _copy(stored, key[1], following, ahead=True)
 
 
@@ -118,7 +120,7 @@ def fetch_weight(stored: torch.Tensor, device: torch.device, group: int) -> torc
     if group != NO_GROUP:
         if group != _FETCHES.group:
             _enter(group)
-        _FETCHES.members.setdefault(group, {}).setdefault(_key(stored, device), stored)
+        _FETCHES.members.setdefault(group, {}).setdefault(_key(stored, device), weakref.ref(stored))
     made = _FETCHES.ahead.pop(_key(stored, device), None)
     if made is None or (made.ready is not None and _capturing()):
         return _copy(stored, device, group, ahead=False).value
