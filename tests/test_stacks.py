@@ -94,7 +94,11 @@ CUDA_ATTENTION_BACKENDS = ["_native_cudnn", "_native_efficient", "flash", "_flas
 
 
 @pytest.mark.parametrize("backend", CPU_ATTENTION_BACKENDS + CUDA_ATTENTION_BACKENDS)
-def test_attention_backends_cache_and_equal_the_eager_model(backend):
+def test_attention_backends_cache_and_equal_the_eager_model(backend, monkeypatch):
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    # set_attention_backend also makes the backend the process's active one: restored afterwards
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
     if backend in CUDA_ATTENTION_BACKENDS and not torch.cuda.is_available():
         pytest.skip(f"attention backend {backend!r} runs on a GPU only (with its package installed)")
     device = "cuda" if backend in CUDA_ATTENTION_BACKENDS else "cpu"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 
@@ -38,7 +39,8 @@ def refresh_example_values(gm: fx.GraphModule) -> None:
             elif node.op == "call_method":
                 result = getattr(args[0], node.target)(*args[1:], **kwargs)
             elif node.op == "get_attr":
-                result = mode.from_tensor(getattr(gm, node.target), static_shapes=True)
+                held = getattr(gm, node.target)  # a tensor, or a subgraph (flex attention's score and mask mods)
+                result = mode.from_tensor(held, static_shapes=True) if isinstance(held, torch.Tensor) else held
             else:
                 raise AssertionError(f"cannot refresh {node.op} {node.name}")
             values[node] = result

@@ -14,7 +14,7 @@ from cachedit_fx.tiny_models import TINY_MODELS
 from models import run, trajectory
 
 STEPS = 8
-THRESHOLDS = {"flux": 0.33, "flux_uneven": 0.33, "qwen_image": 0.5, "wan": 0.11}
+THRESHOLDS = {"flux": 0.33, "flux_uneven": 0.33, "flux_flex": 0.33, "qwen_image": 0.5, "wan": 0.11}
 POLICIES: dict[str, dict[str, Any]] = {
     "dbcache": {},
     "taylorseer": {"taylorseer_order": 1},
@@ -24,7 +24,13 @@ POLICIES: dict[str, dict[str, Any]] = {
 
 
 def build(name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A tiny model; ``flux_uneven`` has 15 image and 23 text tokens (odd on 2 ranks)."""
+    """A tiny model; ``flux_uneven`` has 15 image and 23 text tokens (odd on 2 ranks);
+    ``flux_flex`` attends with diffusers' flex attention backend (run it last: diffusers makes
+    the backend it sets the process's active one)."""
+    if name == "flux_flex":
+        model, inputs = TINY_MODELS["flux"]()
+        model.set_attention_backend("flex")
+        return model, inputs
     if name != "flux_uneven":
         return TINY_MODELS[name]()
     model, inputs = TINY_MODELS["flux"]()

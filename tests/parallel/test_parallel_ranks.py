@@ -43,7 +43,8 @@ def _check(results: list[dict], names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def tp_results(tmp_path_factory):
-    return run_on_ranks(tmp_path_factory.mktemp("tp"), "parallel.ranks", "compare", "tp_size", TP_NAMES + TP_POLICY_CASES)
+    return run_on_ranks(tmp_path_factory.mktemp("tp"), "parallel.ranks", "compare", "tp_size",
+                        TP_NAMES + TP_POLICY_CASES + ["flux_flex"])
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,13 @@ def test_tensor_parallel_equals_single_process(tp_results):
 
 def test_tensor_parallel_dbprune_decides_alike_on_every_rank(tp_results):
     _check(tp_results, TP_POLICY_CASES)
+
+
+def test_tensor_parallel_with_flex_attention_equals_single_process(tp_results):
+    """flex attention's score and mask mods are subgraphs of the graph: the shard pass keeps them
+    as they are, and the attention, which it does not shard through, stays replicated."""
+    _check(tp_results, ["flux_flex"])
+    assert tp_results[0]["flux_flex"]["report"].rows
 
 
 def test_tensor_parallel_all_reduces_once_per_row_linear(tp_results):
