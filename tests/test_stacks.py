@@ -89,6 +89,31 @@ def test_a_lora_file_hot_swapped_never_recompiles_and_fuse_and_unload_stay_exact
     assert _generation(compiled, model, steps)[:2] == (0.0, [1, 2, 3, 4])
 
 
+def test_a_pipeline_lora_file_loaded_with_load_lora_weights_caches_like_the_oracle(tmp_path):
+    """The pipeline-level API: ``FluxPipeline.save_lora_weights`` / ``load_lora_weights`` from
+    a local file, then ``cachedit_fx.compile(pipe)``: equal to the oracle on the same pipeline."""
+    from diffusers import FluxPipeline
+    from peft.utils import get_peft_model_state_dict
+    from cachedit_fx.tiny_pipelines import default_call_kwargs, tiny_flux_pipeline
+
+    def generate(pipe):
+        return pipe(**dict(default_call_kwargs("flux"), num_inference_steps=6), output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    donor = tiny_flux_pipeline(0)
+    donor.transformer.add_adapter(_adapter(ATTENTION, 4, 1))
+    FluxPipeline.save_lora_weights(str(tmp_path), transformer_lora_layers=get_peft_model_state_dict(donor.transformer))
+    oracle_pipe, pipe = tiny_flux_pipeline(0), tiny_flux_pipeline(0)
+    for p in (oracle_pipe, pipe):
+        p.load_lora_weights(str(tmp_path), adapter_name="style")
+    oracle = ReferenceDBCache(oracle_pipe.transformer, BLOCK_LISTS["flux"], 1, 0, threshold=0.3, warmup=1)
+    want = generate(oracle_pipe)
+    oracle.close()
+    cachedit_fx.compile(pipe, **dict(OPTIONS, residual_diff_threshold=0.3))
+    assert torch.equal(generate(pipe), want)
+    assert cachedit_fx.summary(pipe.transformer).cached_steps == oracle.cached_steps != []
+
+
 CPU_ATTENTION_BACKENDS = ["native", "_native_math", "_native_flash", "flex"]
 CUDA_ATTENTION_BACKENDS = ["_native_cudnn", "_native_efficient", "flash", "_flash_3", "sage", "xformers"]
 
