@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 from benchmarks import report
+from benchmarks.kernels import median_time_s
 
 STEPS = 5
 REL_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4 * torch.finfo(torch.bfloat16).eps}
 HUGE_THRESHOLD = 1e9
 README_START = "<!-- composability:start -->"
 README_END = "<!-- composability:end -->"
+CPU = torch.device("cpu")
 DOCUMENT = report.README
 """The document holding the ``composability`` section that ``--readme`` rewrites."""
 OFFLOADING = ("offload",)
@@ -161,27 +161,16 @@ def measure(stack: str, inner_backend: str = "eager", timing: bool = False, repe
         row["fetched_bytes"] = {"uncached": uncached_bytes, "cached": cached_bytes}
     if timing:
         cachedit_fx.refresh(compiled, residual_diff_threshold=0.0)
-        cachedit_s = _median_seconds(compiled, steps, repeats)
+        cachedit_s = median_time_s(lambda: _run(compiled, steps), CPU, 1, repeats)
         cachedit_fx.disable(compiled)
         torch._dynamo.reset()  # the plain model shares the class's code objects: no guard churn between them
         plain_model, _ = _stacked(stack)
         plain = torch.compile(plain_model, backend=inner_backend)
-        row["overhead"] = cachedit_s / _median_seconds(plain, steps, repeats) - 1
+        row["overhead"] = cachedit_s / median_time_s(lambda: _run(plain, steps), CPU, 1, repeats) - 1
         torch._dynamo.reset()
         return row
     cachedit_fx.disable(compiled)
     return row
-
-
-def _median_seconds(system: Callable[..., Any], steps: list[dict[str, Any]], repeats: int) -> float:
-    """Median wall time of ``repeats`` generations after one warm-up generation."""
-    _run(system, steps)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _run(system, steps)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
 
 
 def markdown(results: dict[str, Any]) -> str:

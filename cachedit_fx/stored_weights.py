@@ -104,7 +104,7 @@ def adopt_stored_weights(model: torch.nn.Module) -> int:
         hook = casting.get(module)
         group = groups.get(module)
         for name, param in list(module.named_parameters(recurse=False)):
-            stored = offload.stored(module, name, param) if offload is not None else param.data
+            stored = offload.stored(module, name, param.data) if offload is not None else param.data
             if offload is not None and group is None:  # outside the blocks: small, kept on the compute device
                 stored = stored.to(offload.device)
             if hook is None and group is None:

@@ -231,6 +231,8 @@ def test_offloading_is_adopted_and_skipped_blocks_are_never_fetched(offload):
         models.append(model)
     steps = list(trajectory(inputs, 5))
     compiled = cachedit_fx.compile(models[0], **dict(OPTIONS, residual_diff_threshold=0.0))
+    stored = [p.stored for p in models[0].parameters() if isinstance(p, StoredWeight)]
+    assert stored and all(type(t) is torch.Tensor and not t.requires_grad for t in stored)  # data, not parameters
     want_plain = run(models[1], steps)
     fetched_bytes(reset=True), prefetched_bytes(reset=True)
     assert torch.equal(torch.stack(run(compiled, steps)), torch.stack(want_plain))

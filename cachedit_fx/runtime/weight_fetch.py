@@ -80,8 +80,8 @@ def _key(stored: torch.Tensor, device: torch.device) -> tuple[int, torch.device]
 def _copy(stored: torch.Tensor, device: torch.device, group: int, ahead: bool) -> _Copy:
     """``stored`` copied to ``device`` (a copy even on its own device, so every fetch counts
     alike); ahead of use on CUDA, on a side stream with an event to wait for."""
-    _FETCHES.bytes += stored.numel() * stored.element_size()
-    _FETCHES.ahead_bytes += stored.numel() * stored.element_size() if ahead else 0
+    _FETCHES.bytes += stored.nbytes
+    _FETCHES.ahead_bytes += stored.nbytes if ahead else 0
     if not (ahead and device.type == "cuda"):
         return _Copy(group, stored.to(device, copy=True, non_blocking=stored.is_pinned()), None)
     stream = _STREAMS.get(device) or _STREAMS.setdefault(device, torch.cuda.Stream(device))
@@ -117,11 +117,12 @@ def _capturing() -> bool:
 def fetch_weight(stored: torch.Tensor, device: torch.device, group: int) -> torch.Tensor:
     """``stored`` on ``device``: the copy made ahead for it, else a copy made now."""
     device = torch.device(device)
+    key = _key(stored, device)
     if group != NO_GROUP:
         if group != _FETCHES.group:
             _enter(group)
-        _FETCHES.members.setdefault(group, {}).setdefault(_key(stored, device), weakref.ref(stored))
-    made = _FETCHES.ahead.pop(_key(stored, device), None)
+        _FETCHES.members.setdefault(group, {}).setdefault(key, weakref.ref(stored))
+    made = _FETCHES.ahead.pop(key, None)
     if made is None or (made.ready is not None and _capturing()):
         return _copy(stored, device, group, ahead=False).value
     if made.ready is not None:
