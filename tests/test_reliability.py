@@ -20,6 +20,7 @@ from cachedit_fx.runtime.contexts import MAX_CONTEXTS
 from cachedit_fx.runtime.registry import cache_for_model
 from cachedit_fx.tiny_models import tiny_flux
 from models import run, run_in_threads_interleaved, trajectory
+from reference_dbcache import ReferenceDBCache
 
 STEPS = 6
 ALWAYS = 1e9
@@ -426,26 +427,51 @@ def test_a_call_that_needs_gradients_is_never_answered_detached(in_graph):
             torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("single_layers", [2, 3])
-def test_a_carried_value_of_data_dependent_size_falls_back_to_the_host_decision(single_layers, caplog):
-    """FramePack's history tokens give a carried value a size known only at run time: the
-    in-graph step cannot size its state, so the host decides for that graph (logged), and the
-    result equals the host decision's."""
+def _framepack(single_layers: int = 4):
     from cachedit_fx.example_inputs import tiny_model
 
-    results = {}
-    for in_graph in (None, False):
-        model, inputs = tiny_model("HunyuanVideoFramepackTransformer3DModel")
-        model = type(model)(**{**model.config, "num_single_layers": single_layers}).eval()
-        torch._dynamo.reset()
-        compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS, in_graph_decision=in_graph))
-        steps = [dict(inputs, timestep=inputs["timestep"] * (1 - k / 10)) for k in range(4)]
-        with caplog.at_level(logging.INFO, logger="cachedit_fx"):
-            results[in_graph] = run(compiled, steps), cachedit_fx.summary(compiled).cached_steps
-    assert any("host decision (a carried value's size depends on data" in r.message for r in caplog.records)
-    (got, got_cached), (want, want_cached) = results[None], results[False]
-    assert got_cached == want_cached == [1, 2, 3]
+    model, inputs = tiny_model("HunyuanVideoFramepackTransformer3DModel")
+    return type(model)(**{**model.config, "num_single_layers": single_layers}).eval(), inputs
+
+
+@pytest.mark.parametrize("single_layers", [2, 3])
+def test_a_carried_value_of_data_dependent_size_caches_in_the_program(single_layers, caplog):
+    """FramePack keeps as many text tokens as its mask holds, so a carried value's size is
+    known only at run time: the step stores it at its upper bound and reads the call's part.
+    It decides in the program and equals the eager oracle."""
+    model, inputs = _framepack(single_layers)
+    steps = [dict(inputs, timestep=inputs["timestep"] * (1 - k / 10)) for k in range(4)]
+    reference = ReferenceDBCache(model, ["transformer_blocks"], 1, 0, threshold=ALWAYS, warmup=1)
+    want = run(reference, steps)
+    reference.close()
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS))
+    with caplog.at_level(logging.INFO, logger="cachedit_fx"):
+        got = run(compiled, steps)
+    assert any("one program (decision in the graph)" in r.message for r in caplog.records)
+    assert cachedit_fx.summary(compiled).cached_steps == reference.cached_steps == [1, 2, 3]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("cache", ["dbcache", "dbprune"])
+def test_a_data_dependent_size_that_changes_is_computed_not_forecast(cache):
+    """The text mask shrinks mid-generation: the carried text residual no longer fits, so that
+    step computes (it equals the model's own output) and the next one caches from it."""
+    model, inputs = _framepack()
+    shorter = inputs["encoder_attention_mask"].clone()
+    shorter[:, -3:] = 0
+    steps = [dict(inputs, timestep=inputs["timestep"] * (1 - k / 10),
+                  encoder_attention_mask=shorter if k >= 3 else inputs["encoder_attention_mask"]) for k in range(5)]
+    options = dict(OPTIONS, residual_diff_threshold=ALWAYS)
+    if cache == "dbprune":
+        options["cache_config"] = cachedit_fx.DBPruneConfig(Fn_compute_blocks=1, max_warmup_steps=1)
+    torch._dynamo.reset()
+    compiled = cachedit_fx.compile(model, **options)
+    got = run(compiled, steps)
+    assert cachedit_fx.summary(compiled).cached_steps == [1, 2, 4]
+    want = run(model, steps[3:4])[0]
+    torch.testing.assert_close(got[3], want, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got[4], run(model, steps[4:5])[0])
 
 
 def test_plain_torch_compile_falls_back_naming_the_capture_remedy_for_that_model():

@@ -139,8 +139,8 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     hidden = example(by_name[part.hidden_cut])
     plans = value_plans(calibrator, len(partners), part.hidden_position)
     layout = StepLayout(
-        hidden=(tuple(hidden.shape), hidden.dtype),
-        values=tuple(ValueLadder(tuple(v.shape), v.dtype, plan.order, plan.residual, plan.kind)
+        hidden=stored_value(hidden),
+        values=tuple(stored_value(v, order=plan.order, residual=plan.residual, kind=plan.kind)
                      for v, plan in zip(map(example, (by_name[name] for name in middle_outputs)), plans)),
         num_fingerprints=len(signature), num_blocks=part.num_blocks,
         skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config),
@@ -169,7 +169,6 @@ def add_state(parent: fx.GraphModule, layout: StepLayout, config: DBCacheConfig,
     """The nodes of the step's state tensors (``layout.names`` order): placeholders after the
     last of Dynamo's, or ``STATE_MODULE`` buffers made for ``config``; and the reset input's
     placeholder when ``reset_input`` names one."""
-    _check_sizes_known_from_inputs(layout)
     placeholders = list(parent.graph.find_nodes(op="placeholder"))
     if state_as_inputs:
         nodes = _state_inputs(parent, layout, placeholders, device)
@@ -270,14 +269,22 @@ def unaliased_operands(graph: fx.Graph, before: fx.Node, operands: list[Any], nu
     return result[:num_partners], result[num_partners:]
 
 
-def _check_sizes_known_from_inputs(layout: StepLayout) -> None:
-    """``UnsupportedGraph`` when a state size depends on data (an unbacked symbol, e.g. a
-    count from ``nonzero`` or ``.item()``): the state cannot be made before the call runs."""
-    dims = layout.dims()
-    data_dependent = [d for d in dims if isinstance(d, torch.SymInt) and free_unbacked_symbols(d)]
-    if data_dependent:
-        raise UnsupportedGraph(f"a carried value's size depends on data ({data_dependent[0]}), so the in-graph "
-                               "step cannot size its state before the call")
+def stored_value(value: torch.Tensor, **plan: Any) -> ValueLadder:
+    """How the step stores ``value``: a size that depends on data (an unbacked symbol, e.g. a
+    count from ``.item()``: FramePack's text length) at its upper bound, as a fitted dimension;
+    ``UnsupportedGraph`` when such a size has no finite bound (the state could not be made
+    before the call)."""
+    shape, fitted = [], []
+    for dim, size in enumerate(value.shape):
+        if isinstance(size, torch.SymInt) and free_unbacked_symbols(size):
+            bound = size.node.shape_env.bound_sympy(size.node.expr).upper
+            if not (bound.is_finite and bound.is_integer):
+                raise UnsupportedGraph(f"a carried value's size depends on data ({size}) with no upper bound, so "
+                                       "the in-graph step cannot size its state before the call")
+            size = int(bound)
+            fitted.append(dim)
+        shape.append(size)
+    return ValueLadder(tuple(shape), value.dtype, fitted=tuple(fitted), **plan)
 
 
 def state_example(node: fx.Node) -> torch.Tensor:

@@ -25,12 +25,12 @@ from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.insert_host_step import insert_host_prune_branches
 from cachedit_fx.passes.insert_cache_branch import LATENT_NAMES, call_inputs, find_timestep_input, input_index
 from cachedit_fx.passes.insert_in_graph_step import (
-    RESET_INPUT, add_state, check_cond_operands, state_example, static_example, step_or_host_decision,
+    RESET_INPUT, add_state, check_cond_operands, state_example, static_example, stored_value, step_or_host_decision,
     unaliased_operands)
 from cachedit_fx.passes.partition_blocks import BlockPartition
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.split_pieces import piece_io
-from cachedit_fx.runtime.dbcache_step import PrunedBlockLayout, StepLayout, ValueLadder, streams_for
+from cachedit_fx.runtime.dbcache_step import PrunedBlockLayout, StepLayout, streams_for
 from cachedit_fx.runtime.dbprune_step import PrunedBlockStep
 
 
@@ -62,8 +62,8 @@ def rewrite_blocks_as_steps(parent: fx.GraphModule, config: DBPruneConfig, state
             raise AssertionError(f"{block.piece} outputs do not match the block's streams")
         check_cond_operands(calls[block.piece].args)
         hidden = example(by_name[block.hidden_input])
-        blocks.append(PrunedBlockLayout(block.index, (tuple(hidden.shape), hidden.dtype), tuple(
-            ValueLadder(tuple(v.shape), v.dtype) for v in (example(by_name[s.middle_output]) for s in block.streams))))
+        blocks.append(PrunedBlockLayout(block.index, stored_value(hidden), tuple(
+            stored_value(example(by_name[s.middle_output])) for s in block.streams)))
     layout = StepLayout(
         hidden=None, values=(), num_fingerprints=len(signature), num_blocks=part.num_blocks, skipped_blocks=0,
         streams=streams_for(config), latent_index=input_index(signature, LATENT_NAMES),

@@ -88,10 +88,29 @@ class ValueLadder:
     order: int = 0
     residual: bool = True
     kind: str = "taylor"
+    fitted: tuple[int, ...] = ()
+    """Dimensions whose size depends on data (a count from ``.item()``): stored at their upper
+    bound, read and written as the call's leading part (``fit`` / ``padded``)."""
 
     @property
     def levels(self) -> int:
         return 4 if self.kind == "foca" else self.order + 1
+
+    def fit(self, stored: torch.Tensor, like: torch.Tensor, lead: int = 0) -> torch.Tensor:
+        """``stored`` (this value's storage after ``lead`` leading dimensions) narrowed to the
+        sizes ``like`` has in the fitted dimensions."""
+        for dim in self.fitted:
+            stored = stored.narrow(lead + dim, 0, like.shape[dim])
+        return stored
+
+    def padded(self, value: torch.Tensor, lead: int = 0) -> torch.Tensor:
+        """``value`` zero-padded back to the stored sizes in the fitted dimensions."""
+        if not self.fitted:
+            return value
+        pad = [0] * (2 * value.dim())
+        for dim in self.fitted:
+            pad[2 * (value.dim() - 1 - lead - dim) + 1] = self.shape[dim] - value.shape[lead + dim]
+        return torch.nn.functional.pad(value, pad)
 
 
 @dataclass(frozen=True)
@@ -101,13 +120,19 @@ class PrunedBlockLayout:
     ``block_<index>_residual_<k>``), per stream."""
 
     index: int
-    input: tuple[tuple[int, ...], torch.dtype]
+    input: ValueLadder
     values: tuple[ValueLadder, ...]
+
+    @property
+    def num_data_sizes(self) -> int:
+        """The data-dependent sizes of its input and values (``block_<index>_sizes`` per stream)."""
+        return sum(len(v.fitted) for v in (self.input, *self.values))
 
     def names(self) -> tuple[str, ...]:
         prefix = f"block_{self.index}_"
         return (prefix + "input", prefix + "counters", prefix + "accumulated",
-                *(f"{prefix}residual_{k}" for k in range(len(self.values))))
+                *(f"{prefix}residual_{k}" for k in range(len(self.values))),
+                *((prefix + "sizes",) if self.num_data_sizes else ()))
 
 
 @dataclass(frozen=True)
@@ -118,7 +143,7 @@ class StepLayout:
     prunable block's state and the log of pruned blocks. ``num_fingerprints``: the call inputs
     compared to spot a warm-up call or a CFG partner."""
 
-    hidden: Optional[tuple[tuple[int, ...], torch.dtype]]
+    hidden: Optional[ValueLadder]
     values: tuple[ValueLadder, ...]
     num_fingerprints: int
     num_blocks: int
@@ -135,7 +160,14 @@ class StepLayout:
     def names(self) -> tuple[str, ...]:
         if self.blocks:
             return FIXED_STATE + ("log_pruned", "pruned_index") + tuple(n for b in self.blocks for n in b.names())
-        return FIXED_STATE + ("prev_fn",) + tuple(f"residual_{k}" for k in range(len(self.values)))
+        sizes = ("data_sizes",) if self.num_data_sizes else ()
+        return FIXED_STATE + sizes + ("prev_fn",) + tuple(f"residual_{k}" for k in range(len(self.values)))
+
+    @property
+    def num_data_sizes(self) -> int:
+        """The data-dependent sizes of a DBCache call's carried values (``ValueLadder.fitted``):
+        the sizes its ``data_sizes`` state remembers per stream."""
+        return sum(len(v.fitted) for v in (self.hidden, *self.values)) if self.hidden is not None else 0
 
     def shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of every state tensor, by name (in ``names`` order)."""
@@ -153,20 +185,24 @@ class StepLayout:
             shapes["pruned_index"] = ((max(len(self.blocks), 2),), torch.int64)
             for block in self.blocks:
                 input_name, counters_name, accumulated_name, *residuals = block.names()
-                shapes[input_name] = ((n, *block.input[0]), block.input[1])
+                shapes[input_name] = ((n, *block.input.shape), block.input.dtype)
                 shapes[counters_name] = ((n, 2), torch.int64)
                 shapes[accumulated_name] = ((n, 2), torch.float64)
                 shapes.update({name: ((n, 1, *v.shape), v.dtype) for name, v in zip(residuals, block.values)})
+                if block.num_data_sizes:
+                    shapes[residuals[-1]] = ((n, block.num_data_sizes), torch.int64)
             return shapes
-        shapes["prev_fn"] = ((n, *self.hidden[0]), self.hidden[1])
+        if self.num_data_sizes:
+            shapes["data_sizes"] = ((n, self.num_data_sizes), torch.int64)
+        shapes["prev_fn"] = ((n, *self.hidden.shape), self.hidden.dtype)
         shapes.update({f"residual_{k}": ((n, v.levels, *v.shape), v.dtype) for k, v in enumerate(self.values)})
         return shapes
 
     def dims(self) -> list[Any]:
         """Every dimension of a carried value (symbolic ones included)."""
-        dims = [d for v in self.values for d in v.shape] + list(self.hidden[0] if self.hidden else ())
+        dims = [d for v in self.values for d in v.shape] + list(self.hidden.shape if self.hidden else ())
         for block in self.blocks:
-            dims += [*block.input[0], *(d for v in block.values for d in v.shape)]
+            dims += [*block.input.shape, *(d for v in block.values for d in v.shape)]
         return dims
 
     def sized(self, size: Callable[[Any], int]) -> "StepLayout":
@@ -179,9 +215,9 @@ class StepLayout:
             return tuple(dataclasses.replace(v, shape=shape(v.shape)) for v in values)
 
         return dataclasses.replace(
-            self, hidden=self.hidden and (shape(self.hidden[0]), self.hidden[1]), values=ladders(self.values),
+            self, hidden=self.hidden and ladders((self.hidden,))[0], values=ladders(self.values),
             inputs=tuple((shape(dims), dtype) for dims, dtype in self.inputs),
-            blocks=tuple(dataclasses.replace(b, input=(shape(b.input[0]), b.input[1]), values=ladders(b.values))
+            blocks=tuple(dataclasses.replace(b, input=ladders((b.input,))[0], values=ladders(b.values))
                          for b in self.blocks))
 
     def new_state(self, config: DBCacheConfig, device: torch.device) -> dict[str, torch.Tensor]:
@@ -386,9 +422,16 @@ class DBCacheStep(torch.nn.Module):
         has_residual = _one(mine, HAS_RESIDUAL) > 0
         updates, last_computed = _one(mine, UPDATES), _one(mine, LAST_COMPUTED)
         anchors, seen = _one(mine, ANCHORS), _one(mine, SEEN)
+        stored = (self.layout.hidden, *self.layout.values)
+        sizes = data_sizes(stored, (hidden_cut, *partners), hidden_cut.device)
+        if sizes is not None:  # another size than the stored values': none of them is read
+            same = (stream_row(named["data_sizes"], stream) == sizes).all().reshape(1)
+            has_residual = has_residual & same
+            updates, anchors, seen = (torch.where(same, c, 0) for c in (updates, anchors, seen))
         accumulated = _one(stream_row(stream_floats, stream), ACCUMULATED)
-        prev_fn = stream_row(named["prev_fn"], stream)
-        ladders = [stream_row(named[f"residual_{k}"], stream) for k in range(len(partners))]
+        prev_fn = self.layout.hidden.fit(stream_row(named["prev_fn"], stream), hidden_cut)
+        ladders = [plan.fit(stream_row(named[f"residual_{k}"], stream), partner, lead=1)
+                   for k, (plan, partner) in enumerate(zip(self.layout.values, partners))]
         elapsed = (step - last_computed).to(torch.float64)
         series, weights, predictions = [], [], {}
         for k, (ladder, plan) in enumerate(zip(ladders, self.layout.values)):
@@ -409,9 +452,10 @@ class DBCacheStep(torch.nn.Module):
         branch_arguments = (*partners, *series, *weights)
         operands = CondOperands((*branch_arguments, *middle_inputs))
         plans = tuple(v.residual for v in self.layout.values)
-        outputs = torch.ops.higher_order.cond(cache.reshape(()), CachedBranch(plans, operands),
-                                              ComputeBranch(self.region, len(branch_arguments), operands),
-                                              tuple(operands.operands))
+        flat = tuple(bool(v.fitted) for v in self.layout.values)
+        outputs = unflattened(torch.ops.higher_order.cond(
+            cache.reshape(()), CachedBranch(plans, operands, flat),
+            ComputeBranch(self.region, len(branch_arguments), operands, flat), tuple(operands.operands)), partners)
 
         gap = torch.where(updates > 0, step - last_computed, 1).to(torch.float32)
         for k, (out, partner, ladder, plan) in enumerate(zip(outputs, partners, ladders, self.layout.values)):
@@ -422,9 +466,11 @@ class DBCacheStep(torch.nn.Module):
             else:
                 kept_history = ladder
                 pushed = ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
-            write_stream_row(named[f"residual_{k}"], stream, torch.where(cache, kept_history, pushed))
+            write_stream_row(named[f"residual_{k}"], stream, plan.padded(torch.where(cache, kept_history, pushed), 1))
         fresh_fn = torch.where(cache, prev_fn, (hidden_cut.float() - hidden_entry.float()).to(prev_fn.dtype))
-        write_stream_row(named["prev_fn"], stream, fresh_fn)
+        write_stream_row(named["prev_fn"], stream, self.layout.hidden.padded(fresh_fn))
+        if sizes is not None:
+            write_stream_row(named["data_sizes"], stream, sizes)
         log_step(named, kept, stream, step, cache, has_diff, diff)
         cached = cache.to(torch.int64)
         positive = has_diff & torch.isfinite(diff) & (diff > 0)
@@ -445,10 +491,11 @@ class CachedBranch(torch.nn.Module):
     forecast (``base + sum_k ladder[k] * weight[k]`` over the levels in use; base: the partner
     for a residual ladder, zero otherwise); the arguments arrive as ``CondOperands``."""
 
-    def __init__(self, residual_plans: tuple[bool, ...], layout: CondOperands) -> None:
+    def __init__(self, residual_plans: tuple[bool, ...], layout: CondOperands, flat: tuple[bool, ...] = ()) -> None:
         super().__init__()
         self.residual_plans = residual_plans
         self.layout = layout
+        self.flat = flat
 
     def forward(self, *operands: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = len(self.residual_plans)
@@ -462,23 +509,47 @@ class CachedBranch(torch.nn.Module):
             for level in range(ladder.shape[0]):
                 acc = torch.where(used[level], acc + ladder[level].float() * factor[level], acc)
             outputs.append(acc.to(ladder.dtype).contiguous())
-        return tuple(outputs)
+        return branch_outputs(outputs, self.flat)
 
 
 class ComputeBranch(torch.nn.Module):
     """``(partners, ladders, forecast weights, middle_inputs) -> middle(middle_inputs)``, fresh and
     contiguous; the middle's inputs start after the first ``num_branch_arguments`` arguments."""
 
-    def __init__(self, middle: torch.nn.Module, num_branch_arguments: int, layout: CondOperands) -> None:
+    def __init__(self, middle: torch.nn.Module, num_branch_arguments: int, layout: CondOperands,
+                 flat: tuple[bool, ...] = ()) -> None:
         super().__init__()
         self.middle = middle
         self.num_branch_arguments = num_branch_arguments
         self.layout = layout
+        self.flat = flat
 
     def forward(self, *operands: torch.Tensor) -> tuple[torch.Tensor, ...]:
         arguments = self.layout.arguments(operands)
         outputs = self.middle(*arguments[self.num_branch_arguments:])
-        return tuple(o.clone(memory_format=torch.contiguous_format) for o in outputs)
+        return branch_outputs([o.clone(memory_format=torch.contiguous_format) for o in outputs], self.flat)
+
+
+def branch_outputs(outputs: Sequence[torch.Tensor], flat: tuple[bool, ...]) -> tuple[torch.Tensor, ...]:
+    """A branch's contiguous outputs, those marked ``flat`` as 1-d views: ``torch.cond`` cannot
+    match the strides of a data-dependent size (``ValueLadder.fitted``) otherwise; the step
+    views them back to their shapes (``unflattened``)."""
+    return tuple(o.reshape(-1) if flat and flat[k] else o for k, o in enumerate(outputs))
+
+
+def unflattened(outputs: Sequence[torch.Tensor], like: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``branch_outputs`` in the shapes of ``like``."""
+    return tuple(o.view(l.shape) if o.dim() != l.dim() else o for o, l in zip(outputs, like))
+
+
+def data_sizes(stored: Sequence[ValueLadder], values: Sequence[torch.Tensor], device: torch.device
+               ) -> Optional[torch.Tensor]:
+    """The sizes of ``values`` in their ``stored`` layouts' fitted dimensions (int64), or None
+    when no dimension is fitted."""
+    sizes = [value.shape[dim] for plan, value in zip(stored, values) for dim in plan.fitted]
+    if not sizes:
+        return None
+    return torch.cat([torch.full((1,), size, dtype=torch.int64, device=device) for size in sizes])
 
 
 def forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,8 +28,8 @@ from cachedit_fx.kernels.reference import l1_rel_diff_reference
 from cachedit_fx.runtime.cond_operands import CondOperands
 from cachedit_fx.runtime.dbcache_step import (
     CACHED, DYNAMIC_THRESHOLD, MAX_DYNAMIC, RELAX, STEP, THRESHOLD, CachedBranch, CallStart,
-    ComputeBranch, StepLayout, decide, finish_call, forecast_weights, ladder_push, log_step, relative_diff,
-    start_call, stream_row, with_stream_row, write_stream_row)
+    ComputeBranch, StepLayout, data_sizes, decide, finish_call, forecast_weights, ladder_push, log_step, relative_diff,
+    start_call, unflattened, stream_row, with_stream_row, write_stream_row)
 
 DYNAMIC_DIFFS = 5
 """The dynamic threshold averages the positive ones among a call's first five block diffs."""
@@ -82,14 +82,21 @@ class PrunedBlockStep(torch.nn.Module):
             call = self._start(named, *call, hidden_input.device)
         start = call.start
         settings = named["settings"]
-        input_name, counters_name, accumulated_name, *residual_names = self.layout.blocks[self.position].names()
+        layout = self.layout.blocks[self.position]
+        input_name, counters_name, accumulated_name, *residual_names = layout.names()
+        residual_names = residual_names[:len(layout.values)]
         block_counters = named[counters_name] * start.kept
         block_floats = torch.where(start.boundary, 0.0, named[accumulated_name])
         mine = stream_row(block_counters, start.stream)
         continuous, has_residual = mine[0:1], mine[1:2] > 0
+        sizes = data_sizes((layout.input, *layout.values), (hidden_input, *partners), hidden_input.device)
+        if sizes is not None:  # another size than the stored values': none of them is read
+            stored_sizes = stream_row(named[layout.names()[-1]], start.stream)
+            has_residual = has_residual & (stored_sizes == sizes).all().reshape(1)
         accumulated = stream_row(block_floats, start.stream)[0:1]
-        previous = stream_row(named[input_name], start.stream)
-        ladders = [stream_row(named[name], start.stream) for name in residual_names]
+        previous = layout.input.fit(stream_row(named[input_name], start.stream), hidden_input)
+        ladders = [plan.fit(stream_row(named[name], start.stream), partner, lead=1)
+                   for name, plan, partner in zip(residual_names, layout.values, partners)]
 
         diff = relative_diff(self.diff_sums(previous, hidden_input, None), self.sums_group)
         threshold = dynamic_threshold(settings, call.diffs, call.num_diffs)
@@ -99,15 +106,19 @@ class PrunedBlockStep(torch.nn.Module):
         weights = forecast_weights(1, has_residual.to(torch.int64), torch.zeros_like(diff)) * len(ladders)
         branch_arguments = (*partners, *ladders, *weights)
         operands = CondOperands((*branch_arguments, *block_inputs))
-        outputs = torch.ops.higher_order.cond(prune.reshape(()), CachedBranch((True,) * len(ladders), operands),
-                                              ComputeBranch(self.region, len(branch_arguments), operands),
-                                              tuple(operands.operands))
+        flat = tuple(bool(v.fitted) for v in layout.values)
+        outputs = unflattened(torch.ops.higher_order.cond(
+            prune.reshape(()), CachedBranch((True,) * len(ladders), operands, flat),
+            ComputeBranch(self.region, len(branch_arguments), operands, flat), tuple(operands.operands)), partners)
 
         one, gap = torch.ones_like(call.step), torch.ones(1, dtype=torch.float32, device=diff.device)
-        for name, out, partner, ladder in zip(residual_names, outputs, partners, ladders):
+        for name, plan, out, partner, ladder in zip(residual_names, layout.values, outputs, partners, ladders):
             pushed = ladder_push(ladder, out.float() - partner.float(), gap, one)
-            write_stream_row(named[name], start.stream, torch.where(prune, ladder, pushed))
-        write_stream_row(named[input_name], start.stream, torch.where(prune, previous, hidden_input))
+            write_stream_row(named[name], start.stream, plan.padded(torch.where(prune, ladder, pushed), 1))
+        compared = torch.where(prune, previous, hidden_input)
+        write_stream_row(named[input_name], start.stream, layout.input.padded(compared))
+        if sizes is not None:
+            write_stream_row(named[layout.names()[-1]], start.stream, sizes)
         pruned = prune.to(torch.int64)
         named[counters_name].copy_(with_stream_row(block_counters, start.stream, torch.cat([
             (continuous + pruned) * pruned, (has_residual | ~prune).to(torch.int64)])))
