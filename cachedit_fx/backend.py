@@ -66,7 +66,7 @@ def cachedit_backend(
                                    "symbolic ones (compile with dynamic=False, or mark_static the inputs)")
     dump = GraphDumper(settings.dump_dir)
     dump("dynamo", gm)
-    handles = CompileHandles(parallel_run=run, dynamo_inputs=DynamoInputs.of(gm), dump=dump)
+    handles = CompileHandles(parallel_run=run, dynamo_inputs=DynamoInputs.of(gm, example_inputs), dump=dump)
     gm.meta[HANDLES_META_KEY] = handles
     original = gm
 
@@ -93,7 +93,9 @@ def cachedit_backend(
         if not fragment:
             warnings.warn(message, CacheditFallbackWarning, stacklevel=2)
         log.info(message)
-        return compile_piece(original, settings)
+        return compile_piece(original, settings, handles.dynamo_inputs)
+    finally:
+        handles.dynamo_inputs.release_examples()
     description = gm.meta[CHAIN_META_KEY].describe()
     model_cache = compile_handles(gm).model_cache
     model_cache.record_graph(True, description)

@@ -71,6 +71,21 @@ def test_a_shape_switch_mid_generation_restarts_it_and_never_applies_the_old_res
     assert cachedit_fx.summary(compiled).cached_steps == [1, 2], "the last generation runs steps 4-6"
 
 
+def test_dynamic_shapes_with_the_capture_settings_decide_in_the_program(caplog):
+    """``cachedit_fx.compile(..., dynamic=True)``: Dynamo reads each norm's eps with ``.item()``
+    (a float it guards), which inside a ``torch.cond`` branch would be data-dependent; the step
+    takes it as the constant it is, compiles through AOTAutograd from Dynamo's own inputs, and a
+    second resolution reuses the graph and equals the oracle."""
+    model, inputs = tiny_flux()
+    compiled = cachedit_fx.compile(model, dynamic=True, **dict(OPTIONS, inner_backend="aot_eager"))
+    segments = [list(trajectory(_sized(inputs, tokens=tokens), 3)) for tokens in (16, 36)]
+    with caplog.at_level(logging.INFO, logger="cachedit_fx"):
+        got = run(compiled, segments[0] + segments[1])
+    assert sum("one program (decision in the graph)" in r.message for r in caplog.records) == 1
+    assert cachedit_fx.summary(compiled).cached_steps == [1, 2]
+    _assert_equal_outputs(got, _reference(model, segments))
+
+
 @pytest.mark.parametrize("in_graph", [None, False], ids=["in-graph", "host"])
 def test_a_text_length_switch_restarts_the_generation_on_both_decisions(in_graph):
     """Wan's text states are no carried value (cross-attention reads them): the state shapes

@@ -8,7 +8,7 @@ so Inductor marks a piece's parameters static as it would for the whole graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -27,14 +27,23 @@ class DynamoInputs:
     param_name_to_source: dict[str, Any]
     sources: dict[str, Any]
     tensor_dicts: dict[str, dict[str, Any]]
+    examples: dict[str, Any]
+    """The inputs Dynamo handed the backend, by placeholder name, while the compile runs
+    (``release_examples`` drops them): a piece compiled from them rather than from the fake
+    values in meta keeps the scalars Dynamo read from them (``.item()`` of a float input under
+    ``dynamic=True``) known instead of data-dependent."""
 
     @staticmethod
-    def of(gm: fx.GraphModule) -> "DynamoInputs":
+    def of(gm: fx.GraphModule, example_inputs: Sequence[Any] = ()) -> "DynamoInputs":
         placeholders = list(gm.graph.find_nodes(op="placeholder"))
         return DynamoInputs(
             meta=dict(gm.meta), param_name_to_source=dict(getattr(gm, "_param_name_to_source", None) or {}),
             sources={n.name: getattr(n, "_dynamo_source", None) for n in placeholders},
-            tensor_dicts={n.name: n.meta["tensor_dict"] for n in placeholders if "tensor_dict" in n.meta})
+            tensor_dicts={n.name: n.meta["tensor_dict"] for n in placeholders if "tensor_dict" in n.meta},
+            examples={n.name: value for n, value in zip(placeholders, example_inputs)})
+
+    def release_examples(self) -> None:
+        self.examples.clear()
 
     def carry_onto(self, piece: fx.GraphModule) -> None:
         if "dynamo_compile_id" not in self.meta:
@@ -68,11 +77,15 @@ def inductor_patches(settings: BackendSettings) -> dict[str, Any]:
     return {**(list_mode_options(settings.mode) if settings.mode else {}), **settings.inductor_options}
 
 
-def compile_piece(piece: fx.GraphModule, settings: BackendSettings) -> Callable[..., Any]:
-    """Compile one piece with ``settings.inner_backend``."""
+def compile_piece(piece: fx.GraphModule, settings: BackendSettings,
+                  dynamo_inputs: Optional[DynamoInputs] = None) -> Callable[..., Any]:
+    """Compile one piece with ``settings.inner_backend``, from Dynamo's own inputs where the
+    piece takes one (``DynamoInputs.examples``), else from its placeholders' fake values."""
     if settings.inner_backend == "eager":
         return piece
-    example_inputs = [example_value(n) for n in piece.graph.nodes if n.op == "placeholder"]
+    examples = dynamo_inputs.examples if dynamo_inputs is not None else {}
+    example_inputs = [examples[n.name] if n.name in examples else example_value(n)
+                      for n in piece.graph.find_nodes(op="placeholder")]
     if settings.inner_backend == "aot_eager":
         from torch._dynamo.backends.debugging import aot_eager
 

@@ -131,7 +131,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     if middle_outputs != [s.middle_output for s in part.streams]:
         raise AssertionError("middle outputs do not match the partition's streams")
     call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
-    check_cond_operands(call.args)
+    check_cond_operands(parent, call)
     signature = call_inputs(parent)
     partners = [by_name[s.head_value] for s in part.streams]
     partners, middle_inputs = unaliased_operands(parent.graph, call, [*partners, *call.args], len(partners))
@@ -236,14 +236,34 @@ def _state_buffers(parent: fx.GraphModule, layout: StepLayout, state: dict[str, 
     return nodes[::-1]
 
 
-def check_cond_operands(middle_inputs: Iterable[Any]) -> None:
-    """``UnsupportedGraph`` when a middle input is neither a tensor nor an integer: ``torch.cond``
-    takes no other operand (a float made symbolic by ``dynamic=True``)."""
-    for value in middle_inputs:
+def check_cond_operands(parent: fx.GraphModule, call: fx.Node) -> None:
+    """Make the piece ``call`` calls a ``torch.cond`` branch: a float input, or a symbolic float
+    whose value the shape environment fixed (an expression without symbols, e.g. a norm's eps
+    read with ``.item()`` under ``dynamic=True``), becomes a constant in the piece (inside a
+    branch it would be data-dependent); ``UnsupportedGraph`` for any other input that is
+    neither a tensor nor an integer (a float Dynamo keeps symbolic)."""
+    piece = parent.get_submodule(call.target)
+    placeholders = list(piece.graph.find_nodes(op="placeholder"))
+    kept = []
+    for value, placeholder in zip(call.args, placeholders):
         example = value.meta.get("example_value", value.meta.get("val")) if isinstance(value, fx.Node) else value
+        if isinstance(example, torch.SymFloat) and example.node.expr.is_number:
+            example = float(example.node.expr)
+        if isinstance(example, float):
+            placeholder.replace_all_uses_with(example)
+            piece.graph.erase_node(placeholder)
+            continue
         if not isinstance(example, (torch.Tensor, int, torch.SymInt)) or isinstance(example, bool):
             raise UnsupportedGraph(f"the middle blocks take {type(example).__name__} {getattr(value, 'name', value)}, "
                                    "which torch.cond cannot pass to a branch")
+        kept.append(value)
+    for node in list(piece.graph.nodes):  # a float read from an input (.item()), known: Dynamo guards it
+        example = node.meta.get("example_value")
+        if node.op != "placeholder" and isinstance(example, torch.SymFloat) and example.node.expr.is_number:
+            node.replace_all_uses_with(float(example.node.expr))
+            piece.graph.erase_node(node)
+    call.args = tuple(kept)
+    piece.recompile()
 
 
 def unaliased_operands(graph: fx.Graph, before: fx.Node, operands: list[Any], num_partners: int

@@ -60,7 +60,7 @@ def rewrite_blocks_as_steps(parent: fx.GraphModule, config: DBPruneConfig, state
         inputs, outputs = piece_io(parent, block.piece)
         if outputs != [s.middle_output for s in block.streams]:
             raise AssertionError(f"{block.piece} outputs do not match the block's streams")
-        check_cond_operands(calls[block.piece].args)
+        check_cond_operands(parent, calls[block.piece])
         hidden = example(by_name[block.hidden_input])
         blocks.append(PrunedBlockLayout(block.index, stored_value(hidden), tuple(
             stored_value(example(by_name[s.middle_output])) for s in block.streams)))

@@ -82,7 +82,7 @@ def compile_units(units: Sequence[tuple[torch.nn.Module, str, fx.GraphModule]], 
         if uses_cuda_graphs(settings):  # static weights at other addresses would re-record every graph
             signature = (signature, id(unit))
         if signature not in compiled:
-            compiled[signature] = compile_piece(unit, settings)
+            compiled[signature] = compile_piece(unit, settings, dynamo_inputs)
         setattr(owner, name, CompiledPiece(name, compiled[signature]))
     return CompileReport(len(units), len(compiled) - before)
 
@@ -112,7 +112,7 @@ def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> 
         examples = [example_value(n) for n in parent.graph.find_nodes(op="placeholder")]
         parent.meta[ONE_PROGRAM_META_KEY] = compile_cond_parts(parent, examples, settings)
     else:
-        parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings)
+        parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings, dynamo_inputs)
     regions = parent.meta.get(COMPILE_REPORT_META_KEY, CompileReport(0, 0))
     parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(regions.pieces + 1, regions.compiles + 1)
     log.info("cachedit: one program (decision in the graph)")
