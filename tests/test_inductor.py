@@ -7,13 +7,15 @@ and regional compilation (one compiled block serving every equal block)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 import cachedit_fx
 from cachedit_fx.runtime.registry import cache_for_model
 from torch._dynamo.utils import counters
-from models import TINY_MODELS, run, trajectory
+from models import TINY_MODELS, ToyChain, run, trajectory
 
 
 def test_inductor_pieces_match_plain_inductor_and_cache():
@@ -54,6 +56,29 @@ def test_inductor_pieces_match_plain_inductor_and_cache():
     again = torch.compile(model, backend="cachedit", options={**options, "residual_diff_threshold": 0.3})
     assert torch.equal(run(again, steps[:1])[0], cached[0])
     assert counters["inductor"]["fxgraph_cache_hit"] == 1, "the torch.cond program must hit Inductor's graph cache"
+
+
+def test_dbprune_in_parts_around_each_cond_equals_its_one_program(caplog):
+    """DBPrune's program holds one ``torch.cond`` per prunable block; CUDA graphs' layout cuts
+    it at each in turn (unrecorded on CPU) and prunes and computes as the one program does."""
+    torch.manual_seed(0)
+    model = ToyChain(5).eval()
+    x = torch.randn(1, 4, 8)
+    steps = [dict(x=x * (1 - 0.03 * k), timestep=torch.tensor([1000.0 - 100 * k])) for k in range(8)]
+    options = dict(cache_config=cachedit_fx.DBPruneConfig(Fn_compute_blocks=1, max_warmup_steps=1,
+                                                          residual_diff_threshold=0.3),
+                   in_graph_decision=True, enable_separate_cfg=False)
+    results = []
+    for mode in ({}, {"mode": "reduce-overhead"}):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="cachedit", options=dict(options, **mode))
+        with torch.no_grad(), caplog.at_level(logging.INFO, logger="cachedit_fx"):
+            results.append(([compiled(**step) for step in steps], cachedit_fx.summary(compiled).pruned_blocks))
+    assert any("parts around its torch.cond" in r.getMessage() for r in caplog.records)
+    (one_program, pruned), (parts, parts_pruned) = results
+    assert parts_pruned == pruned and len({len(blocks) for blocks in pruned.values()}) > 1, pruned
+    for a, b in zip(parts, one_program):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_regional_compile_reuses_inductor_blocks_across_weights(compile_reports):

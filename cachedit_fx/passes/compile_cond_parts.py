@@ -1,12 +1,13 @@
-"""Compile the in-graph step's program for CUDA graphs: as parts around its ``torch.cond``.
+"""Compile the in-graph step's program for CUDA graphs: as parts around its ``torch.cond``s.
 
 Inductor compiles a graph holding a ``torch.cond`` into code that reads the predicate on the
 host (``if pred.item():``) and turns CUDA graphs off for it. Here AOTAutograd traces the
 program once (Inductor's decompositions, input mutations kept in the graph), the ATen graph is
-cut at the ``cond`` (``split_at_cond``), Inductor compiles each part and both branches with
-CUDA graphs off, and the ``CondParts`` that dispatches the ``cond`` at run time is
-recorded by CUDA-graph trees (``runtime/cond_parts.py``), the weights and the state
-tensors as static inputs. On a device without CUDA graphs the same parts run unrecorded.
+cut at each ``cond`` in turn (``split_at_cond``; DBPrune has one per block), Inductor compiles
+each part and both branches with CUDA graphs off, and the ``CondParts`` that dispatch the
+``cond``s at run time are recorded by CUDA-graph trees (``runtime/cond_parts.py``), the weights
+and the state tensors as static inputs. On a device without CUDA graphs the same parts run
+unrecorded.
 
 Assumes: a program from ``insert_in_graph_step`` (its state tensors are its last inputs,
 ``meta[IN_GRAPH_META_KEY]``), ``inner_backend="inductor"``.
@@ -23,7 +24,7 @@ import torch.fx as fx
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import IN_GRAPH_META_KEY
 from cachedit_fx.passes.inner_compile import inductor_patches
-from cachedit_fx.passes.split_at_cond import split_at_cond
+from cachedit_fx.passes.split_at_cond import holds_cond, split_at_cond
 from cachedit_fx.runtime.cond_parts import CondParts, cuda_graph_trees
 
 log = logging.getLogger("cachedit_fx")
@@ -36,11 +37,14 @@ def compile_cond_parts(parent: fx.GraphModule, example_inputs: Sequence[Any],
 
     num_state = len(parent.meta[IN_GRAPH_META_KEY].names)
 
-    def compile_parts(gm: fx.GraphModule, flat_inputs: Sequence[Any]) -> Callable[..., Any]:
+    def compile_split(gm: fx.GraphModule) -> CondParts:
         split = split_at_cond(gm)
         parts = [_compile_part(part, settings) for part in (split.before, split.true_branch, split.false_branch)]
-        after = _compile_part(split.after, settings)  # last: its outputs are the program's
-        program = CondParts(split.positions(), *parts, after)
+        after = compile_split(split.after) if holds_cond(split.after) else _compile_part(split.after, settings)
+        return CondParts(split.positions(), *parts, after)  # the last part compiled last: its outputs are the program's
+
+    def compile_parts(gm: fx.GraphModule, flat_inputs: Sequence[Any]) -> Callable[..., Any]:
+        program = compile_split(gm)
         device = next(v.device for v in reversed(flat_inputs) if isinstance(v, torch.Tensor))
         if device.type != "cuda":
             log.info("cachedit: one program in parts around its torch.cond (no CUDA graphs on %s)", device)

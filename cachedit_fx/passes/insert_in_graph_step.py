@@ -27,7 +27,7 @@ from torch._guards import detect_fake_mode
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from cachedit_fx.config import BackendSettings, DBCacheConfig, DBPruneConfig
+from cachedit_fx.config import BackendSettings, DBCacheConfig
 from cachedit_fx.kernels import l1_rel_diff_op, l1_rel_diff_reference
 from cachedit_fx.passes import IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY, PARTITION_META_KEY, compile_handles
 from cachedit_fx.passes.dataflow import tensor_meta
@@ -59,8 +59,6 @@ def check_in_graph_support(settings: BackendSettings) -> None:
 
 def unsupported_options(settings: BackendSettings) -> Optional[str]:
     """Why the in-graph step does not implement these options, or None."""
-    if isinstance(settings.cache, DBPruneConfig) and uses_cuda_graphs(settings):
-        return "DBPrune under CUDA graphs: the program is recorded with one conditional node, and DBPrune has one per block"
     if settings.regional_compile and uses_cuda_graphs(settings):
         return "regional_compile under CUDA graphs: the regions would run inside a recorded conditional node"
     return None

@@ -1,9 +1,11 @@
-"""Cut an ATen graph holding one ``torch.cond`` into the part before it, the branches, and the
+"""Cut an ATen graph at its first ``torch.cond`` into the part before it, the branches, and the
 part after it, so each can be compiled apart and the ``cond`` itself dispatched at run time
-(where CUDA-graph trees capture it as a conditional node, ``runtime/cond_parts.py``).
+(where CUDA-graph trees capture it as a conditional node, ``runtime/cond_parts.py``). The part
+after holds the graph's later ``cond``s (DBPrune has one per block): cut it again
+(``holds_cond``).
 
 Assumes: a functional ATen graph (AOTAutograd's inference graph, input mutations kept as
-``copy_`` on placeholders) with exactly one ``torch.ops.higher_order.cond`` node, whose
+``copy_`` on placeholders) with one or more ``torch.ops.higher_order.cond`` nodes, whose
 branches are ``get_attr`` submodules and whose results are read only through ``getitem``.
 Guarantees: ``before`` takes every graph input and returns, in order, ``crossing`` (the values
 it defines that the ``cond`` or ``after`` reads); ``after`` takes ``after_inputs`` (graph
@@ -52,25 +54,28 @@ class CondSplit:
                 tuple(slots[name] for name in self.after_inputs) + tuple(len(slots) + k for k in self.cond_results))
 
 
-COND_RESULT = "cond_result_{}"
-"""The name of ``cond`` output k among ``after``'s placeholders."""
+COND_RESULT = "{}_result_{}"
+"""The name of output k of the ``cond`` node named so among ``after``'s placeholders."""
 
 
-class NoSingleCond(ValueError):
-    """The graph holds no ``torch.cond``, or more than one."""
+class NoCond(ValueError):
+    """The graph holds no ``torch.cond``, or one whose results it reads other than by index."""
+
+
+def holds_cond(gm: fx.GraphModule) -> bool:
+    return any(n.op == "call_function" and n.target is COND for n in gm.graph.nodes)
 
 
 def split_at_cond(gm: fx.GraphModule) -> CondSplit:
     nodes = list(gm.graph.nodes)
-    conds = [n for n in nodes if n.op == "call_function" and n.target is COND]
-    if len(conds) != 1:
-        raise NoSingleCond(f"expected one torch.cond in the program, found {len(conds)}")
-    cond = conds[0]
+    cond = next((n for n in nodes if n.op == "call_function" and n.target is COND), None)
+    if cond is None:
+        raise NoCond("expected a torch.cond in the program, found none")
     at = nodes.index(cond)
     predicate, true_attr, false_attr, operands = cond.args
     results = [n for n in cond.users if n.op == "call_function" and n.target is operator.getitem]
     if len(results) != len(cond.users):
-        raise NoSingleCond("the torch.cond's results are used other than through getitem")
+        raise NoCond("the torch.cond's results are used other than through getitem")
     placeholders = [n for n in nodes if n.op == "placeholder"]
     output = nodes[-1]
     before_nodes = [n for n in nodes[:at] if n.op in ("call_function", "call_method", "call_module")]
@@ -84,7 +89,7 @@ def split_at_cond(gm: fx.GraphModule) -> CondSplit:
     crossing = [n for n in before_nodes if read_later(n) or cond in n.users]
     after_inputs = [n for n in (*placeholders, *crossing) if read_later(n)]
     results.sort(key=lambda n: n.args[1])
-    result_names = {n: COND_RESULT.format(n.args[1]) for n in results}
+    result_names = {n: COND_RESULT.format(cond.name, n.args[1]) for n in results}
     before = _subgraph(gm, placeholders, before_nodes, lambda env: tuple(env[n] for n in crossing))
     after = _subgraph(gm, [*after_inputs, *results], after_nodes,
                       lambda env: fx.map_arg(output.args[0], lambda n: env[n]), result_names)

@@ -25,7 +25,8 @@ Part = Callable[..., Sequence[torch.Tensor]]
 
 class CondParts:
     """``(*inputs) -> outputs`` of the split graph, each part a compiled callable taking
-    its inputs as positional arguments; ``positions``: ``CondSplit.positions()``."""
+    its inputs as positional arguments (``after`` may be the ``CondParts`` of a graph's later
+    ``cond``s); ``positions``: ``CondSplit.positions()``."""
 
     def __init__(self, positions: tuple[int, tuple[int, ...], tuple[int, ...]], before: Part, true_branch: Part,
                  false_branch: Part, after: Part) -> None:

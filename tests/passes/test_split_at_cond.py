@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 from torch._dynamo.backends.common import aot_autograd
 
-from cachedit_fx.passes.split_at_cond import NoSingleCond, split_at_cond
+from cachedit_fx.passes.split_at_cond import NoCond, holds_cond, split_at_cond
 from cachedit_fx.runtime.cond_parts import CondParts
 
 
@@ -71,7 +71,35 @@ def test_a_cond_output_nobody_reads_leaves_the_others_wired_to_their_own_outputs
     assert splits[0].cond_results == (1,)
 
 
-def test_a_graph_without_one_cond_is_refused():
+def two_conds(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    h = torch.cond(x.sum() > 0, lambda x, w: (x @ w).contiguous(), lambda x, w: (x + 1).contiguous(), (x, w))
+    g = torch.cond(h.abs().amax() > 2, lambda h, x: (h * x).contiguous(), lambda h, x: (h - x).contiguous(), (h, x))
+    return g + h
+
+
+def test_a_program_with_a_cond_per_block_is_cut_at_each_in_turn():
+    """DBPrune's layout: the part after the first ``cond`` holds the next one and is cut again;
+    the nested parts reproduce the program for every combination of branches."""
+    def compile_split(gm: fx.GraphModule):
+        split = split_at_cond(gm)
+        after = compile_split(split.after) if holds_cond(split.after) else split.after
+        return CondParts(split.positions(), split.before, split.true_branch, split.false_branch, after)
+
+    program = torch.compile(two_conds, backend=aot_autograd(fw_compiler=lambda gm, _: compile_split(gm)),
+                            fullgraph=True)
+    torch.manual_seed(0)
+    w = torch.eye(3) * 4
+    taken = set()
+    for sign, scale in ((1.0, 1.0), (-1.0, 5.0), (1.0, 0.01), (-1.0, 0.01)):
+        x = sign * scale * torch.rand(3, 3)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x, w), two_conds(x, w))
+        h = x @ w if x.sum() > 0 else x + 1
+        taken.add((bool(x.sum() > 0), bool(h.abs().amax() > 2)))
+    assert len(taken) == 4, taken
+
+
+def test_a_graph_without_a_cond_is_refused():
     gm = fx.symbolic_trace(lambda x: x + 1)
-    with pytest.raises(NoSingleCond, match="found 0"):
+    with pytest.raises(NoCond, match="found none"):
         split_at_cond(gm)
