@@ -193,7 +193,7 @@ def test_mode_given_to_torch_compile_reaches_every_piece_and_cuda_graph_modes_ow
     from cachedit_fx.passes.lower import uses_cuda_graphs
 
     modes = []
-    monkeypatch.setattr(lower, "compile_piece", lambda piece, settings: modes.append(settings.mode) or piece)
+    monkeypatch.setattr(lower, "compile_piece", lambda piece, settings, inputs: modes.append(settings.mode) or piece)
     model, x = BrokenChain(), torch.randn(2, 8)
     model.blocks = torch.nn.ModuleList(ToyBlock() for _ in range(10))  # room for the default F8B0
     with torch.no_grad():

@@ -434,21 +434,23 @@ def _framepack(single_layers: int = 4):
     return type(model)(**{**model.config, "num_single_layers": single_layers}).eval(), inputs
 
 
-@pytest.mark.parametrize("single_layers", [2, 3])
-def test_a_carried_value_of_data_dependent_size_caches_in_the_program(single_layers, caplog):
+@pytest.mark.parametrize("single_layers, regional", [(2, False), (3, True)])
+def test_a_carried_value_of_data_dependent_size_caches_in_the_program(single_layers, regional, caplog):
     """FramePack keeps as many text tokens as its mask holds, so a carried value's size is
     known only at run time: the step stores it at its upper bound and reads the call's part.
-    It decides in the program and equals the eager oracle."""
+    It decides in the program and equals the eager oracle; regional compilation keeps the
+    blocks of data-dependent sizes in the program (a custom op cannot make such a size)."""
     model, inputs = _framepack(single_layers)
     steps = [dict(inputs, timestep=inputs["timestep"] * (1 - k / 10)) for k in range(4)]
     reference = ReferenceDBCache(model, ["transformer_blocks"], 1, 0, threshold=ALWAYS, warmup=1)
     want = run(reference, steps)
     reference.close()
     torch._dynamo.reset()
-    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS))
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS, regional_compile=regional))
     with caplog.at_level(logging.INFO, logger="cachedit_fx"):
         got = run(compiled, steps)
     assert any("one program (decision in the graph)" in r.message for r in caplog.records)
+    assert regional == any("has a data-dependent size" in r.message for r in caplog.records)
     assert cachedit_fx.summary(compiled).cached_steps == reference.cached_steps == [1, 2, 3]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 

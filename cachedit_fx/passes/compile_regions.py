@@ -17,10 +17,12 @@ adds the program). A program the host decides (a graph the steps could not take)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable
+import logging
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import CHAIN_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, compile_handles
@@ -29,6 +31,8 @@ from cachedit_fx.passes.lower import CompileReport, compile_units, graph_signatu
 from cachedit_fx.passes.split_blocks import block_ranges, split_blocks
 from cachedit_fx.passes.split_pieces import piece_modules, split_into_pieces
 from cachedit_fx.runtime.region_op import RegionCall, region_key
+
+log = logging.getLogger("cachedit_fx")
 
 
 class _Compiled(torch.nn.Module):
@@ -57,6 +61,10 @@ def compile_regions(parent: fx.GraphModule, settings: BackendSettings) -> fx.Gra
             setattr(owner, attribute, blockwise)
             units = [u for u in piece_modules(blockwise) if u[1].startswith("block_")]
         for unit_owner, unit_name, block in units:
+            reason = _no_region_reason(block)
+            if reason is not None:
+                log.info("cachedit: block piece %s stays in the program: %s", unit_name, reason)
+                continue
             holder = _Compiled(block)
             compile_units([(holder, "block", block)], settings, dynamo_inputs, compiled)
             key = region_key((graph_signature(block), [type(example_value(n)).__qualname__
@@ -65,3 +73,18 @@ def compile_regions(parent: fx.GraphModule, settings: BackendSettings) -> fx.Gra
             blocks += 1
     parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(blocks, len(compiled))
     return parent
+
+
+def _no_region_reason(block: fx.GraphModule) -> Optional[str]:
+    """Why ``block`` cannot run as a custom op, or None: an op returns tensors only, and its
+    fake implementation cannot make a data-dependent size (FramePack's text length) anew."""
+    output = next(iter(block.graph.find_nodes(op="output")))
+    returned: list[fx.Node] = []
+    fx.node.map_arg(output.args, returned.append)
+    if not all(isinstance(example_value(n), torch.Tensor) for n in returned):
+        return "it hands on a size"
+    for node in (*block.graph.find_nodes(op="placeholder"), *returned):
+        value = example_value(node)
+        if free_unbacked_symbols(value.shape if isinstance(value, torch.Tensor) else value):
+            return f"{node.name} has a data-dependent size"
+    return None

@@ -129,7 +129,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
     if middle_outputs != [s.middle_output for s in part.streams]:
         raise AssertionError("middle outputs do not match the partition's streams")
     call = next(n for n in parent.graph.nodes if n.op == "call_module" and n.target == "middle")
-    check_cond_operands(parent, call)
+    prepare_branch_inputs(parent, call)
     signature = call_inputs(parent)
     partners = [by_name[s.head_value] for s in part.streams]
     partners, middle_inputs = unaliased_operands(parent.graph, call, [*partners, *call.args], len(partners))
@@ -234,7 +234,7 @@ def _state_buffers(parent: fx.GraphModule, layout: StepLayout, state: dict[str, 
     return nodes[::-1]
 
 
-def check_cond_operands(parent: fx.GraphModule, call: fx.Node) -> None:
+def prepare_branch_inputs(parent: fx.GraphModule, call: fx.Node) -> None:
     """Make the piece ``call`` calls a ``torch.cond`` branch: a float input, or a symbolic float
     whose value the shape environment fixed (an expression without symbols, e.g. a norm's eps
     read with ``.item()`` under ``dynamic=True``), becomes a constant in the piece (inside a

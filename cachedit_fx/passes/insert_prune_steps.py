@@ -25,7 +25,7 @@ from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.insert_host_step import insert_host_prune_branches
 from cachedit_fx.passes.insert_cache_branch import LATENT_NAMES, call_inputs, find_timestep_input, input_index
 from cachedit_fx.passes.insert_in_graph_step import (
-    RESET_INPUT, add_state, check_cond_operands, state_example, static_example, stored_value, step_or_host_decision,
+    RESET_INPUT, add_state, prepare_branch_inputs, state_example, static_example, stored_value, step_or_host_decision,
     unaliased_operands)
 from cachedit_fx.passes.partition_blocks import BlockPartition
 from cachedit_fx.passes.dataflow import tensor_meta
@@ -60,7 +60,7 @@ def rewrite_blocks_as_steps(parent: fx.GraphModule, config: DBPruneConfig, state
         inputs, outputs = piece_io(parent, block.piece)
         if outputs != [s.middle_output for s in block.streams]:
             raise AssertionError(f"{block.piece} outputs do not match the block's streams")
-        check_cond_operands(parent, calls[block.piece])
+        prepare_branch_inputs(parent, calls[block.piece])
         hidden = example(by_name[block.hidden_input])
         blocks.append(PrunedBlockLayout(block.index, stored_value(hidden), tuple(
             stored_value(example(by_name[s.middle_output])) for s in block.streams)))

@@ -198,13 +198,6 @@ class StepLayout:
         shapes.update({f"residual_{k}": ((n, v.levels, *v.shape), v.dtype) for k, v in enumerate(self.values)})
         return shapes
 
-    def dims(self) -> list[Any]:
-        """Every dimension of a carried value (symbolic ones included)."""
-        dims = [d for v in self.values for d in v.shape] + list(self.hidden.shape if self.hidden else ())
-        for block in self.blocks:
-            dims += [*block.input.shape, *(d for v in block.values for d in v.shape)]
-        return dims
-
     def sized(self, size: Callable[[Any], int]) -> "StepLayout":
         """This layout with every symbolic dimension replaced by ``size(dimension)`` (a graph
         compiled for dynamic shapes: the sizes of the call at hand)."""

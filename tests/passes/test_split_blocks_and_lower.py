@@ -138,9 +138,9 @@ def test_every_piece_marks_its_parameters_static_as_plain_compile_does(monkeypat
     torch._dynamo.reset()
     pieces = []
     compile_piece = lower.compile_piece
-    monkeypatch.setattr(lower, "compile_piece", lambda piece, settings: pieces.append(
+    monkeypatch.setattr(lower, "compile_piece", lambda piece, settings, inputs: pieces.append(
         (_static_indices(piece), [i for i, n in enumerate(piece.graph.find_nodes(op="placeholder"))
-                                  if is_module_state(n)])) or compile_piece(piece, settings))
+                                  if is_module_state(n)])) or compile_piece(piece, settings, inputs))
     run(torch.compile(model, backend="cachedit", options=_options(residual_diff_threshold=0.0, in_graph_decision=False)),
         list(trajectory(inputs, 1)))
     assert len(pieces) == 3 and len(plain) == 1 and len(plain[0]) > 100
