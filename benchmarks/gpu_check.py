@@ -226,10 +226,10 @@ def check_reduce_overhead(check: Check) -> dict[str, Any]:
     static: list[int] = []
     compile_piece = lower.compile_piece
 
-    def counting(piece: Any, settings: Any) -> Any:
+    def counting(piece: Any, settings: Any, dynamo_inputs: Any = None) -> Any:
         count = len(list(piece.graph.find_nodes(op="placeholder")))
         static.append(len(_try_get_metadata_from_dynamo(piece, {}.keys(), count, [])[1]))
-        return compile_piece(piece, settings)
+        return compile_piece(piece, settings, dynamo_inputs)
 
     lower.compile_piece = counting
     try:
