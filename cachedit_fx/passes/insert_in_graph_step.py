@@ -245,10 +245,9 @@ def prepare_branch_inputs(parent: fx.GraphModule, call: fx.Node) -> None:
     kept = []
     for value, placeholder in zip(call.args, placeholders):
         example = value.meta.get("example_value", value.meta.get("val")) if isinstance(value, fx.Node) else value
-        if isinstance(example, torch.SymFloat) and example.node.expr.is_number:
-            example = float(example.node.expr)
-        if isinstance(example, float):
-            placeholder.replace_all_uses_with(example)
+        known = _known_float(example)
+        if known is not None:
+            placeholder.replace_all_uses_with(known)
             piece.graph.erase_node(placeholder)
             continue
         if not isinstance(example, (torch.Tensor, int, torch.SymInt)) or isinstance(example, bool):
@@ -256,12 +255,19 @@ def prepare_branch_inputs(parent: fx.GraphModule, call: fx.Node) -> None:
                                    "which torch.cond cannot pass to a branch")
         kept.append(value)
     for node in list(piece.graph.nodes):  # a float read from an input (.item()), known: Dynamo guards it
-        example = node.meta.get("example_value")
-        if node.op != "placeholder" and isinstance(example, torch.SymFloat) and example.node.expr.is_number:
-            node.replace_all_uses_with(float(example.node.expr))
+        known = _known_float(node.meta.get("example_value"))
+        if node.op != "placeholder" and known is not None:
+            node.replace_all_uses_with(known)
             piece.graph.erase_node(node)
     call.args = tuple(kept)
     piece.recompile()
+
+
+def _known_float(example: Any) -> Optional[float]:
+    """``example`` as a constant: a float, or a symbolic float whose expression has no symbols."""
+    if isinstance(example, torch.SymFloat) and example.node.expr.is_number:
+        return float(example.node.expr)
+    return example if isinstance(example, float) else None
 
 
 def unaliased_operands(graph: fx.Graph, before: fx.Node, operands: list[Any], num_partners: int

@@ -128,11 +128,15 @@ class PrunedBlockLayout:
         """The data-dependent sizes of its input and values (``block_<index>_sizes`` per stream)."""
         return sum(len(v.fitted) for v in (self.input, *self.values))
 
+    @property
+    def sizes_name(self) -> str:
+        return f"block_{self.index}_sizes"
+
     def names(self) -> tuple[str, ...]:
         prefix = f"block_{self.index}_"
         return (prefix + "input", prefix + "counters", prefix + "accumulated",
                 *(f"{prefix}residual_{k}" for k in range(len(self.values))),
-                *((prefix + "sizes",) if self.num_data_sizes else ()))
+                *((self.sizes_name,) if self.num_data_sizes else ()))
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ class StepLayout:
                 shapes[accumulated_name] = ((n, 2), torch.float64)
                 shapes.update({name: ((n, 1, *v.shape), v.dtype) for name, v in zip(residuals, block.values)})
                 if block.num_data_sizes:
-                    shapes[residuals[-1]] = ((n, block.num_data_sizes), torch.int64)
+                    shapes[block.sizes_name] = ((n, block.num_data_sizes), torch.int64)
             return shapes
         if self.num_data_sizes:
             shapes["data_sizes"] = ((n, self.num_data_sizes), torch.int64)

@@ -91,7 +91,7 @@ class PrunedBlockStep(torch.nn.Module):
         continuous, has_residual = mine[0:1], mine[1:2] > 0
         sizes = data_sizes((layout.input, *layout.values), (hidden_input, *partners), hidden_input.device)
         if sizes is not None:  # another size than the stored values': none of them is read
-            stored_sizes = stream_row(named[layout.names()[-1]], start.stream)
+            stored_sizes = stream_row(named[layout.sizes_name], start.stream)
             has_residual = has_residual & (stored_sizes == sizes).all().reshape(1)
         accumulated = stream_row(block_floats, start.stream)[0:1]
         previous = layout.input.fit(stream_row(named[input_name], start.stream), hidden_input)
@@ -118,7 +118,7 @@ class PrunedBlockStep(torch.nn.Module):
         compared = torch.where(prune, previous, hidden_input)
         write_stream_row(named[input_name], start.stream, layout.input.padded(compared))
         if sizes is not None:
-            write_stream_row(named[layout.names()[-1]], start.stream, sizes)
+            write_stream_row(named[layout.sizes_name], start.stream, sizes)
         pruned = prune.to(torch.int64)
         named[counters_name].copy_(with_stream_row(block_counters, start.stream, torch.cat([
             (continuous + pruned) * pruned, (has_residual | ~prune).to(torch.int64)])))
