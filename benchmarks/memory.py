@@ -5,9 +5,8 @@
     python -m benchmarks.memory --readme   # also rewrite the memory section of docs/performance.md
 
 For each cache policy a few steps run (so every buffer exists), then the buffers each stream
-keeps alive are counted (``runtime/memory.py``, host decision: the in-graph program holds the
-same values per stream as state tensors) against one copy of the values the cached middle
-hands on. Goal: held <= (calibrator order + 2) x carried, order 0 for plain
+keeps alive are counted (``runtime/memory.py``: the stored values of each stream row of the
+step's state tensors) against one copy of the values the cached middle hands on. Goal: held <= (calibrator order + 2) x carried, order 0 for plain
 DBCache, k for TaylorSeer, 2 for FoCa (BDF2). On a GPU the peak allocated memory of a
 generation is also reported against plain Inductor's.
 """
@@ -47,7 +46,7 @@ def measure(model_key: str, size: str, policy: str, device: torch.device, dtype:
 
     order, extra = POLICIES[policy]
     options = {"Fn_compute_blocks": 1, "residual_diff_threshold": 0.0, "max_warmup_steps": STEPS,
-               "num_inference_steps": STEPS, "inner_backend": inner_backend, "in_graph_decision": False, **extra}
+               "num_inference_steps": STEPS, "inner_backend": inner_backend, **extra}
     bench = MODELS[size][model_key]
     torch._dynamo.reset()
     model = bench.build(device, dtype)
@@ -63,7 +62,7 @@ def measure(model_key: str, size: str, policy: str, device: torch.device, dtype:
             for _ in range(calls):
                 compiled(**inputs, timestep=timestep, return_dict=False)
     state = cache_for_model(model).active()
-    streams = [stream_memory(s) for s in state.streams.values()]
+    streams = stream_memory(state)
     row = {"model": bench.name, "policy": policy, "order": order, "bound": order + 2,
            "streams": [{"stream": s.stream, "held_bytes": s.held_bytes, "carried_bytes": s.carried_bytes,
                         "ratio": s.ratio} for s in streams]}

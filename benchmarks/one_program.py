@@ -1,11 +1,12 @@
-"""The step decided inside one compiled program against the host decision between pieces.
+"""The step's branch taken inside one compiled program against the same program cut at its
+branches, the branch taken on the host between compiled parts.
 
     python -m benchmarks.one_program [--models flux,wan] [--steps 28] [--repeats 5] [--readme]
 
 Per model (the suite's quick sizes), in one process with every system alive and their warm
 generations interleaved round by round: plain Inductor, then cachedit at threshold 0, F1B0,
-SCM-fast and DBPrune, each with the host decision (``in_graph_decision=False``: pieces and one host read
-per step) and with the in-graph program (``in_graph_decision=True``). Reported: ms per
+SCM-fast and DBPrune, each in parts (``in_graph_decision=False``: the predicate read on the host
+between parts) and as one program (the default). Reported: ms per
 generation, threshold-0 overhead over Inductor, realised / ideal speedup of the cached rows
 (ideal: FLOPs of the uncached generation over those with the skipped blocks removed), cached
 steps, and cold compile time (the first generation minus a warm one; Inductor's on-disk cache
@@ -32,7 +33,7 @@ README_START = "<!-- one-program:start -->"
 README_END = "<!-- one-program:end -->"
 DOCUMENT = report.DOCS / "export.md"
 """The document holding the ``one-program`` section that ``--readme`` rewrites."""
-HOST, IN_GRAPH = "host decision", "in-graph program"
+HOST, IN_GRAPH = "parts", "one program"
 
 
 def settings(threshold: float, warmup: int, in_graph: bool) -> list[CacheSetting]:

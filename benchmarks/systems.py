@@ -37,9 +37,9 @@ class CacheSetting:
     regional: bool = False
     """``regional_compile=True``: each distinct block compiled once (cachedit only)."""
     in_graph: Optional[bool] = None
-    """``in_graph_decision``: None (the suite's rows), the default users get (the step decided
-    inside one compiled program wherever it applies); True, required; False, the host decision
-    between pieces (cachedit only)."""
+    """``in_graph_decision``: None or True (the suite's rows, the default users get: the branch
+    taken inside the compiled program); False, the program cut at its branches, each taken on
+    the host between compiled parts (cachedit only)."""
 
 
 @dataclass

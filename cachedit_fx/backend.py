@@ -12,7 +12,6 @@ same way with a log line only.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from typing import Any, Callable, Optional, Sequence
@@ -24,20 +23,18 @@ from torch.utils._pytree import tree_map_only
 from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, DBCacheConfig, parse_options
 from cachedit_fx.parallelism import ParallelRun, bind_parallel_run, check_no_foreign_parallelism
 from cachedit_fx.passes import (
-    CHAIN_META_KEY, HANDLES_META_KEY, IN_GRAPH_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY, CompileHandles,
+    CHAIN_META_KEY, HANDLES_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY, CompileHandles,
     compile_handles)
 from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import NoBlocks, ParallelismError, SideGraph, UnsupportedGraph
 from cachedit_fx.passes.find_block_chain import BlockChain, ends_in_graph_break
 from cachedit_fx.passes.inner_compile import DynamoInputs, compile_piece, uses_cuda_graphs
-from cachedit_fx.passes.insert_in_graph_step import (
-    check_in_graph_support, host_decision_reason, step_program)
+from cachedit_fx.passes.insert_in_graph_step import step_program
 from cachedit_fx.passes.pass_list import build_pass_list
-from cachedit_fx.runtime.arithmetic import cache_arithmetic
 from cachedit_fx.runtime.contexts import ModelCache
 from cachedit_fx.runtime.stateful_program import program_with_state
 from cachedit_fx.runtime.registry import cache_for_params
-from cachedit_fx.runtime.stream_state import ChainShape
+from cachedit_fx.runtime.state import ChainShape
 from cachedit_fx.runtime.weight_fetch import stop_prefetch_after
 from cachedit_fx.runtime.weight_shards import release_full_storage
 from cachedit_fx.stored_weights import StoredWeight
@@ -54,7 +51,7 @@ def cachedit_backend(
 ) -> Callable[..., Any]:
     """``torch.compile(model, backend="cachedit", options={...})``; ``mode=`` given to
     ``torch.compile`` instead of ``options`` is Inductor's mode for every piece."""
-    settings = _with_decision_resolved(parse_options(options if mode is None else {**(options or {}), "mode": mode}))
+    settings = parse_options(options if mode is None else {**(options or {}), "mode": mode})
     run = bind_parallel_run(settings.parallelism)
     if run is None:
         check_no_foreign_parallelism(graph=gm.graph, example_inputs=example_inputs)
@@ -102,7 +99,7 @@ def cachedit_backend(
     log.info("cachedit: chain %s, %s F%dB%d, pieces %s", description,
              type(settings.cache).__name__, settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks,
              gm.meta[PARTITION_META_KEY].piece_sizes)
-    program = program_with_state(step_program(gm), model_cache.bound) if IN_GRAPH_META_KEY in gm.meta else gm.forward
+    program = program_with_state(step_program(gm), model_cache.bound)
     if run is not None:
         program = _with_weight_shards(program, run)
         model_cache.sharding = gm.meta.get(SHARDING_META_KEY)
@@ -163,19 +160,6 @@ def _capture_remedy(gm: fx.GraphModule, reason: str) -> str:
             "capture_dynamic_output_shape_ops=True)")
 
 
-def _with_decision_resolved(settings: BackendSettings) -> BackendSettings:
-    """``settings`` with ``in_graph_decision=None`` made False where ``host_decision_reason``
-    names a reason (logged); True checks that the step applies (``ValueError`` otherwise)."""
-    if settings.in_graph_decision:
-        check_in_graph_support(settings)
-    elif settings.in_graph_decision is None:
-        reason = host_decision_reason(settings)
-        if reason is not None:
-            log.info("cachedit: host decision (%s)", reason)
-            return dataclasses.replace(settings, in_graph_decision=False)
-    return settings
-
-
 def _prefetch_stops(gm: fx.GraphModule, example_inputs: Sequence[Any], chain: BlockChain,
                     cache: DBCacheConfig) -> set[int]:
     """The weight-fetch groups of the chain blocks past which offloaded weights are not copied
@@ -211,7 +195,5 @@ def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: 
                                f"graph; this graph's blocks ({chain.describe()}) run uncached")
     cache.chain_lists = chain.list_paths
     shape = ChainShape(len(chain), settings.cache.Fn_compute_blocks, settings.cache.Bn_compute_blocks)
-    device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), None)
-    cache.sums_all_reduce = run.all_reduce_sums if run is not None else None
-    cache.bind(settings.cache, shape, cache_arithmetic(settings.cache_kernels, device), settings.calibrator)
+    cache.bind(settings.cache, shape, settings.calibrator)
     return cache

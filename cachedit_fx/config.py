@@ -201,7 +201,7 @@ class TaylorSeerCalibratorConfig:
 class FoCaCalibratorConfig:
     """FoCa ("Forecast then Calibrate"): on cached steps, forecast each carried value's middle
     residual (or output) with a BDF2 predictor plus a Heun correction from the last two
-    computed anchors (``runtime/histories.py``). No order to choose; 4 buffers per value."""
+    computed anchors (``runtime/calibration.py``). No order to choose; 4 buffers per value."""
 
     enable_calibrator: bool = True
     enable_encoder_calibrator: bool = True
@@ -228,18 +228,16 @@ class BackendSettings:
     strict: bool = False
     dump_dir: Optional[str] = None
     cache_kernels: str = "auto"
-    """Per-step arithmetic: custom ops ("triton"), plain torch ("torch"), the diff computed
-    inside the compiled head piece ("inductor-fused"), or "auto": "triton" where Triton runs
-    (CUDA, or CPU under TRITON_INTERPRET=1), else "torch"."""
+    """Who computes the step's diff: the ``cachedit_fx::l1_rel_diff`` custom op ("triton":
+    Triton on CUDA, torch on CPU), or torch ops the compiler fuses into the program ("torch",
+    "inductor-fused", "auto")."""
     regional_compile: bool = False
-    """Split the pieces per chain block and compile each distinct block once (cold compile
+    """Run every chain block as a custom op compiling each distinct block once (cold compile
     time stops growing with depth; costs one call per block at run time)."""
     in_graph_decision: Optional[bool] = None
-    """Decide each step inside the compiled program (``runtime/dbcache_step.py``): one
-    program per graph, the cache state as its inputs, no host read. None (default): wherever
-    it applies (``passes.insert_in_graph_step.host_decision_reason`` names where the host
-    decides instead); True: required (what it does not implement raises); False: the host
-    decision between pieces."""
+    """Where the step's branch (``runtime/dbcache_step.py``) is taken: None or True (default),
+    inside the compiled program, no host read (under CUDA graphs, as a conditional node);
+    False, on the host between the program's compiled parts (``passes/compile_cond_parts.py``)."""
     parallelism: Optional[ParallelismConfig] = None
     """Tensor- or context-parallel execution (``parallelism_config``, or ``tp_size`` /
     ``ulysses_size`` as plain keys)."""

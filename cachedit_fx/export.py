@@ -21,8 +21,7 @@ import torch.fx as fx
 from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, parse_options
 from cachedit_fx.passes.dump import GraphDumper
 from cachedit_fx.passes.errors import UnsupportedGraph
-from cachedit_fx.passes.insert_in_graph_step import (
-    RESET_INPUT, STATE_MODULE, check_in_graph_support)
+from cachedit_fx.passes.insert_in_graph_step import RESET_INPUT, STATE_MODULE
 from cachedit_fx.passes.pass_list import build_pass_list
 from cachedit_fx.runtime.dbcache_step import LOGGED_STATE, PRUNE_LOGGED_STATE, logged_summary
 from cachedit_fx.runtime.stats import CacheSummary
@@ -42,7 +41,6 @@ def export(model: torch.nn.Module, kwargs: dict[str, Any], options: Optional[dic
     settings = parse_options(options)
     if settings.parallelism is not None:
         raise ValueError("export: tensor- and context-parallel programs are not exported (drop tp_size / ulysses_size)")
-    check_in_graph_support(settings)
     gm, inputs = _captured_program(model, kwargs, settings)
     example = {name: kwargs[name] for name in inputs}
     example[RESET_INPUT] = torch.zeros(2, dtype=torch.int64, device=_device(model))

@@ -65,12 +65,6 @@ class ParallelRun:
     releasable: list[torch.Tensor] = field(default_factory=list)
     """Parameters the rewritten graph no longer reads (only their shards)."""
 
-    def all_reduce_sums(self, sums: torch.Tensor) -> None:
-        """Sum the diff sums over the ranks in place: every rank then takes the same decision."""
-        import torch.distributed as dist
-
-        dist.all_reduce(sums)
-
 
 FOREIGN_PARALLELISM_REMEDY = (
     "cachedit_fx shards the compiled graph itself and keeps every rank's cache decisions equal: compile the "

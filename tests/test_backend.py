@@ -131,11 +131,9 @@ def test_backend_is_found_through_the_entry_point_without_importing_cachedit_fx(
     assert "ok True" in result.stdout
 
 
-@pytest.mark.parametrize("in_graph", [None, False])
-def test_dump_dir_writes_each_pass_its_time_and_the_analysis(tmp_path, in_graph):
+def test_dump_dir_writes_each_pass_its_time_and_the_analysis(tmp_path):
     model, inputs = TINY_MODELS["wan"]()
-    options = {"inner_backend": "eager", "Fn_compute_blocks": 1, "dump_dir": str(tmp_path),
-               "in_graph_decision": in_graph}
+    options = {"inner_backend": "eager", "Fn_compute_blocks": 1, "dump_dir": str(tmp_path)}
     compiled = torch.compile(model, backend="cachedit", options=options)
     run(compiled, list(trajectory(inputs, 1)))
     expected = cachedit_fx.build_pass_list(cachedit_fx.parse_options(options)).names
@@ -148,22 +146,19 @@ def test_dump_dir_writes_each_pass_its_time_and_the_analysis(tmp_path, in_graph)
     blocks = analysis["cachedit_fx.block_chain"]["blocks"]
     assert [(b["list_path"], b["list_index"]) for b in blocks] == [("blocks", i) for i in range(4)]
     assert analysis["cachedit_fx.partition"]["Fn"] == 1
-    step = "insert_cache_branch" if in_graph is False else "insert_in_graph_step"
-    code = next(p for p in dumped if p.stem.endswith(step)).read_text()
-    assert ("cache_branch" if in_graph is False else "in_graph_step") in code
+    code = next(p for p in dumped if p.stem.endswith("insert_in_graph_step")).read_text()
+    assert "in_graph_step" in code
 
 
 def test_pass_list_follows_the_options_and_a_researchers_pass_joins_with_one_line():
     names = lambda **options: cachedit_fx.build_pass_list(cachedit_fx.parse_options(options)).names
     assert names() == ["inline_block_regions", "find_block_chain", "partition", "insert_in_graph_step", "lower"]
-    assert names(in_graph_decision=False, cache_kernels="inductor-fused") == [
-        "inline_block_regions", "find_block_chain", "partition", "insert_cache_selector", "insert_cache_branch",
-        "fuse_diff_into_head", "lower"]
+    assert names(in_graph_decision=False, cache_kernels="inductor-fused") == names()
     assert names(cache_config=cachedit_fx.DBPruneConfig()) == [
         "inline_block_regions", "find_block_chain", "partition_blocks", "insert_prune_steps", "lower"]
     assert names(cache_config=cachedit_fx.DBPruneConfig(), regional_compile=True, in_graph_decision=False) == [
-        "inline_block_regions", "find_block_chain", "partition_blocks", "insert_cache_selector",
-        "insert_prune_branches", "split_blocks", "lower"]
+        "inline_block_regions", "find_block_chain", "partition_blocks", "insert_prune_steps", "compile_regions",
+        "lower"]
     seen = []
 
     def count_middle_nodes(gm, settings):
@@ -187,18 +182,20 @@ def test_pass_list_follows_the_options_and_a_researchers_pass_joins_with_one_lin
         cachedit_fx.parse_options({}).strict = True
 
 
-def test_mode_given_to_torch_compile_reaches_every_piece_and_cuda_graph_modes_own_their_outputs(monkeypatch):
-    import cachedit_fx.passes.lower as lower
+def test_mode_given_to_torch_compile_reaches_every_part_and_cuda_graph_modes_own_their_outputs(monkeypatch):
+    """Under CUDA graphs the program is compiled as its parts around the ``torch.cond``
+    (before, both branches, after): each gets the mode."""
+    import cachedit_fx.passes.compile_cond_parts as compile_cond_parts
     from cachedit_fx.backend import outputs_owned
     from cachedit_fx.passes.lower import uses_cuda_graphs
 
     modes = []
-    monkeypatch.setattr(lower, "compile_piece", lambda piece, settings, inputs: modes.append(settings.mode) or piece)
+    monkeypatch.setattr(compile_cond_parts, "_compile_part", lambda part, settings: modes.append(settings.mode) or part)
     model, x = BrokenChain(), torch.randn(2, 8)
     model.blocks = torch.nn.ModuleList(ToyBlock() for _ in range(10))  # room for the default F8B0
     with torch.no_grad():
         out = torch.compile(model, backend="cachedit", mode="reduce-overhead")(x)
-    assert modes == ["reduce-overhead"] * 3
+    assert modes == ["reduce-overhead"] * 4
     torch.testing.assert_close(out, model(x))
     assert uses_cuda_graphs(cachedit_fx.parse_options({"mode": "reduce-overhead"}))
     assert uses_cuda_graphs(cachedit_fx.parse_options({"inductor_options": {"triton.cudagraphs": True}}))

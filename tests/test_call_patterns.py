@@ -86,7 +86,7 @@ def test_dynamic_shapes_with_the_capture_settings_decide_in_the_program(caplog):
     _assert_equal_outputs(got, _reference(model, segments))
 
 
-@pytest.mark.parametrize("in_graph", [None, False], ids=["in-graph", "host"])
+@pytest.mark.parametrize("in_graph", [None, False], ids=["in-program", "parts"])
 def test_a_text_length_switch_restarts_the_generation_on_both_decisions(in_graph):
     """Wan's text states are no carried value (cross-attention reads them): the state shapes
     stay, yet a call with another text length starts a new generation, as on the host."""
@@ -260,13 +260,12 @@ def test_a_transformer_on_a_worker_pool_needs_a_context_per_request():
     _assert_equal_outputs(got, want)
 
 
-@pytest.mark.parametrize("in_graph", [None, False], ids=["in-graph", "host"])
-def test_a_warm_up_call_with_other_latents_at_the_first_timestep_is_no_cfg_partner(in_graph):
+def test_a_warm_up_call_with_other_latents_at_the_first_timestep_is_no_cfg_partner():
     model, inputs = tiny_flux()
     steps = list(trajectory(inputs, 6))
     warm_up = dict(steps[0], hidden_states=torch.randn(steps[0]["hidden_states"].shape,
                                                        generator=torch.Generator().manual_seed(7)))
-    options = dict(OPTIONS, residual_diff_threshold=0.6, in_graph_decision=in_graph)
+    options = dict(OPTIONS, residual_diff_threshold=0.6)
     want = _reference(model, [steps], threshold=0.6)
     compiled = torch.compile(model, backend="cachedit", options=options)
     run(compiled, [warm_up])
@@ -292,16 +291,15 @@ def test_a_generation_longer_than_the_step_log_counts_every_step():
     cached = [step for step in range(2, 1200) if (step - 1) % 4]  # 2 warm-up steps, then 3 cached per computed
     assert summary.num_steps == 1200
     assert summary.num_cached_steps == len(cached) and summary.cached_blocks == len(cached) * 3
-    assert cache_for_model(compiled).active().decided_in_graph
+    assert cache_for_model(compiled).active().step_tensors is not None
     assert summary.cached_steps == [step for step in cached if step < 1000]
     assert summary.unlisted_cached_steps == len([step for step in cached if step >= 1000])
 
 
-@pytest.mark.parametrize("in_graph", [None, False], ids=["in-graph", "host"])
-def test_an_unknown_stream_name_is_named(in_graph):
+def test_an_unknown_stream_name_is_named():
     model, inputs = tiny_flux()
-    compiled = torch.compile(model, backend="cachedit", options=dict(OPTIONS, in_graph_decision=in_graph))
+    compiled = torch.compile(model, backend="cachedit", options=OPTIONS)
     run(compiled, list(trajectory(inputs, 2)))
-    assert cache_for_model(compiled).active().decided_in_graph == (in_graph is None)
+    assert cache_for_model(compiled).active().step_tensors is not None
     with pytest.raises(ValueError, match="unknown stream 'uncond '.*'default', 'uncond'"):
         cachedit_fx.summary(compiled, stream="uncond ")

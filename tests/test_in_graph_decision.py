@@ -1,9 +1,7 @@
-"""``in_graph_decision=True``: the step decided inside one compiled program equals the host
-decision between pieces (bit for bit with eager and aot_eager pieces, every control of the
-config exercised, two generations), keeps per-thread contexts apart, takes ``refresh``
-changes without recompiling, and names the options it does not implement; by default
-(``in_graph_decision=None``) it is chosen wherever it applies, and the host decision, with a
-log line saying why, elsewhere."""
+"""The step decided inside one compiled program equals the same step with its branch taken on
+the host between the program's parts (``in_graph_decision=False``; bit for bit with eager and
+aot_eager, every control of the config exercised, two generations), keeps per-thread contexts
+apart and takes ``refresh`` changes without recompiling; every feature takes it."""
 
 from __future__ import annotations
 
@@ -34,7 +32,7 @@ def _generations(compiled, generations):
 
 
 @pytest.mark.parametrize("name, inner", [("flux", "eager"), ("wan", "aot_eager")])
-def test_in_graph_program_equals_the_host_decision(name, inner):
+def test_the_program_equals_its_parts_with_the_branch_taken_on_the_host(name, inner):
     model, inputs = TINY_MODELS[name]()
     generations = [list(trajectory(inputs, 10)), list(trajectory(inputs, 10, seed=2))]
     results = {}
@@ -50,7 +48,7 @@ def test_in_graph_program_equals_the_host_decision(name, inner):
                                                                         want_summary.cached_blocks)
 
 
-def test_a_middle_entered_by_slices_of_one_tensor_equals_the_host_decision():
+def test_a_middle_entered_by_slices_of_one_tensor_equals_its_parts():
     """FLUX's single-stream blocks return their text and image slices of one joined tensor;
     a middle starting after one of them gets operands sharing storage, which ``torch.cond``
     refuses unless they are told apart (traced by AOTAutograd: aot_eager)."""
@@ -72,9 +70,9 @@ def test_a_middle_entered_by_slices_of_one_tensor_equals_the_host_decision():
     cachedit_fx.TaylorSeerCalibratorConfig(taylorseer_order=3, calibrator_cache_type="hidden_states"),
     cachedit_fx.FoCaCalibratorConfig(),
 ], ids=["taylorseer3-hidden-states", "foca"])
-def test_calibrator_histories_per_cfg_stream_equal_the_host_runtime(calibrator):
+def test_calibrator_histories_per_cfg_stream_equal_in_the_program_and_in_parts(calibrator):
     """Separate-CFG streams each keep their own calibrator histories: both streams' outputs
-    and decisions equal the host runtime bit for bit."""
+    and decisions are the same in the program and in its parts, bit for bit."""
     model, inputs = TINY_MODELS["wan"]()
     options = dict(calibrator_config=calibrator, cache_kernels="torch")
     results = {}
@@ -119,41 +117,19 @@ def test_refresh_changes_settings_without_recompiling_and_threads_keep_their_own
         assert all(torch.equal(a, b) for a, b in zip(outputs, want))
 
 
-def test_what_cuda_graphs_cannot_record_in_the_program_is_named():
-    """Under CUDA graphs the program is recorded with a conditional node per ``torch.cond``
-    (DBPrune's per-block conds included), but regions would run apart from it: refused by
-    ``in_graph_decision=True``."""
-    from cachedit_fx.config import parse_options
-    from cachedit_fx.passes.insert_in_graph_step import check_in_graph_support
-
-    check_in_graph_support(parse_options(dict(regional_compile=True)))
-    check_in_graph_support(parse_options(dict(cache_config=cachedit_fx.DBPruneConfig(), mode="reduce-overhead")))
-    with pytest.raises(ValueError, match="regional_compile"):
-        check_in_graph_support(parse_options(dict(regional_compile=True, mode="reduce-overhead")))
-
-
 @pytest.mark.parametrize("options", [
     {}, dict(cache_kernels="torch"), dict(cache_config=cachedit_fx.DBPruneConfig()), dict(regional_compile=True),
     dict(cache_kernels="triton"), dict(cache_kernels="inductor-fused"),
     dict(cache_config=cachedit_fx.DBPruneConfig(), regional_compile=True),
 ])
-def test_the_default_decides_in_the_graph_for_every_feature(options, caplog):
+def test_the_default_decides_in_the_program_for_every_feature(options, caplog):
     model, inputs = TINY_MODELS["flux"]()
     compiled = torch.compile(model, backend="cachedit", options=dict(
         dict(Fn_compute_blocks=1, inner_backend="eager"), **options))
     with caplog.at_level(logging.INFO, logger="cachedit_fx"):
         run(compiled, list(trajectory(inputs, 2)))
-    state = cache_for_model(compiled).active()
-    host_lines = [r.getMessage() for r in caplog.records if "host decision" in r.getMessage()]
-    assert state.decided_in_graph and not state.streams and not host_lines
-
-
-def test_cuda_graphs_keep_the_host_decision_by_default():
-    from cachedit_fx.config import parse_options
-    from cachedit_fx.passes.insert_in_graph_step import host_decision_reason
-
-    assert "CUDA graphs" in host_decision_reason(parse_options({"mode": "reduce-overhead"}))
-    assert host_decision_reason(parse_options({"mode": "max-autotune-no-cudagraphs"})) is None
+    assert cache_for_model(compiled).active().step_tensors is not None
+    assert "one program (decision in the graph)" in caplog.text
 
 
 def test_a_dynamic_shape_graph_decides_in_the_graph_like_the_host():
@@ -179,7 +155,7 @@ def test_a_dynamic_shape_graph_decides_in_the_graph_like_the_host():
         for steps in resolutions:
             outputs = run(compiled, steps)
             runs.append((outputs, cachedit_fx.summary(compiled).cached_steps))
-            assert (cache_for_model(compiled).active().decided_in_graph) == (in_graph is None)
+            assert cache_for_model(compiled).active().step_tensors is not None
         results[in_graph] = runs
     assert any(cached for _, cached in results[False]), "the check needs cached steps"
     for (host_out, host_cached), (out, cached) in zip(results[False], results[None]):

@@ -175,12 +175,11 @@ def test_marked_blocks_and_a_compiled_pipeline_pickle_as_their_original_classes(
     assert not hasattr(restored, "_cachedit_fx_originals")
 
 
-@pytest.mark.parametrize("in_graph", [False, True], ids=["host", "in-graph"])
-def test_non_finite_diffs_are_counted_apart_and_never_cache(caplog, in_graph):
+def test_non_finite_diffs_are_counted_apart_and_never_cache(caplog):
     model, inputs = tiny_flux()
     steps = steps_of(inputs)
     steps[3] = dict(steps[3], hidden_states=torch.full_like(steps[3]["hidden_states"], float("nan")))
-    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS, in_graph_decision=in_graph))
+    compiled = cachedit_fx.compile(model, **dict(OPTIONS, residual_diff_threshold=ALWAYS))
     with caplog.at_level(logging.INFO, logger="cachedit_fx"):
         run(compiled, steps)
     summary = cachedit_fx.summary(compiled)
@@ -244,7 +243,7 @@ def test_threads_and_asyncio_tasks_without_contexts_never_share_cache_state():
 def _held_bytes(cache) -> int:
     from cachedit_fx.runtime.memory import stream_memory
 
-    return sum(stream_memory(s).held_bytes for state in cache.contexts.values() for s in state.streams.values())
+    return sum(s.held_bytes for state in cache.contexts.values() for s in stream_memory(state))
 
 
 def test_fifty_contexts_opened_and_closed_hold_nothing_afterwards():
@@ -302,43 +301,34 @@ def test_a_failed_call_leaves_this_model_and_a_fresh_one_as_in_a_clean_process()
         assert all(torch.equal(a, b) for a, b in zip(got_fresh, want_fresh[0])), kind
 
 
-@pytest.mark.parametrize("decision", ["host", "in-graph"])
-def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_one_is_clean(monkeypatch, decision):
-    """The middle raises at the third step (host decision: inside the cached region's runner;
-    in-graph: inside the ``torch.cond``'s compute branch, after the program read its state).
+@pytest.mark.parametrize("in_graph", [True, False], ids=["in-program", "parts"])
+def test_an_error_inside_the_cached_region_restarts_the_generation_and_the_next_one_is_clean(monkeypatch, in_graph):
+    """The middle raises at the third computed step (in the program: inside the ``torch.cond``'s
+    compute branch, after the program read its state; in parts: at the third call of the parts).
     The next call starts a new generation: the rest of the loop runs as a fresh request would.
     Compiled with plain ``torch.compile`` (no ``cachedit_fx.compile`` wrapper to refresh it), so
     the compiled program's own recovery is what is checked."""
+    from cachedit_fx.runtime.cond_parts import CondParts
     from cachedit_fx.runtime.dbcache_step import ComputeBranch
-    from cachedit_fx.runtime.state import ModelCacheState
 
     model, inputs = tiny_flux()
     steps = steps_of(inputs)
-    options = dict(in_graph_decision=decision == "in-graph", max_warmup_steps=2)
+    options = dict(in_graph_decision=in_graph, max_warmup_steps=2)
     (want, want_rest), _ = _solo_runs_then_a_fresh_compile(model, steps, steps[2:], **options)
     cachedit_fx.disable(model)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="cachedit", options={**SOLO, **options})
-    if decision == "host":
-        region_outputs = ModelCacheState._region_outputs
+    owner, name = (ComputeBranch, "forward") if in_graph else (CondParts, "__call__")
+    original = getattr(owner, name)
+    calls = []
 
-        def failing(self, history, cache, run_region, inputs, partners, plans, step):
-            if step == 2:
-                raise RuntimeError("injected failure in the middle")
-            return region_outputs(self, history, cache, run_region, inputs, partners, plans, step)
+    def failing(self, *operands):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure in the middle")
+        return original(self, *operands)
 
-        monkeypatch.setattr(ModelCacheState, "_region_outputs", failing)
-    else:
-        compute = ComputeBranch.forward
-        computed = []
-
-        def failing(self, *operands):
-            computed.append(1)
-            if len(computed) == 3:
-                raise RuntimeError("injected failure in the middle")
-            return compute(self, *operands)
-
-        monkeypatch.setattr(ComputeBranch, "forward", failing)
+    monkeypatch.setattr(owner, name, failing)
     with pytest.raises(Exception, match="injected failure"):
         run(compiled, steps[:4])
     monkeypatch.undo()
@@ -407,7 +397,7 @@ def test_a_config_changed_after_construction_is_checked_at_compile_and_copied(fi
     assert cachedit_fx.summary(compiled).cached_steps == [1, 2]
 
 
-@pytest.mark.parametrize("in_graph", [None, False], ids=["in-graph", "host"])
+@pytest.mark.parametrize("in_graph", [None, False], ids=["in-program", "parts"])
 def test_a_call_that_needs_gradients_is_never_answered_detached(in_graph):
     """Frozen weights but latents that require grad under ``enable_grad``: the host decision
     raises (it would return a detached output); the in-graph program differentiates."""

@@ -14,7 +14,6 @@ import torch.fx as fx
 
 CHAIN_META_KEY = "cachedit_fx.block_chain"
 PARTITION_META_KEY = "cachedit_fx.partition"
-BLOCKWISE_META_KEY = "cachedit_fx.blockwise"
 COMPILE_REPORT_META_KEY = "cachedit_fx.compile_report"
 SHARDING_META_KEY = "cachedit_fx.sharding"
 IN_GRAPH_META_KEY = "cachedit_fx.in_graph_step"

@@ -1,16 +1,18 @@
-"""Compile the in-graph step's program for CUDA graphs: as parts around its ``torch.cond``s.
+"""Compile the cache step's program as parts around its ``torch.cond``s: the branch is taken
+between compiled parts, on the host or as a CUDA graph's conditional node.
 
 Inductor compiles a graph holding a ``torch.cond`` into code that reads the predicate on the
 host (``if pred.item():``) and turns CUDA graphs off for it. Here AOTAutograd traces the
 program once (Inductor's decompositions, input mutations kept in the graph), the ATen graph is
-cut at each ``cond`` in turn (``split_at_cond``; DBPrune has one per block), Inductor compiles
-each part and both branches with CUDA graphs off, and the ``CondParts`` that dispatch the
-``cond``s at run time are recorded by CUDA-graph trees (``runtime/cond_parts.py``), the weights
-and the state tensors as static inputs. On a device without CUDA graphs the same parts run
-unrecorded.
+cut at each ``cond`` in turn (``split_at_cond``; DBPrune has one per block), the inner backend
+compiles each part and both branches (Inductor with CUDA graphs off; "eager" and "aot_eager"
+run the ATen parts as they are), and ``CondParts`` dispatch the ``cond``s at run time. Under
+CUDA graphs the ``CondParts`` are recorded by CUDA-graph trees (``runtime/cond_parts.py``),
+the weights and the state tensors as static inputs; elsewhere they run unrecorded, the
+predicate read on the host between parts.
 
 Assumes: a program from ``insert_in_graph_step`` (its state tensors are its last inputs,
-``meta[IN_GRAPH_META_KEY]``), ``inner_backend="inductor"``.
+``meta[IN_GRAPH_META_KEY]``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import IN_GRAPH_META_KEY
-from cachedit_fx.passes.inner_compile import inductor_patches
+from cachedit_fx.passes.inner_compile import inductor_patches, uses_cuda_graphs
 from cachedit_fx.passes.split_at_cond import holds_cond, split_at_cond
 from cachedit_fx.runtime.cond_parts import CondParts, cuda_graph_trees
+from cachedit_fx.runtime.stateful_program import refuse_gradients
 
 log = logging.getLogger("cachedit_fx")
 
@@ -36,6 +39,7 @@ def compile_cond_parts(parent: fx.GraphModule, example_inputs: Sequence[Any],
     from torch._inductor.decomposition import select_decomp_table
 
     num_state = len(parent.meta[IN_GRAPH_META_KEY].names)
+    refuse_gradients(example_inputs)  # the parts are compiled for inference (no backward graph)
 
     def compile_split(gm: fx.GraphModule) -> CondParts:
         split = split_at_cond(gm)
@@ -46,8 +50,7 @@ def compile_cond_parts(parent: fx.GraphModule, example_inputs: Sequence[Any],
     def compile_parts(gm: fx.GraphModule, flat_inputs: Sequence[Any]) -> Callable[..., Any]:
         program = compile_split(gm)
         device = next(v.device for v in reversed(flat_inputs) if isinstance(v, torch.Tensor))
-        if device.type != "cuda":
-            log.info("cachedit: one program in parts around its torch.cond (no CUDA graphs on %s)", device)
+        if device.type != "cuda" or not uses_cuda_graphs(settings):
             return program
         context = torch._guards.TracingContext.try_get()
         weights = context.fw_metadata.static_input_indices if context is not None and context.fw_metadata else []
@@ -55,13 +58,23 @@ def compile_cond_parts(parent: fx.GraphModule, example_inputs: Sequence[Any],
         log.info("cachedit: one program under CUDA-graph trees, its torch.cond a conditional node")
         return cuda_graph_trees(program, flat_inputs, sorted({*weights, *state}), device.index or 0)
 
-    return aot_autograd(fw_compiler=compile_parts, decompositions=select_decomp_table(),
-                        keep_inference_input_mutations=True)(parent, list(example_inputs))
+    decompositions = select_decomp_table() if settings.inner_backend == "inductor" else {}
+    program = aot_autograd(fw_compiler=compile_parts, decompositions=decompositions,
+                           keep_inference_input_mutations=True)(parent, list(example_inputs))
+
+    def run_for_inference(*inputs: Any) -> Any:
+        refuse_gradients(inputs)
+        return program(*inputs)
+
+    return run_for_inference
 
 
 def _compile_part(part: fx.GraphModule, settings: BackendSettings) -> Callable[..., Any]:
     """One ATen part compiled by Inductor with the compile's options, CUDA graphs off (the
-    whole program is recorded instead), called with positional inputs."""
+    whole program is recorded instead), or as it is for the AOT-free backends; called with
+    positional inputs."""
+    if settings.inner_backend != "inductor":
+        return part
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx_inner
     from torch._inductor.utils import BoxedBool

@@ -11,8 +11,7 @@ Guarantees: a piece holding a block is replaced by a ``GraphModule`` with the sa
 outputs whose block sub-pieces are ``RegionCall``s (a piece that is one block becomes one);
 equal block graphs share one compiled callable (``lower.compile_units``) and one op;
 ``meta[COMPILE_REPORT_META_KEY]`` counts the blocks and their distinct compiles (``lower``
-adds the program). A program the host decides (a graph the steps could not take) is split by
-``split_blocks`` instead, for ``lower``.
+adds the program).
 """
 
 from __future__ import annotations
@@ -25,11 +24,10 @@ import torch.fx as fx
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import CHAIN_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, compile_handles
+from cachedit_fx.passes import CHAIN_META_KEY, COMPILE_REPORT_META_KEY, compile_handles
 from cachedit_fx.passes.inner_compile import example_value
 from cachedit_fx.passes.lower import CompileReport, compile_units, graph_signature
-from cachedit_fx.passes.split_blocks import block_ranges, split_blocks
-from cachedit_fx.passes.split_pieces import piece_modules, split_into_pieces
+from cachedit_fx.passes.split_pieces import PieceRange, piece_modules, split_into_pieces
 from cachedit_fx.runtime.region_op import RegionCall, region_key
 
 log = logging.getLogger("cachedit_fx")
@@ -44,8 +42,6 @@ class _Compiled(torch.nn.Module):
 
 
 def compile_regions(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    if IN_GRAPH_META_KEY not in parent.meta:
-        return split_blocks(parent, settings)
     block_of = {name: block.chain_index for block in parent.meta[CHAIN_META_KEY].blocks for name in block.node_names}
     dynamo_inputs = compile_handles(parent).dynamo_inputs
     compiled: dict[Hashable, Callable[..., Any]] = {}
@@ -88,3 +84,25 @@ def _no_region_reason(block: fx.GraphModule) -> Optional[str]:
         if free_unbacked_symbols(value.shape if isinstance(value, torch.Tensor) else value):
             return f"{node.name} has a data-dependent size"
     return None
+
+
+def block_ranges(piece: fx.GraphModule, block_of: dict[str, int]) -> list[PieceRange]:
+    """Consecutive runs of ``piece``'s nodes by the chain block they belong to (None: a span)."""
+    nodes = list(piece.graph.nodes)
+    ranges: list[PieceRange] = []
+    label, start = None, None
+    for position, node in enumerate(nodes):
+        if node.op in ("placeholder", "output"):
+            continue
+        owner = block_of.get(node.name)
+        if start is None or owner != label:
+            if start is not None:
+                ranges.append(_range(label, len(ranges), start, position))
+            label, start = owner, position
+    if start is not None:
+        ranges.append(_range(label, len(ranges), start, len(nodes) - 1))
+    return ranges
+
+
+def _range(block: int | None, count: int, start: int, stop: int) -> PieceRange:
+    return PieceRange(f"span_{count}" if block is None else f"block_{block}", start, stop)

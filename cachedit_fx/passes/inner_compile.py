@@ -83,9 +83,7 @@ def compile_piece(piece: fx.GraphModule, settings: BackendSettings,
     piece takes one (``DynamoInputs.examples``), else from its placeholders' fake values."""
     if settings.inner_backend == "eager":
         return piece
-    examples = dynamo_inputs.examples if dynamo_inputs is not None else {}
-    example_inputs = [examples[n.name] if n.name in examples else example_value(n)
-                      for n in piece.graph.find_nodes(op="placeholder")]
+    example_inputs = piece_examples(piece, dynamo_inputs)
     if settings.inner_backend == "aot_eager":
         from torch._dynamo.backends.debugging import aot_eager
 
@@ -93,6 +91,14 @@ def compile_piece(piece: fx.GraphModule, settings: BackendSettings,
     from torch._inductor.compile_fx import compile_fx
 
     return compile_fx(piece, example_inputs, config_patches=inductor_patches(settings) or None)
+
+
+def piece_examples(piece: fx.GraphModule, dynamo_inputs: Optional[DynamoInputs]) -> list[Any]:
+    """The inputs to compile ``piece`` from: Dynamo's own where the piece takes one, else its
+    placeholders' fake values."""
+    examples = dynamo_inputs.examples if dynamo_inputs is not None else {}
+    return [examples[n.name] if n.name in examples else example_value(n)
+            for n in piece.graph.find_nodes(op="placeholder")]
 
 
 def example_value(node: fx.Node) -> Any:

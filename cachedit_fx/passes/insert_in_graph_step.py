@@ -3,7 +3,7 @@
 program.
 
 Assumes: the piecewise program from ``partition`` (``meta[PARTITION_META_KEY]``), a
-``DBCacheConfig`` and calibrator the step implements (``check_in_graph_support``); static
+``DBCacheConfig`` and its calibrator; static
 shapes for an exported program (state buffers), static or symbolic ones for state inputs.
 Guarantees: the step receives its state tensors, x0, hF, the timestep input (when the graph
 has one), every call input (for warm-up detection), the head value each middle output
@@ -32,12 +32,10 @@ from cachedit_fx.kernels import l1_rel_diff_op, l1_rel_diff_reference
 from cachedit_fx.passes import IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY, PARTITION_META_KEY, compile_handles
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
-from cachedit_fx.passes.insert_host_step import insert_host_step
-from cachedit_fx.passes.insert_cache_branch import LATENT_NAMES, call_inputs, find_timestep_input, input_index
-from cachedit_fx.passes.inner_compile import uses_cuda_graphs
+from cachedit_fx.passes.call_inputs import LATENT_NAMES, call_inputs, find_timestep_input, input_index
 from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
-from cachedit_fx.runtime.histories import Calibrator, value_plans
+from cachedit_fx.runtime.calibration import Calibrator, value_plans
 from cachedit_fx.runtime.dbcache_step import DBCacheStep, StepLayout, ValueLadder, streams_for
 from cachedit_fx.runtime.stateful_program import StepProgram, SymbolSource
 
@@ -50,58 +48,19 @@ RESET_INPUT = "cachedit_reset"
 """Name of the exported program's reset input (int64, shape [2]): nonzero starts a new generation."""
 
 
-def check_in_graph_support(settings: BackendSettings) -> None:
-    """Raise ``ValueError`` naming the first option the in-graph step does not implement."""
-    reason = unsupported_options(settings)
-    if reason is not None:
-        raise ValueError(reason)
-
-
-def unsupported_options(settings: BackendSettings) -> Optional[str]:
-    """Why the in-graph step does not implement these options, or None."""
-    if settings.regional_compile and uses_cuda_graphs(settings):
-        return "regional_compile under CUDA graphs: the regions would run inside a recorded conditional node"
-    return None
-
-
-def host_decision_reason(settings: BackendSettings) -> Optional[str]:
-    """Why ``in_graph_decision=None`` keeps the host decision, or None: options the step does
-    not implement and CUDA graphs (Inductor turns them off for a program holding a
-    ``torch.cond``; ``in_graph_decision=True`` records it with the branch as a conditional
-    node instead)."""
-    reason = unsupported_options(settings)
-    if reason is None and uses_cuda_graphs(settings):
-        reason = ("CUDA graphs: the program recorded with its branch as a conditional node is chosen by "
-                  "in_graph_decision=True")
-    return reason
-
-
 def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
     """The state becomes graph inputs (of symbolic shape in a dynamic-shape graph: the backend's
-    shim sizes them per call). With ``in_graph_decision=None`` (the backend ruled out
-    ``host_decision_reason`` already) a graph the step cannot take gets the host step
-    (``insert_host_step``, logged) before anything is changed."""
-    return step_or_host_decision(
-        parent, settings, lambda **step: rewrite_middle_as_step(parent, settings.cache, settings.calibrator, **step),
-        insert_host_step)
+    shim sizes them per call); a graph the step cannot take raises ``UnsupportedGraph`` before
+    anything is changed (the backend compiles it uncached)."""
+    return rewrite_middle_as_step(parent, settings.cache, settings.calibrator, **state_input_options(parent, settings))
 
 
-def step_or_host_decision(parent: fx.GraphModule, settings: BackendSettings,
-                          rewrite: Callable[..., fx.GraphModule],
-                          host: Callable[[fx.GraphModule, BackendSettings], fx.GraphModule]) -> fx.GraphModule:
-    """``rewrite(state_as_inputs=True, sums_group=..., diff_sums=...)``: the step with its state
-    as graph inputs, its diff sums added over the parallel run's group; a graph it cannot take
-    (``UnsupportedGraph``, raised before anything is changed) gets ``host(parent, settings)``
-    instead (logged), unless ``in_graph_decision=True``."""
+def state_input_options(parent: fx.GraphModule, settings: BackendSettings) -> dict[str, Any]:
+    """The rewrite's options for a compiled program: state as graph inputs, the diff sums of
+    ``cache_kernels``, added over the parallel run's group."""
     run = compile_handles(parent).parallel_run
-    try:
-        return rewrite(state_as_inputs=True, sums_group=run.group_name if run is not None else None,
-                       diff_sums=step_diff_sums(settings.cache_kernels))
-    except UnsupportedGraph as reason:
-        if settings.in_graph_decision:
-            raise
-        log.info("cachedit: host decision (%s)", reason)
-        return host(parent, settings)
+    return dict(state_as_inputs=True, sums_group=run.group_name if run is not None else None,
+                diff_sums=step_diff_sums(settings.cache_kernels))
 
 
 def insert_exported_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:

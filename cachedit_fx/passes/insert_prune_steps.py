@@ -22,10 +22,9 @@ import torch.fx as fx
 from cachedit_fx.config import BackendSettings, DBPruneConfig
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
 from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
-from cachedit_fx.passes.insert_host_step import insert_host_prune_branches
-from cachedit_fx.passes.insert_cache_branch import LATENT_NAMES, call_inputs, find_timestep_input, input_index
+from cachedit_fx.passes.call_inputs import LATENT_NAMES, call_inputs, find_timestep_input, input_index
 from cachedit_fx.passes.insert_in_graph_step import (
-    RESET_INPUT, add_state, prepare_branch_inputs, state_example, static_example, stored_value, step_or_host_decision,
+    RESET_INPUT, add_state, prepare_branch_inputs, state_example, static_example, stored_value, state_input_options,
     unaliased_operands)
 from cachedit_fx.passes.partition_blocks import BlockPartition
 from cachedit_fx.passes.dataflow import tensor_meta
@@ -35,11 +34,8 @@ from cachedit_fx.runtime.dbprune_step import PrunedBlockStep
 
 
 def insert_prune_steps(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    """The state becomes graph inputs (the backend's shim passes each context's tensors). With
-    ``in_graph_decision=None`` a graph the steps cannot take gets the host's prune branches
-    (``insert_host_prune_branches``, logged) before anything is changed."""
-    return step_or_host_decision(parent, settings, lambda **step: rewrite_blocks_as_steps(parent, settings.cache, **step),
-                                 insert_host_prune_branches)
+    """The state becomes graph inputs (the backend's shim passes each context's tensors)."""
+    return rewrite_blocks_as_steps(parent, settings.cache, **state_input_options(parent, settings))
 
 
 def insert_exported_prune_steps(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:

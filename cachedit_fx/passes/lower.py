@@ -1,18 +1,18 @@
-"""Compile every piece of the piecewise program with the inner backend.
+"""Compile the program holding the cache step.
 
-Assumes: a parent graph whose pieces (``split_pieces.piece_modules``) are ``GraphModule``s
-whose placeholders carry Dynamo's fake ``example_value``; a piece marked
-``meta[BLOCKWISE_META_KEY]`` (``split_blocks``) has its sub-pieces compiled instead.
-Guarantees: every piece carries Dynamo's input metadata (``DynamoInputs``), so Inductor marks
-its parameters static; pieces with equal ``graph_signature`` (same nodes, same constants, same
-input shapes, strides and dtypes) are compiled once and share the compiled callable, which is
-sound because every parameter is a graph input (not under CUDA graphs, whose static weights
-live at fixed addresses: there each piece is compiled alone); everything is compiled from fake inputs in Dynamo's
-fake mode (nothing runs); the parent graph and the branch modules keep their structure.
-``meta[COMPILE_REPORT_META_KEY]`` records pieces and distinct compiles. A program with the
-in-graph step (``meta[IN_GRAPH_META_KEY]``) is compiled whole instead, as one unit, into
-``meta[ONE_PROGRAM_META_KEY]``; under CUDA graphs as its parts around the ``torch.cond``
-(``compile_cond_parts``), so the branch is captured as a conditional node.
+Assumes: a program from ``insert_in_graph_step`` / ``insert_prune_steps``
+(``meta[IN_GRAPH_META_KEY]``), its placeholders carrying Dynamo's fake ``example_value``.
+Guarantees: the program carries Dynamo's input metadata (``DynamoInputs``), so Inductor marks
+its parameters static, and is compiled from fake inputs in Dynamo's fake mode (nothing runs)
+into ``meta[ONE_PROGRAM_META_KEY]``. Where the branch is taken is chosen here:
+  * by default, inside the compiled program (Inductor's code for a ``torch.cond`` reads the
+    predicate, ``if pred.item():``);
+  * under CUDA graphs, as a conditional node of the recorded program, and with
+    ``in_graph_decision=False`` on the host between compiled parts: both compile the program
+    as its parts around each ``torch.cond`` (``compile_cond_parts``).
+``compile_units`` compiles equal graphs (``graph_signature``: same nodes, constants, input
+shapes, strides and dtypes) once, which is sound because every parameter is a graph input
+(not under CUDA graphs, whose static weights live at fixed addresses: there each is alone).
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
-from cachedit_fx.passes import (
-    BLOCKWISE_META_KEY, COMPILE_REPORT_META_KEY, IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY, compile_handles)
+from cachedit_fx.passes import COMPILE_REPORT_META_KEY, ONE_PROGRAM_META_KEY, compile_handles
 from cachedit_fx.passes.compile_cond_parts import compile_cond_parts
-from cachedit_fx.passes.inner_compile import DynamoInputs, compile_piece, example_value, uses_cuda_graphs
-from cachedit_fx.passes.split_pieces import piece_modules
+from cachedit_fx.passes.inner_compile import DynamoInputs, compile_piece, example_value, piece_examples, uses_cuda_graphs
 
 log = logging.getLogger("cachedit_fx")
 
@@ -57,14 +55,27 @@ class CompileReport:
 
 
 def lower(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    if IN_GRAPH_META_KEY in parent.meta:
-        return _lower_as_one_program(parent, settings)
-    units = []
-    for owner, name, piece in piece_modules(parent):
-        units += piece_modules(piece) if piece.meta.get(BLOCKWISE_META_KEY) else [(owner, name, piece)]
-    report = compile_units(units, settings, compile_handles(parent).dynamo_inputs, {})
-    parent.meta[COMPILE_REPORT_META_KEY] = report
-    log.info("cachedit: %d pieces, %d distinct compiles", report.pieces, report.compiles)
+    """``parent`` with its compiled program in ``meta[ONE_PROGRAM_META_KEY]`` (cacheable by
+    Inductor's caches: ``COND_CACHE_KEY``)."""
+    dynamo_inputs = compile_handles(parent).dynamo_inputs
+    if dynamo_inputs is not None:
+        dynamo_inputs.carry_onto(parent)
+    if settings.inner_backend == "inductor":
+        from torch._inductor import config as inductor_config
+
+        marked = {**inductor_config.unsafe_marked_cacheable_functions,
+                  **settings.inductor_options.get("unsafe_marked_cacheable_functions", {}),
+                  COND_CACHE_KEY: torch.__version__}
+        settings = dataclasses.replace(settings, inductor_options={
+            **settings.inductor_options, "unsafe_marked_cacheable_functions": marked})
+    if uses_cuda_graphs(settings) or settings.in_graph_decision is False:
+        parent.meta[ONE_PROGRAM_META_KEY] = compile_cond_parts(parent, piece_examples(parent, dynamo_inputs), settings)
+        log.info("cachedit: the program in parts around its torch.cond")
+    else:
+        parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings, dynamo_inputs)
+        log.info("cachedit: one program (decision in the graph)")
+    regions = parent.meta.get(COMPILE_REPORT_META_KEY, CompileReport(0, 0))
+    parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(regions.pieces + 1, regions.compiles + 1)
     return parent
 
 
@@ -91,32 +102,6 @@ COND_CACHE_KEY = "torch.ops.higher_order.cond"
 """Inductor's FX graph cache and AOTAutograd's cache skip graphs holding a ``torch.cond`` unless
 the HOP is named in ``unsafe_marked_cacheable_functions``. Sound for the in-graph step: its
 branches are ``GraphModule`` submodules, whose code the cache key pickles with the parent's."""
-
-
-def _lower_as_one_program(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    """The in-graph step's program (pieces, decision and state updates) compiled as one unit
-    (cacheable by Inductor's caches: ``COND_CACHE_KEY``); ``meta[ONE_PROGRAM_META_KEY]`` holds
-    the compiled callable."""
-    dynamo_inputs = compile_handles(parent).dynamo_inputs
-    if dynamo_inputs is not None:
-        dynamo_inputs.carry_onto(parent)
-    if settings.inner_backend == "inductor":
-        from torch._inductor import config as inductor_config
-
-        marked = {**inductor_config.unsafe_marked_cacheable_functions,
-                  **settings.inductor_options.get("unsafe_marked_cacheable_functions", {}),
-                  COND_CACHE_KEY: torch.__version__}
-        settings = dataclasses.replace(settings, inductor_options={
-            **settings.inductor_options, "unsafe_marked_cacheable_functions": marked})
-    if uses_cuda_graphs(settings):
-        examples = [example_value(n) for n in parent.graph.find_nodes(op="placeholder")]
-        parent.meta[ONE_PROGRAM_META_KEY] = compile_cond_parts(parent, examples, settings)
-    else:
-        parent.meta[ONE_PROGRAM_META_KEY] = compile_piece(parent, settings, dynamo_inputs)
-    regions = parent.meta.get(COMPILE_REPORT_META_KEY, CompileReport(0, 0))
-    parent.meta[COMPILE_REPORT_META_KEY] = CompileReport(regions.pieces + 1, regions.compiles + 1)
-    log.info("cachedit: one program (decision in the graph)")
-    return parent
 
 
 def graph_signature(piece: fx.GraphModule) -> Hashable:

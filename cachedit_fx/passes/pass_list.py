@@ -6,27 +6,19 @@
     context_parallel       (ulysses_size > 1) sequence sharded at the chain entry, all-to-all attention
   DBCache:
     partition              head | middle | tail pieces, carried/shared values, streams
-    insert_in_graph_step   the whole step in the program, its state as inputs (the default);
-                           a graph it cannot take gets the host step below instead (logged)
-    or, with the host decision (``in_graph_decision=False``):
-    insert_cache_selector  the call's cache state, chosen from the parameters it receives
-    insert_cache_branch    a guarded branch around the middle piece
-    fuse_diff_into_head    (cache_kernels="inductor-fused") diff sums computed by the head piece
+    insert_in_graph_step   the whole step in the program (a torch.cond), its state as inputs
   DBPrune:
     partition_blocks       one piece per prunable block, its streams
-    insert_prune_steps     one in-graph step (a torch.cond) per prunable block (the default)
-    or, with the host decision:
-    insert_cache_selector
-    insert_prune_branches  a guarded branch around every prunable block
+    insert_prune_steps     one step (a torch.cond) per prunable block
   then:
     compile_regions        (regional_compile=True) the steps' regions compiled block by block, once
                            per distinct block, called through a custom op
-    or, with the host decision:
-    split_blocks           (regional_compile=True) one sub-piece per chain block
-    lower                  compile each distinct piece once (the in-graph program: whole)
+    lower                  compile the program; where its branches are taken (in the program,
+                           between its parts on the host, a CUDA graph's conditional node)
 
 ``target="export"`` ends with ``insert_exported_step`` or, for DBPrune,
-``insert_exported_prune_steps`` (state as buffers, a reset input) and compiles nothing. ``add_pass`` adds a researcher's pass to every list built afterwards.
+``insert_exported_prune_steps`` (state as buffers, a reset input) and compiles nothing.
+``add_pass`` adds a researcher's pass to every list built afterwards.
 """
 
 from __future__ import annotations
@@ -39,24 +31,17 @@ from cachedit_fx.passes.compile_regions import compile_regions
 from cachedit_fx.passes.context_parallel import context_parallel
 from cachedit_fx.passes.find_block_chain import find_block_chain
 from cachedit_fx.passes.inline_block_regions import inline_block_regions
-from cachedit_fx.passes.fuse_diff_into_head import fuse_diff_into_head
-from cachedit_fx.passes.insert_cache_branch import insert_cache_branch
-from cachedit_fx.passes.insert_cache_selector import insert_cache_selector
-from cachedit_fx.passes.insert_host_step import host_prune_passes, host_step_passes
 from cachedit_fx.passes.insert_in_graph_step import insert_exported_step, insert_in_graph_step
-from cachedit_fx.passes.insert_prune_branches import insert_prune_branches
 from cachedit_fx.passes.insert_prune_steps import insert_exported_prune_steps, insert_prune_steps
 from cachedit_fx.passes.lower import lower
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.passes.partition_blocks import partition_blocks
 from cachedit_fx.passes.pass_manager import Pass, PassManager, pass_name
-from cachedit_fx.passes.split_blocks import split_blocks
 from cachedit_fx.passes.tensor_parallel import tensor_parallel
 
 
 def build_pass_list(settings: BackendSettings, target: Literal["compile", "export"] = "compile") -> PassManager:
-    """The passes for ``settings`` (``in_graph_decision`` already resolved for this graph:
-    None or True insert the in-graph step, False the host step), ``add_pass`` entries included."""
+    """The passes for ``settings``, ``add_pass`` entries included."""
     passes: list[Pass] = [inline_block_regions, find_block_chain]
     parallelism = settings.parallelism
     if parallelism is not None and parallelism.enabled:
@@ -64,16 +49,10 @@ def build_pass_list(settings: BackendSettings, target: Literal["compile", "expor
     prune = isinstance(settings.cache, DBPruneConfig)
     if target == "export":
         passes += [partition_blocks, insert_exported_prune_steps] if prune else [partition, insert_exported_step]
-    elif prune:
-        passes += [partition_blocks, *(host_prune_passes() if settings.in_graph_decision is False
-                                       else [insert_prune_steps])]
-    elif settings.in_graph_decision is False:
-        passes += [partition, *host_step_passes(settings)]
     else:
-        passes += [partition, insert_in_graph_step]
-    if target == "compile":
+        passes += [partition_blocks, insert_prune_steps] if prune else [partition, insert_in_graph_step]
         if settings.regional_compile:
-            passes.append(split_blocks if settings.in_graph_decision is False else compile_regions)
+            passes.append(compile_regions)
         passes.append(lower)
     manager = PassManager(passes)
     for entry in _USER_PASSES:
@@ -84,8 +63,8 @@ def build_pass_list(settings: BackendSettings, target: Literal["compile", "expor
 
 PASS_NAMES = frozenset(pass_name(p) for p in (
     inline_block_regions, find_block_chain, tensor_parallel, context_parallel, partition, partition_blocks,
-    insert_in_graph_step, insert_exported_step, insert_cache_selector, insert_cache_branch, fuse_diff_into_head,
-    insert_prune_branches, insert_prune_steps, insert_exported_prune_steps, compile_regions, split_blocks, lower))
+    insert_in_graph_step, insert_exported_step, insert_prune_steps, insert_exported_prune_steps, compile_regions,
+    lower))
 """Every pass a list may hold: the anchors ``add_pass`` accepts."""
 
 

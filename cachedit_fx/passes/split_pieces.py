@@ -94,8 +94,7 @@ def piece_io(parent: fx.GraphModule, piece: str) -> tuple[list[str], list[str]]:
 
 def piece_modules(parent: fx.GraphModule) -> list[tuple[torch.nn.Module, str, fx.GraphModule]]:
     """Every piece of a piecewise program as ``(owner, attribute, piece)``: the parent's
-    ``GraphModule`` submodules, the ``piece`` of branch modules (``CacheBranch``,
-    ``PruneBranch``) and the ``region`` of in-graph steps that wrap one."""
+    ``GraphModule`` submodules and the ``region`` of the steps that wrap one."""
     found = []
     for node in parent.graph.nodes:
         if node.op != "call_module":
@@ -104,6 +103,7 @@ def piece_modules(parent: fx.GraphModule) -> list[tuple[torch.nn.Module, str, fx
         if isinstance(module, fx.GraphModule):
             found.append((parent, node.target, module))
         else:
-            found += [(module, name, getattr(module, name)) for name in ("piece", "region")
-                      if isinstance(getattr(module, name, None), fx.GraphModule)]
+            region = getattr(module, "region", None)
+            if isinstance(region, fx.GraphModule):
+                found.append((module, "region", region))
     return found

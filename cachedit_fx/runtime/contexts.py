@@ -1,8 +1,8 @@
 """Per-request cache contexts of one compiled model.
 
 A ``ModelCache`` is what the graphs compiled for one model share: the compiled options and
-one ``ModelCacheState`` per named context. Each context has its own streams, buffers,
-counters, CFG schedule and statistics, so requests interleaved step by step on one compiled
+one ``ModelCacheState`` per named context. Each context has its own state tensors (streams,
+residuals, counters, CFG schedule and statistics), so requests interleaved step by step on one compiled
 model (a serving loop) never see each other's residuals. The active context is chosen per
 thread / asyncio task with ``cache_context`` (a ``contextvars`` variable); outside any, it is
 ``"default"`` on the main thread and one of their own for every other thread and asyncio task
@@ -26,17 +26,14 @@ import itertools
 import logging
 import threading
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import torch
 
 from cachedit_fx.config import DBCacheConfig, check_refresh_changes
-from cachedit_fx.runtime.arithmetic import CacheArithmetic
-from cachedit_fx.runtime.cfg import check_stream_name
-from cachedit_fx.runtime.histories import Calibrator
+from cachedit_fx.runtime.calibration import Calibrator
+from cachedit_fx.runtime.dbcache_step import check_stream_name
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
-from cachedit_fx.runtime.state import ModelCacheState
-from cachedit_fx.runtime.stream_state import ChainShape
+from cachedit_fx.runtime.state import ChainShape, ModelCacheState
 
 log = logging.getLogger("cachedit_fx")
 
@@ -57,12 +54,10 @@ class ModelCache:
 
     def __init__(self) -> None:
         _MODEL_CACHES.add(self)
-        self.bound: Optional[tuple[DBCacheConfig, ChainShape, CacheArithmetic, Optional[Calibrator]]] = None
+        self.bound: Optional[tuple[DBCacheConfig, ChainShape, Optional[Calibrator]]] = None
         self.contexts: dict[str, ModelCacheState] = {}
         self.pending: dict[str, dict[str, Any]] = {}
         """Context name -> ``refresh`` arguments given before the model was compiled."""
-        self.sums_all_reduce: Optional[Callable[[torch.Tensor], object]] = None
-        """Applied in place to the fp32 diff sums before they are read (parallel runs)."""
         self.sharding: Optional[Any] = None
         """The ``ShardingReport`` of the latest parallel compile of this model."""
         self.main_list: Optional[str] = None
@@ -94,13 +89,11 @@ class ModelCache:
             raise ValueError(f"the model was compiled without cache (plain compilation, no caching): {reason}")
         raise ValueError("the model has not been compiled with backend='cachedit' and run yet")
 
-    def bind(self, config: DBCacheConfig, chain: ChainShape, arithmetic: CacheArithmetic,
-             calibrator: Optional[Calibrator]) -> None:
+    def bind(self, config: DBCacheConfig, chain: ChainShape, calibrator: Optional[Calibrator]) -> None:
         """A graph of this model was compiled with these options."""
-        self.bound = (config, chain, arithmetic, calibrator)
+        self.bound = (config, chain, calibrator)
         for state in self.contexts.values():
-            state.rebind(config, chain, arithmetic, calibrator)
-            state.sums_all_reduce = self.sums_all_reduce
+            state.rebind(config, chain, calibrator)
 
     def active_name(self) -> str:
         return _ACTIVE.get().get(id(self)) or caller_context()
@@ -124,9 +117,8 @@ class ModelCache:
         if name not in self.contexts:
             if self.bound is None:
                 self._require_compiled()
-            config, chain, arithmetic, calibrator = self.bound
-            state = ModelCacheState(config, chain, arithmetic, calibrator, context=name)
-            state.sums_all_reduce = self.sums_all_reduce
+            config, chain, calibrator = self.bound
+            state = ModelCacheState(config, chain, calibrator, context=name)
             pending = self.pending.pop(name, None)
             if pending is not None:
                 state.refresh(**pending)

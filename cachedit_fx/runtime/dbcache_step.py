@@ -4,13 +4,12 @@
 Traced into the program that calls it (``passes/insert_in_graph_step.py``), so AOTAutograd,
 Inductor and ``torch.export`` see one graph: no host read, no Python between pieces. The state
 tensors (``StepLayout.names``) are arguments: graph inputs chosen per cache context by the
-backend's shim, or buffers of an exported program. Semantics equal
-``ModelCacheState.run_middle`` with any calibrator (none, TaylorSeer, FoCa), separate-CFG
-streams included (DESIGN section 3): generation boundaries (a reset request, the timestep rising, the
+backend's shim, or buffers of an exported program. Semantics are cache-dit's (DESIGN section 3),
+with any calibrator (none, TaylorSeer, FoCa), separate-CFG streams included: generation boundaries (a reset request, the timestep rising, the
 step count reached, a warm-up call repeated) and CFG detection, then warmup, step mask,
 max_cached, max_continuous, max_accumulated, threshold, no previous residual, diff < threshold
-(strict). A cached step forecasts each carried value from its history exactly as
-``runtime/histories.py`` does with the reference arithmetic (order 0: the last residual); the
+(strict). A cached step forecasts each carried value from its history by its
+``ValuePlan`` (``runtime/calibration.py``; order 0: the last residual); the
 FoCa prediction is computed before the branch (it also updates the history), the Taylor series
 inside it.
 
@@ -40,9 +39,23 @@ import torch
 
 from cachedit_fx.config import DBCacheConfig, DBPruneConfig
 from cachedit_fx.kernels.reference import l1_rel_diff_reference
-from cachedit_fx.runtime.cfg import STREAMS, check_stream_name
 from cachedit_fx.runtime.cond_operands import CondOperands
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
+
+DEFAULT_STREAM = "default"
+UNCOND_STREAM = "uncond"
+STREAMS = (DEFAULT_STREAM, UNCOND_STREAM)
+"""The separate-CFG streams: the conditional call's ("default") and the unconditional one's.
+With ``enable_separate_cfg=None`` two calls per step are detected at a generation's second
+call (the same timestep as the first); ``cfg_compute_first=True``: the unconditional call
+comes first. Call ``c`` of a CFG generation is position ``c % 2`` of step ``c // 2``."""
+
+
+def check_stream_name(stream: object) -> None:
+    """Raise ``ValueError`` unless ``stream`` names a stream ("default" or "uncond")."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown stream {stream!r}: the streams are {', '.join(map(repr, STREAMS))}")
+
 
 CALLS, RESET, GENERATIONS, NUM_BLOCKS, SKIPPED_BLOCKS, MODE, SWAP, FIRST_DECISION = range(8)
 COUNTERS = 8
@@ -78,7 +91,7 @@ STREAM_INDEX = {name: row for row, name in enumerate(STREAMS)}
 
 @dataclass(frozen=True)
 class ValueLadder:
-    """How one carried value is remembered (``runtime/histories.py``): its shape and dtype, its
+    """How one carried value is remembered (``runtime/calibration.py``): its shape and dtype, its
     ``kind`` ("taylor": a difference ladder of ``order + 1`` levels, order 0 being the last
     residual of plain DBCache; "foca": the four levels ``FULL .. PREVIOUS``) and whether it holds
     the residual ``out - in`` or the output itself."""
@@ -157,7 +170,7 @@ class StepLayout:
     """The fingerprinted input that is the latent (a CFG pair repeats it); -1: none is named so."""
     inputs: tuple[tuple[tuple[int, ...], torch.dtype], ...] = ()
     """Shape and dtype of each fingerprinted call input: a state serves calls of these inputs
-    only (another text length starts a new generation, as on the host)."""
+    only (another text length starts a new generation)."""
     blocks: tuple[PrunedBlockLayout, ...] = ()
 
     @property
@@ -385,9 +398,7 @@ class DBCacheStep(torch.nn.Module):
     ``partners[k]``: the head value middle output k continues; ``timestep``: the call's
     timestep input (None: the graph has none); ``reset``: an input that starts a new generation
     when any element is nonzero (the exported program's refresh). Separate-CFG streams follow
-    ``runtime/cfg.py``: call ``c`` of a CFG generation is position ``c % 2`` of its step, the
-    mode is detected at the second call (same timestep as the first), streams share the call
-    count and nothing else."""
+    ``STREAMS``; they share the call count and nothing else."""
 
     def __init__(self, middle: torch.nn.Module, layout: StepLayout, sums_group: Optional[str] = None,
                  diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> None:
@@ -433,7 +444,7 @@ class DBCacheStep(torch.nn.Module):
         series, weights, predictions = [], [], {}
         for k, (ladder, plan) in enumerate(zip(ladders, self.layout.values)):
             if plan.kind == "foca":  # the forecast itself, as a one-level series of weight 1
-                value, predictions[k] = _foca_forecast(ladder, anchors, seen)
+                value, predictions[k] = foca_forecast(ladder, anchors, seen)
                 series.append(value.unsqueeze(0))
                 weights += forecast_weights(1, torch.ones_like(updates), elapsed)
             else:
@@ -458,8 +469,8 @@ class DBCacheStep(torch.nn.Module):
         for k, (out, partner, ladder, plan) in enumerate(zip(outputs, partners, ladders, self.layout.values)):
             value = out.float() - partner.float() if plan.residual else out.float()
             if k in predictions:
-                kept_history = _foca_after_forecast(ladder, predictions[k], seen)
-                pushed = torch.stack([value.to(ladder.dtype), ladder[FULL], value.to(ladder.dtype), ladder[LATEST]])
+                kept_history = foca_after_forecast(ladder, predictions[k], seen)
+                pushed = foca_push(ladder, value)
             else:
                 kept_history = ladder
                 pushed = ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
@@ -559,7 +570,7 @@ def forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor) 
     return used, (elapsed.pow(k.to(torch.float64)) / factorials).to(torch.float32)
 
 
-def _foca_forecast(history: torch.Tensor, anchors: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def foca_forecast(history: torch.Tensor, anchors: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``FocaHistory.forecast`` as a pure function: (the forecast value in fp32, the
     prediction it stores); the latest value seen while fewer than two were, else the BDF2
     step plus the Heun correction once two anchors exist."""
@@ -570,11 +581,18 @@ def _foca_forecast(history: torch.Tensor, anchors: torch.Tensor, seen: torch.Ten
     return torch.where(seen < 2, latest, predicted), predicted
 
 
-def _foca_after_forecast(history: torch.Tensor, predicted: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+def foca_after_forecast(history: torch.Tensor, predicted: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     """A FoCa history after a cached step: the prediction becomes the latest value seen (once
     two were seen; before that nothing changes)."""
     advanced = torch.stack([history[FULL], history[FULL_PREV], predicted.to(history.dtype), history[LATEST]])
     return torch.where(seen >= 2, advanced, history)
+
+
+def foca_push(history: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A FoCa history after a computed step: ``value`` becomes the latest anchor and the latest
+    value seen."""
+    value = value.to(history.dtype)
+    return torch.stack([value, history[FULL], value, history[LATEST]])
 
 
 def ladder_push(ladder: torch.Tensor, value: torch.Tensor, gap: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

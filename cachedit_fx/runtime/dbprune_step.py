@@ -4,7 +4,7 @@ Each prunable block of the program is replaced by a ``PrunedBlockStep`` (``passe
 insert_prune_steps.py``). The first one of a call starts it (``start_call``: boundaries, CFG
 streams, as DBCache does), the call's progress (``PruneCall``) flows from block to block as
 graph values, and the last one finishes it (step counters, the per-step log, ``finish_call``).
-Semantics equal ``ModelCacheState.run_block``: every rule is DBCache's (``decide``,
+Semantics are cache-dit's DBPrune: every rule is DBCache's (``decide``,
 ``CachedBranch``, ``ComputeBranch``, ``ladder_push`` with one-level ladders), applied per block
 with the block's own counters (pruned in a row, accumulated diff, a residual written) and the
 call's step counters (a step that pruned any block counts as cached); the diff compares the

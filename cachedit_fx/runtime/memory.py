@@ -1,20 +1,18 @@
 """What the cache keeps alive per stream, against the activations it carries.
 
-``held_bytes``: every distinct storage a stream's state owns (the Fn residual, the middle's
-histories, DBPrune's per-block inputs and residuals); ``carried_bytes``: one copy of the values
-the cached region hands on (the middle's outputs, or for DBPrune the largest block's). Both
-count storages, not views, so a buffer is counted once however it is referenced.
+``held_bytes``: the stored values of one stream row of the step's state (DBCache: the Fn
+residual and each carried value's ladder; DBPrune: every prunable block's input and residuals);
+``carried_bytes``: one copy of the values the cached region hands on (the middle's outputs, or
+for DBPrune the largest block's). Counters, settings and the step log are not counted.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
-import torch
-
-from cachedit_fx.runtime.histories import FocaHistory, RegionHistory, TaylorLadder
-from cachedit_fx.runtime.stream_state import StreamState
+from cachedit_fx.runtime.dbcache_step import STREAM_INDEX, SWAP, StepLayout, ValueLadder, generation_progress
+from cachedit_fx.runtime.state import ModelCacheState
 
 
 @dataclass(frozen=True)
@@ -29,38 +27,32 @@ class StreamMemory:
         return self.held_bytes / self.carried_bytes if self.carried_bytes else 0.0
 
 
-def stream_memory(stream: StreamState) -> StreamMemory:
-    storages: dict[int, int] = {}
-    for tensor in _held_tensors(stream):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    carried = max((_carried(region) for region in _regions(stream)), default=0)
-    return StreamMemory(stream.name, sum(storages.values()), carried)
+def stream_memory(state: ModelCacheState) -> list[StreamMemory]:
+    """One entry per stream that ran a step of the current generation (none before the first
+    call). A state that may hold separate-CFG streams keeps a second row whether it is used or
+    not (``enable_separate_cfg=False`` holds one)."""
+    if state.step_tensors is None:
+        return []
+    layout, tensors = state.step_tensors.layout, state.step_tensors.tensors
+    stored = _stored_names(layout)
+    counters = tensors["counters"].tolist()
+    _, steps = generation_progress(tensors)
+    return [StreamMemory(name, sum(tensors[stored_name][STREAM_INDEX[name] ^ counters[SWAP]].nbytes
+                                   for stored_name in stored), _carried_bytes(layout))
+            for name, done in steps.items() if done > 0]
 
 
-def _regions(stream: StreamState) -> list[RegionHistory]:
-    """The middle's history and every pruned block's."""
-    return [stream.middle] + [block.residuals for block in stream.blocks.values()]
+def _stored_names(layout: StepLayout) -> list[str]:
+    if layout.blocks:
+        return [name for block in layout.blocks for name in block.names()
+                if name.endswith("_input") or "_residual_" in name]
+    return ["prev_fn", *(f"residual_{k}" for k in range(len(layout.values)))]
 
 
-def _held_tensors(stream: StreamState) -> Iterator[torch.Tensor]:
-    compared = [stream.fn_residual] + [block.input for block in stream.blocks.values()]
-    for value in compared:
-        if value.buffer is not None:
-            yield value.buffer
-    for region in _regions(stream):
-        for history in region.values or ():
-            yield from _history_tensors(history)
+def _carried_bytes(layout: StepLayout) -> int:
+    def size(values: tuple[ValueLadder, ...]) -> int:
+        return sum(math.prod(v.shape) * v.dtype.itemsize for v in values)
 
-
-def _history_tensors(history: "TaylorLadder | FocaHistory") -> Iterator[torch.Tensor]:
-    if isinstance(history, TaylorLadder):
-        yield history.ladder
-    else:
-        yield from (history.full, history.full_prev, history.k, history.km1)
-
-
-def _carried(region: Optional[RegionHistory]) -> int:
-    if region is None or not region.values:
-        return 0
-    return sum(h.like.numel() * h.like.element_size() for h in region.values)
+    if layout.blocks:
+        return max(size(block.values) for block in layout.blocks)
+    return size(layout.values)

@@ -1,22 +1,35 @@
-"""The callable the backend returns for a program with the in-graph step: it picks the cache
-context's state tensors for this graph and calls the compiled program with them.
+"""The callable the backend returns: it picks the cache context's state tensors for this
+graph and calls the compiled program with them.
 
-Per call on the host: the ``CacheSelector`` (grad check, the model by its anchor parameter,
-the active context), one dict lookup and, for a dynamic-shape graph, the call's sizes (state
-tensors of other sizes are made anew: a new generation); no tensor is read (so a GPU never waits for the host)
-unless INFO logging is on, when the small counters are read to write the generation-done line.
-A call that raises requests a new generation of that state (nothing half-updated is reused).
+Per call on the host: the grad check, the model's cache found by the anchor parameter the call
+receives (``cache_state``), the active context, one dict lookup and, for a dynamic-shape graph,
+the call's sizes (state tensors of other sizes are made anew: a new generation); no tensor is
+read (so a GPU never waits for the host) unless INFO logging is on, when the small counters are
+read to write the generation-done line. A call that raises requests a new generation of that
+state (nothing half-updated is reused).
+
+The state is chosen from the parameter passed at call time, not from the model the graph was
+compiled for: Dynamo lifts parameters as graph inputs, so it may serve a second instance of
+the same model class (Wan 2.2's two experts, compiled with equal options) with the graph
+compiled for the first one, and each instance keeps its own cache. When another compile of
+the same module bound other options since (two ``torch.compile`` wrappers of one module), the
+cache is bound back to this graph's options, which restarts every context's generation: no
+residual crosses from one compile's options to the other's.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from cachedit_fx.runtime.cache_selector import CacheSelector
 from cachedit_fx.runtime.dbcache_step import StepLayout
+from cachedit_fx.runtime.registry import cache_for_params, cache_of_param
+from cachedit_fx.runtime.state import ModelCacheState
+
+log = logging.getLogger("cachedit_fx")
 
 SymbolSource = tuple[Any, int, Optional[int]]
 """Where a size symbol of a dynamic-shape graph is read from a call's arguments: (symbol,
@@ -39,27 +52,53 @@ class StepProgram:
 def program_with_state(program: StepProgram, binding: tuple) -> Callable[..., Any]:
     compiled, layout, anchor, device, sources = (program.compiled, program.layout, program.anchor, program.device,
                                                  program.sources)
-    selector = CacheSelector(*binding)
     latest: list[Any] = [None, layout]
     """The sizes of the latest call of a dynamic-shape graph and its layout (made again only
     when the sizes change)."""
 
     def run(*args: Any) -> Any:
-        state = selector(args[anchor])
+        state = cache_state(args[anchor], binding)
         if sources:
             sizes = call_sizes(sources, args)
             if sizes != latest[0]:
                 latest[:] = [sizes, layout.sized(sized_by(sources, sizes))]
-        tensors = state.in_graph_tensors(latest[1], device)
+        tensors = state.tensors_for(latest[1], device)
         try:
             outputs = compiled(*args, *tensors)
         except BaseException:
-            state.restart_in_graph()
+            state.restart()
             raise
-        state.in_graph_call_done()
+        state.call_done()
         return outputs
 
     return run
+
+
+def cache_state(anchor: torch.Tensor, binding: tuple) -> ModelCacheState:
+    """The active context's state of the model owning ``anchor``, its cache bound to
+    ``binding`` (``ModelCache.bind``'s arguments; module docstring)."""
+    refuse_gradients((anchor,))
+    cache = cache_of_param(anchor)
+    if cache is None:
+        cache = cache_for_params([anchor])
+    if cache.bound is None:
+        cache.bind(*binding)
+    elif cache.bound != binding:
+        log.warning("cachedit: the model was compiled again with other options; this compiled graph runs "
+                    "with its own (every context starts a new generation)")
+        cache.bind(*binding)
+    return cache.for_call()
+
+
+def refuse_gradients(tensors: Sequence[object]) -> None:
+    """Raise when autograd is on and a tensor among ``tensors`` requires grad: the cache runs
+    its pieces without autograd, so a gradient would be dropped silently."""
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            "cachedit_fx caches for inference only: gradients cannot flow through skipped blocks, and this call "
+            "needs them (autograd is on and a weight or an input requires grad). Call the compiled model under "
+            "torch.no_grad() or torch.inference_mode() (diffusers pipelines do), freeze it with "
+            "model.requires_grad_(False) and pass inputs that do not require grad")
 
 
 def call_sizes(sources: tuple[SymbolSource, ...], args: tuple[Any, ...]) -> tuple[int, ...]:

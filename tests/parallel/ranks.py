@@ -66,7 +66,7 @@ def compare(rank: int, world: int, kind: str, cases: list[str]) -> dict:
         want = _generations(reference_model, inputs, options, THRESHOLDS[name])
         got = _generations(parallel_model, inputs, {**options, kind: world}, THRESHOLDS[name])
         results[case] = {"want": want, "got": got, "report": cache_for_model(parallel_model).sharding,
-                         "in_graph": cache_for_model(parallel_model).active().decided_in_graph,
+                         "in_graph": cache_for_model(parallel_model).active().step_tensors is not None,
                          "storage": [p.untyped_storage().nbytes() for p in parallel_model.parameters()]}
     return results
 

@@ -1,41 +1,45 @@
+"""The step's decision rule (``dbcache_step.decide``, on tensors) and the statistics."""
+
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from cachedit_fx.config import DBCacheConfig
-from cachedit_fx.runtime.policy import StepCounters, should_cache
 from cachedit_fx.runtime.stats import GenerationStats
-
-
-def counters(step=10, cached=0, continuous=0, accumulated=0.0, has=True):
-    return StepCounters(step, cached, continuous, accumulated, has)
+from decision import should_cache
 
 
 def test_threshold_is_strict_and_zero_never_caches():
     config = DBCacheConfig(residual_diff_threshold=0.1, max_warmup_steps=0)
-    assert should_cache(config, counters(), 0.0999)[0]
-    assert not should_cache(config, counters(), 0.1)[0]
-    assert not should_cache(config, counters(), float("nan"))[0]
-    assert not should_cache(DBCacheConfig(residual_diff_threshold=0.0, max_warmup_steps=0), counters(), 0.0)[0]
-    assert not should_cache(config, counters(has=False), None)[0]
+    assert should_cache(config, diff=0.0999)
+    assert not should_cache(config, diff=0.1)
+    assert not should_cache(config, diff=float("nan"))
+    assert not should_cache(config, diff=math.inf)
+    assert not should_cache(DBCacheConfig(residual_diff_threshold=0.0, max_warmup_steps=0), diff=0.0)
+    assert not should_cache(config, has=False)
 
 
-def test_decision_order_reports_the_first_rule_that_computes():
+def test_each_limit_alone_makes_the_step_compute():
     config = DBCacheConfig(residual_diff_threshold=1.0, max_warmup_steps=4, max_cached_steps=2,
                            max_continuous_cached_steps=1, max_accumulated_residual_diff_threshold=0.5)
-    assert should_cache(config, counters(step=2, cached=5), 0.0) == (False, "warmup")
-    assert should_cache(config, counters(cached=2, continuous=1), 0.0) == (False, "max_cached_steps")
-    assert should_cache(config, counters(cached=1, continuous=1), 0.0) == (False, "max_continuous_cached_steps")
-    assert should_cache(config, counters(cached=1, accumulated=0.5), 0.0) == (False, "max_accumulated_residual_diff_threshold")
-    assert should_cache(config, counters(cached=1), 0.0) == (True, "diff")
+    assert should_cache(config, cached=1)
+    assert not should_cache(config, step=2, cached=1)
+    assert should_cache(config, step=5, cached=1)  # warmup_interval 1: past max_warmup_steps
+    assert not should_cache(config, cached=2)
+    assert not should_cache(config, cached=1, continuous=1)
+    assert not should_cache(config, cached=1, accumulated=0.5)
+    assert should_cache(config, cached=1, accumulated=0.4999)
 
 
 def test_static_mask_caches_zero_steps_only_with_a_residual():
     config = DBCacheConfig(max_warmup_steps=0, steps_computation_mask=[1, 0, 1], steps_computation_policy="static",
                            residual_diff_threshold=0.0)
-    assert should_cache(config, counters(step=1), None) == (True, "static mask")
-    assert should_cache(config, counters(step=1, has=False), None)[0] is False
-    assert should_cache(config, counters(step=2), 0.0) == (False, "mask")
+    assert should_cache(config, step=1)
+    assert not should_cache(config, step=1, has=False)
+    assert not should_cache(config, step=2)
+    assert not should_cache(config, step=0)
 
 
 def test_mask_length_must_match_num_inference_steps():

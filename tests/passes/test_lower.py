@@ -1,5 +1,5 @@
-"""Regional compilation (``split_blocks``) and compile reuse in ``lower``: equal block graphs
-are compiled once and shared, and the result equals the program compiled piece by piece."""
+"""Compile reuse in ``lower`` and regional compilation: equal block graphs are compiled once
+and shared, and the result equals the program compiled whole."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def test_regional_caching_equals_whole_piece_caching(name, threshold):
 
 
 def test_dbprune_block_pieces_share_compiles(compile_reports):
-    """Blocks 1 and 2 are equal graphs: one compile serves both, as host pieces and as the
-    regions of the program's per-block steps (regional compilation)."""
+    """Blocks 1 and 2 are equal graphs: one compile serves both as the regions of the program's
+    per-block steps, whether the branches are taken in the program or between its parts."""
     model, inputs = TINY_MODELS["wan"]()
     steps = list(trajectory(inputs, 8))
     outputs = {}
-    for variant in ({"in_graph_decision": False}, {"regional_compile": True}):
+    for variant in ({"in_graph_decision": False, "regional_compile": True}, {"regional_compile": True}):
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="cachedit", options={
             "inner_backend": "aot_eager", **variant,
@@ -98,25 +98,6 @@ def test_regional_compile_must_be_a_bool():
         cachedit_fx.parse_options({"regional_compile": "yes"})
 
 
-def test_regional_compile_keeps_the_diff_computed_in_the_head():
-    """With ``cache_kernels="inductor-fused"`` the head's diff sums land in a span sub-piece of
-    their own; decisions and outputs stay those of the whole head."""
-    model, inputs = TINY_MODELS["flux"]()
-    steps = list(trajectory(inputs, 8))
-    results = {}
-    for regional in (False, True):
-        torch._dynamo.reset()
-        compiled = torch.compile(model, backend="cachedit", options=_options(
-            residual_diff_threshold=0.33, cache_kernels="inductor-fused", regional_compile=regional,
-            in_graph_decision=False))
-        results[regional] = (run(compiled, steps), cachedit_fx.summary(compiled))
-    assert 0 < results[True][1].num_cached_steps < 7
-    assert results[True][1].cached_steps == results[False][1].cached_steps
-    assert results[True][1].residual_diffs == results[False][1].residual_diffs
-    for a, b in zip(results[True][0], results[False][0]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
 def _static_indices(piece):
     from torch._functorch._aot_autograd.frontend_utils import _try_get_metadata_from_dynamo
 
@@ -124,9 +105,9 @@ def _static_indices(piece):
     return _try_get_metadata_from_dynamo(piece, {}.keys(), count, [])[1]
 
 
-def test_every_piece_marks_its_parameters_static_as_plain_compile_does(monkeypatch):
-    """What Inductor reads to keep weights out of CUDA-graph input copies: each piece's static
-    inputs are exactly its parameter inputs, and together as many as the whole graph has."""
+def test_the_program_marks_its_parameters_static_as_plain_compile_does(monkeypatch):
+    """What Inductor reads to keep weights out of CUDA-graph input copies: the program's static
+    inputs are exactly its parameter inputs, as many as the plain graph has."""
     import cachedit_fx.passes.lower as lower
     from cachedit_fx.passes.dataflow import is_module_state
 
@@ -141,9 +122,8 @@ def test_every_piece_marks_its_parameters_static_as_plain_compile_does(monkeypat
     monkeypatch.setattr(lower, "compile_piece", lambda piece, settings, inputs: pieces.append(
         (_static_indices(piece), [i for i, n in enumerate(piece.graph.find_nodes(op="placeholder"))
                                   if is_module_state(n)])) or compile_piece(piece, settings, inputs))
-    run(torch.compile(model, backend="cachedit", options=_options(residual_diff_threshold=0.0, in_graph_decision=False)),
+    run(torch.compile(model, backend="cachedit", options=_options(residual_diff_threshold=0.0)),
         list(trajectory(inputs, 1)))
-    assert len(pieces) == 3 and len(plain) == 1 and len(plain[0]) > 100
-    for static, parameters in pieces:
-        assert static == parameters
-    assert sum(len(static) for static, _ in pieces) == len(plain[0])
+    assert len(pieces) == 1 and len(plain) == 1 and len(plain[0]) > 100
+    (static, parameters), = pieces
+    assert static == parameters and len(static) == len(plain[0])
