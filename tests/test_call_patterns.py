@@ -86,6 +86,58 @@ def test_dynamic_shapes_with_the_capture_settings_decide_in_the_program(caplog):
     _assert_equal_outputs(got, _reference(model, segments))
 
 
+class ScaledBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(32, 32)
+
+    def forward(self, hidden_states: torch.Tensor, scale: float) -> torch.Tensor:
+        return hidden_states + torch.tanh(self.lin(hidden_states)) * scale
+
+
+class ScaledChain(torch.nn.Module):
+    """Blocks that read a float computed from the token count, as attention scales are, on
+    tokens grouped by four (a size ``s // 4``, whose strides Dynamo writes ``32*Max(1, s//4)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(ScaledBlock() for _ in range(4))
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, return_dict: bool = True):
+        scale = hidden_states.shape[1] ** -0.5
+        h = (hidden_states + timestep.reshape(-1, 1, 1) * 1e-3).reshape(1, -1, 32)
+        for block in self.blocks:
+            h = block(h, scale)
+        return (h.reshape(hidden_states.shape),)
+
+
+def test_a_symbolic_float_the_middle_blocks_read_crosses_into_the_branch(caplog):
+    """Under ``dynamic=True`` the scale ``tokens ** -0.5`` stays a symbolic float, which a
+    ``torch.cond`` branch cannot take: it crosses as a 0-d tensor read back inside the branch;
+    the carried value's strides are not plain products of its sizes: the branches return it
+    flat. Two resolutions on one graph equal the oracle, in the program and in its parts."""
+    torch.manual_seed(0)
+    model = ScaledChain()
+    segments = [list(trajectory(dict(hidden_states=torch.randn(1, tokens, 8), timestep=torch.tensor([900.0])), 4))
+                for tokens in (16, 36)]
+    reference = ReferenceDBCache(model, ["blocks"], 1, 0, 0.3, warmup=1)
+    want = []
+    for segment in segments:
+        reference.reset()
+        want += run(reference, segment)
+    reference.close()
+    for in_graph in (None, False):
+        torch._dynamo.reset()
+        compiled = cachedit_fx.compile(model, dynamic=True, **dict(
+            OPTIONS, inner_backend="aot_eager", residual_diff_threshold=0.3, in_graph_decision=in_graph))
+        with caplog.at_level(logging.INFO, logger="cachedit_fx"):
+            got = run(compiled, segments[0] + segments[1])
+        assert "without cache" not in caplog.text
+        assert cachedit_fx.summary(compiled).cached_steps, "the check needs cached steps"
+        _assert_equal_outputs(got, want)
+        cachedit_fx.disable(model)
+
+
 @pytest.mark.parametrize("in_graph", [None, False], ids=["in-program", "parts"])
 def test_a_text_length_switch_restarts_the_generation_on_both_decisions(in_graph):
     """Wan's text states are no carried value (cross-attention reads them): the state shapes

@@ -197,8 +197,9 @@ def prepare_branch_inputs(parent: fx.GraphModule, call: fx.Node) -> None:
     """Make the piece ``call`` calls a ``torch.cond`` branch: a float input, or a symbolic float
     whose value the shape environment fixed (an expression without symbols, e.g. a norm's eps
     read with ``.item()`` under ``dynamic=True``), becomes a constant in the piece (inside a
-    branch it would be data-dependent); ``UnsupportedGraph`` for any other input that is
-    neither a tensor nor an integer (a float Dynamo keeps symbolic)."""
+    branch it would be data-dependent); a float Dynamo keeps symbolic (a scale computed from a
+    size under ``dynamic=True``) crosses as a 0-d fp64 tensor read back with ``.item()`` in the
+    piece; ``UnsupportedGraph`` for any other input that is neither a tensor nor an integer."""
     piece = parent.get_submodule(call.target)
     placeholders = list(piece.graph.find_nodes(op="placeholder"))
     kept = []
@@ -209,7 +210,9 @@ def prepare_branch_inputs(parent: fx.GraphModule, call: fx.Node) -> None:
             placeholder.replace_all_uses_with(known)
             piece.graph.erase_node(placeholder)
             continue
-        if not isinstance(example, (torch.Tensor, int, torch.SymInt)) or isinstance(example, bool):
+        if isinstance(example, torch.SymFloat):
+            value = _float_as_tensor(parent, piece, call, value, placeholder)
+        elif not isinstance(example, (torch.Tensor, int, torch.SymInt)) or isinstance(example, bool):
             raise UnsupportedGraph(f"the middle blocks take {type(example).__name__} {getattr(value, 'name', value)}, "
                                    "which torch.cond cannot pass to a branch")
         kept.append(value)
@@ -220,6 +223,27 @@ def prepare_branch_inputs(parent: fx.GraphModule, call: fx.Node) -> None:
             piece.graph.erase_node(node)
     call.args = tuple(kept)
     piece.recompile()
+
+
+def _float_as_tensor(parent: fx.GraphModule, piece: fx.GraphModule, call: fx.Node, value: fx.Node,
+                     placeholder: fx.Node) -> fx.Node:
+    """``value`` (a symbolic float) made a 0-d fp64 tensor before ``call``; in the piece,
+    ``placeholder`` takes the tensor and its users read ``.item()`` of it."""
+    fake_mode = detect_fake_mode([tensor_meta(n) for n in parent.graph.find_nodes(op="placeholder")
+                                  if tensor_meta(n) is not None])
+    with fake_mode or contextlib.nullcontext():
+        example = torch.empty((), dtype=torch.float64)
+    with parent.graph.inserting_before(call):
+        tensor = parent.graph.call_function(torch.scalar_tensor, (value,), {"dtype": torch.float64})
+    tensor.meta["example_value"] = example
+    users = list(placeholder.users)
+    with piece.graph.inserting_after(placeholder):
+        item = piece.graph.call_method("item", (placeholder,))
+    item.meta["example_value"] = placeholder.meta.get("example_value")
+    for user in users:
+        user.replace_input_with(placeholder, item)
+    placeholder.meta["example_value"] = example
+    return tensor
 
 
 def _known_float(example: Any) -> Optional[float]:

@@ -109,6 +109,13 @@ class ValueLadder:
     def levels(self) -> int:
         return 4 if self.kind == "foca" else self.order + 1
 
+    @property
+    def flat_in_branch(self) -> bool:
+        """Whether a ``torch.cond`` branch returns this value as a 1-d view (``branch_outputs``):
+        a symbolic size's strides (``20*Max(1, u)``) are not the plain products ``torch.cond``
+        can match between branches."""
+        return bool(self.fitted) or not all(isinstance(d, int) for d in self.shape)
+
     def fit(self, stored: torch.Tensor, like: torch.Tensor, lead: int = 0) -> torch.Tensor:
         """``stored`` (this value's storage after ``lead`` leading dimensions) narrowed to the
         sizes ``like`` has in the fitted dimensions."""
@@ -460,7 +467,7 @@ class DBCacheStep(torch.nn.Module):
         branch_arguments = (*partners, *series, *weights)
         operands = CondOperands((*branch_arguments, *middle_inputs))
         plans = tuple(v.residual for v in self.layout.values)
-        flat = tuple(bool(v.fitted) for v in self.layout.values)
+        flat = tuple(v.flat_in_branch for v in self.layout.values)
         outputs = unflattened(torch.ops.higher_order.cond(
             cache.reshape(()), CachedBranch(plans, operands, flat),
             ComputeBranch(self.region, len(branch_arguments), operands, flat), tuple(operands.operands)), partners)
@@ -539,9 +546,8 @@ class ComputeBranch(torch.nn.Module):
 
 
 def branch_outputs(outputs: Sequence[torch.Tensor], flat: tuple[bool, ...]) -> tuple[torch.Tensor, ...]:
-    """A branch's contiguous outputs, those marked ``flat`` as 1-d views: ``torch.cond`` cannot
-    match the strides of a data-dependent size (``ValueLadder.fitted``) otherwise; the step
-    views them back to their shapes (``unflattened``)."""
+    """A branch's contiguous outputs, those marked ``flat`` (``ValueLadder.flat_in_branch``) as
+    1-d views; the step views them back to their shapes (``unflattened``)."""
     return tuple(o.reshape(-1) if flat and flat[k] else o for k, o in enumerate(outputs))
 
 

@@ -106,7 +106,7 @@ class PrunedBlockStep(torch.nn.Module):
         weights = forecast_weights(1, has_residual.to(torch.int64), torch.zeros_like(diff)) * len(ladders)
         branch_arguments = (*partners, *ladders, *weights)
         operands = CondOperands((*branch_arguments, *block_inputs))
-        flat = tuple(bool(v.fitted) for v in layout.values)
+        flat = tuple(v.flat_in_branch for v in layout.values)
         outputs = unflattened(torch.ops.higher_order.cond(
             prune.reshape(()), CachedBranch((True,) * len(ladders), operands, flat),
             ComputeBranch(self.region, len(branch_arguments), operands, flat), tuple(operands.operands)), partners)
