@@ -13,22 +13,19 @@ section does not stop the others:
      image + 512 text tokens, bf16, 8 steps: threshold 0 against plain Inductor (error and
      step time), a caching run's decisions against the eager reference DBCache
      (``tests/reference_dbcache.py``), and host syncs per step under
-     ``torch.cuda.set_sync_debug_mode``; the same with ``in_graph_decision=True`` (the step
-     decided inside one compiled program);
-  3. ``reduce_overhead``: the same model with ``mode="reduce-overhead"``: static inputs per
-     piece (Inductor's own count) and step time against plain Inductor in that mode;
-  4. ``cuda_graph_branch``: the same model with ``in_graph_decision=True`` under
-     ``mode="reduce-overhead"`` (the step recorded as one CUDA graph, the branch a
-     conditional node): host syncs over a replayed generation, its cached steps and outputs
+     ``torch.cuda.set_sync_debug_mode``, with the program in parts
+     (``in_graph_decision=False``) and as one program (the default);
+  3. ``cuda_graph_branch``: the same model under ``mode="reduce-overhead"`` (the step
+     recorded as one CUDA graph, the branch a conditional node): host syncs over a replayed generation, its cached steps and outputs
      against the one program without CUDA graphs, threshold-0 step time against plain
      Inductor in that mode (about 2 minutes on an H200 on its own:
      ``--sections cuda_graph_branch``);
-  5. ``offload``: the mid FLUX with diffusers' group offloading (block level, with and without
+  4. ``offload``: the mid FLUX with diffusers' group offloading (block level, with and without
      its streams) and with accelerate's sequential CPU offload, weights on the CPU, adopted by ``cachedit_fx.compile``:
      where the block weights live, peak GPU memory and step time against the model resident on
      the GPU (plain Inductor), threshold-0 error, and the weight bytes fetched by a caching
      generation against an uncached one;
-  6. ``flux_dev``: the FLUX.1-dev transformer (random bf16 weights, 1024px) with the SCM-fast
+  5. ``flux_dev``: the FLUX.1-dev transformer (random bf16 weights, 1024px) with the SCM-fast
      mask for 28 steps against plain Inductor (skipped when the time left is short).
 
 The device machine has an older torch and no diffusers: carry wheels as the device tool's
@@ -51,7 +48,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-SECTIONS = ("kernels", "mid_flux", "reduce_overhead", "cuda_graph_branch", "offload", "flux_dev")
+SECTIONS = ("kernels", "mid_flux", "cuda_graph_branch", "offload", "flux_dev")
 MID_FLUX = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=128,
                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
                 axes_dims_rope=[16, 56, 56])
@@ -218,40 +215,6 @@ def count_host_syncs(model: Callable[..., Any], steps: list[dict[str, Any]], che
     return sum("synchroniz" in str(w.message) for w in caught) / max(len(steps), 1)
 
 
-def check_reduce_overhead(check: Check) -> dict[str, Any]:
-    import cachedit_fx
-    import cachedit_fx.passes.lower as lower
-    from torch._functorch._aot_autograd.frontend_utils import _try_get_metadata_from_dynamo
-
-    static: list[int] = []
-    compile_piece = lower.compile_piece
-
-    def counting(piece: Any, settings: Any, dynamo_inputs: Any = None) -> Any:
-        count = len(list(piece.graph.find_nodes(op="placeholder")))
-        static.append(len(_try_get_metadata_from_dynamo(piece, {}.keys(), count, [])[1]))
-        return compile_piece(piece, settings, dynamo_inputs)
-
-    lower.compile_piece = counting
-    try:
-        count = 4 if check.dry_run else 8
-        model, inputs = check.flux()
-        steps = steps_of(inputs, count)
-        mode = None if check.dry_run else "reduce-overhead"
-        plain = torch.compile(model, backend=check.inner) if check.dry_run else torch.compile(model, mode=mode)
-        timed_generation(plain, steps, check)
-        _, plain_s = timed_generation(plain, steps, check)
-        torch._dynamo.reset()
-        options = dict(inner_backend=check.inner, Fn_compute_blocks=1, max_warmup_steps=1, num_inference_steps=count,
-                       residual_diff_threshold=0.0, **({} if mode is None else {"mode": mode}))
-        compiled = cachedit_fx.compile(model, **options)
-        timed_generation(compiled, steps, check)
-        _, cached_s = timed_generation(compiled, steps, check)
-    finally:
-        lower.compile_piece = compile_piece
-    return {"static_inputs_per_piece": static, "parameters": sum(1 for _ in model.parameters()),
-            "step_s": cached_s, "inductor_step_s": plain_s, "overhead": cached_s / plain_s - 1}
-
-
 def check_cuda_graph_branch(check: Check) -> dict[str, Any]:
     import cachedit_fx
 
@@ -374,7 +337,7 @@ def check_flux_dev(check: Check) -> dict[str, Any]:
 
 
 CHECKS: dict[str, Callable[[Check], dict[str, Any]]] = {
-    "kernels": check_kernels, "mid_flux": check_mid_flux, "reduce_overhead": check_reduce_overhead,
+    "kernels": check_kernels, "mid_flux": check_mid_flux,
     "cuda_graph_branch": check_cuda_graph_branch, "offload": check_offload, "flux_dev": check_flux_dev,
 }
 

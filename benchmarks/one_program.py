@@ -33,7 +33,7 @@ README_START = "<!-- one-program:start -->"
 README_END = "<!-- one-program:end -->"
 DOCUMENT = report.DOCS / "export.md"
 """The document holding the ``one-program`` section that ``--readme`` rewrites."""
-HOST, IN_GRAPH = "parts", "one program"
+HOST, IN_GRAPH = "between parts", "in the program"
 
 
 def settings(threshold: float, warmup: int, in_graph: bool) -> list[CacheSetting]:
@@ -82,7 +82,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"**{model['model']}** ({model['num_blocks']} blocks, {model['steps']} steps, median of "
                   f"{model['repeats']} interleaved generations; plain Inductor {model['inductor_ms']:.0f} ms, "
                   f"cold compile {model['inductor_cold_compile_s']:.0f} s)", "",
-                  "| setting | decision | ms / generation | vs Inductor | realised / ideal | cached steps | cold compile s |",
+                  "| setting | branch taken | ms / generation | vs Inductor | realised / ideal | cached steps | cold compile s |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in model["rows"]:
             versus = (f"{100 * (1 / row['speedup_vs_inductor'] - 1):+.1f}%" if row["setting"] == "threshold0"
