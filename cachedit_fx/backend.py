@@ -71,7 +71,7 @@ def cachedit_backend(
         """The model's cache bound to this graph's chain and options (``_cache_for``)."""
         chain = gm.meta[CHAIN_META_KEY]
         settings.cache.check_against_chain(len(chain))
-        handles.model_cache = _cache_for(example_inputs, settings, chain, run)
+        handles.model_cache = _cache_for(example_inputs, settings, chain)
         stop_prefetch_after(_prefetch_stops(gm, example_inputs, chain, settings.cache))
         return gm
 
@@ -177,8 +177,7 @@ def _prefetch_stops(gm: fx.GraphModule, example_inputs: Sequence[Any], chain: Bl
     return groups
 
 
-def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: BlockChain,
-               run: Optional[ParallelRun]) -> ModelCache:
+def _cache_for(example_inputs: Sequence[Any], settings: BackendSettings, chain: BlockChain) -> ModelCache:
     """The model's cache (found by its lifted parameters, else created), bound to this graph's
     options. One chain per model: a graph that does not hold the model's main block list (a
     refiner between graph breaks), or whose chain is not the one another graph of the model

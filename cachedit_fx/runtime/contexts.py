@@ -2,8 +2,8 @@
 
 A ``ModelCache`` is what the graphs compiled for one model share: the compiled options and
 one ``ModelCacheState`` per named context. Each context has its own state tensors (streams,
-residuals, counters, CFG schedule and statistics), so requests interleaved step by step on one compiled
-model (a serving loop) never see each other's residuals. The active context is chosen per
+residuals, counters, CFG schedule and statistics), so requests interleaved step by step on
+one compiled model (a serving loop) never see each other's residuals. The active context is chosen per
 thread / asyncio task with ``cache_context`` (a ``contextvars`` variable); outside any, it is
 ``"default"`` on the main thread and one of their own for every other thread and asyncio task
 (``caller_context``), dropped when that thread or task ends.
@@ -27,7 +27,6 @@ import logging
 import threading
 import weakref
 from typing import Any, Optional
-
 
 from cachedit_fx.config import DBCacheConfig, check_refresh_changes
 from cachedit_fx.runtime.calibration import Calibrator
