@@ -168,13 +168,12 @@ def _state_inputs(parent: fx.GraphModule, layout: StepLayout, placeholders: list
                   device: torch.device) -> list[fx.Node]:
     """One placeholder per state tensor after the last of Dynamo's, with fake example values
     (of symbolic shape where the graph's shapes are symbolic)."""
-    fake_mode = detect_fake_mode([tensor_meta(n) for n in placeholders if tensor_meta(n) is not None])
     nodes = []
     anchor = placeholders[-1]
     for name, (shape, dtype) in layout.shapes().items():
         with parent.graph.inserting_after(anchor):
             node = anchor = parent.graph.placeholder(STATE_INPUT_PREFIX + name)
-        with fake_mode or contextlib.nullcontext():
+        with _fake_mode(parent):
             node.meta["example_value"] = torch.empty(shape, dtype=dtype, device=device)
         nodes.append(node)
     return nodes
@@ -229,9 +228,7 @@ def _float_as_tensor(parent: fx.GraphModule, piece: fx.GraphModule, call: fx.Nod
                      placeholder: fx.Node) -> fx.Node:
     """``value`` (a symbolic float) made a 0-d fp64 tensor before ``call``; in the piece,
     ``placeholder`` takes the tensor and its users read ``.item()`` of it."""
-    fake_mode = detect_fake_mode([tensor_meta(n) for n in parent.graph.find_nodes(op="placeholder")
-                                  if tensor_meta(n) is not None])
-    with fake_mode or contextlib.nullcontext():
+    with _fake_mode(parent):
         example = torch.empty((), dtype=torch.float64)
     with parent.graph.inserting_before(call):
         tensor = parent.graph.call_function(torch.scalar_tensor, (value,), {"dtype": torch.float64})
@@ -244,6 +241,13 @@ def _float_as_tensor(parent: fx.GraphModule, piece: fx.GraphModule, call: fx.Nod
         user.replace_input_with(placeholder, item)
     placeholder.meta["example_value"] = example
     return tensor
+
+
+def _fake_mode(parent: fx.GraphModule) -> contextlib.AbstractContextManager:
+    """The fake mode of ``parent``'s placeholder values (nothing for a graph without one): new
+    example values made in it share the graph's shape environment."""
+    values = [tensor_meta(n) for n in parent.graph.find_nodes(op="placeholder") if tensor_meta(n) is not None]
+    return detect_fake_mode(values) or contextlib.nullcontext()
 
 
 def _known_float(example: Any) -> Optional[float]:

@@ -653,8 +653,14 @@ def generation_progress(state: dict[str, torch.Tensor]) -> tuple[int, dict[str, 
     """(generations started, steps so far per stream name) from the step's state."""
     counters = state["counters"].tolist()
     steps = state["stream_counters"][:, STEP].tolist()
-    return counters[GENERATIONS], {name: steps[row ^ counters[SWAP]] for name, row in STREAM_INDEX.items()
+    return counters[GENERATIONS], {name: steps[stream_row_of(counters, name)] for name, row in STREAM_INDEX.items()
                                    if row < len(steps)}
+
+
+def stream_row_of(counters: list[int], stream: str) -> int:
+    """The row of ``stream`` in the per-stream state, given the ``counters`` state read as a
+    list (the first call's row holds "uncond" once the streams were swapped)."""
+    return STREAM_INDEX[stream] ^ counters[SWAP]
 
 
 def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> CacheSummary:
@@ -662,7 +668,7 @@ def logged_summary(state: dict[str, torch.Tensor], stream: str = "default") -> C
     by name, and ``PRUNE_LOGGED_STATE`` for DBPrune)."""
     check_stream_name(stream)
     counters = state["counters"].tolist()
-    row = STREAM_INDEX[stream] ^ counters[SWAP]
+    row = stream_row_of(counters, stream)
     num_blocks = counters[NUM_BLOCKS]
     stats = GenerationStats(num_blocks, num_blocks - counters[SKIPPED_BLOCKS])
     if row >= state["stream_counters"].shape[0]:

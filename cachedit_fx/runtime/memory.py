@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cachedit_fx.runtime.dbcache_step import STREAM_INDEX, SWAP, StepLayout, ValueLadder, generation_progress
+from cachedit_fx.runtime.dbcache_step import StepLayout, ValueLadder, generation_progress, stream_row_of
 from cachedit_fx.runtime.state import ModelCacheState
 
 
@@ -37,15 +37,18 @@ def stream_memory(state: ModelCacheState) -> list[StreamMemory]:
     stored = _stored_names(layout)
     counters = tensors["counters"].tolist()
     _, steps = generation_progress(tensors)
-    return [StreamMemory(name, sum(tensors[stored_name][STREAM_INDEX[name] ^ counters[SWAP]].nbytes
+    return [StreamMemory(name, sum(tensors[stored_name][stream_row_of(counters, name)].nbytes
                                    for stored_name in stored), _carried_bytes(layout))
             for name, done in steps.items() if done > 0]
 
 
 def _stored_names(layout: StepLayout) -> list[str]:
     if layout.blocks:
-        return [name for block in layout.blocks for name in block.names()
-                if name.endswith("_input") or "_residual_" in name]
+        stored = []
+        for block in layout.blocks:
+            input_name, _counters, _accumulated, *rest = block.names()
+            stored += [input_name, *rest[:len(block.values)]]
+        return stored
     return ["prev_fn", *(f"residual_{k}" for k in range(len(layout.values)))]
 
 
