@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -29,8 +30,8 @@ from cachedit_fx.kernels import (
     l1_rel_diff_reference,
     taylor_forecast_op,
     taylor_forecast_reference,
-    taylor_update_op,
-    taylor_update_reference_,
+    taylor_push_op,
+    taylor_push_reference,
 )
 from cachedit_fx.kernels.triton_support import runs_triton
 
@@ -74,36 +75,28 @@ def op_cases(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
     ]
     for order in (1, 2):
         ladder = torch.stack([make() for _ in range(order + 1)])
-        out = torch.empty_like(prev)
         levels = order + 1
-        # update: reads value, base and the `order` old levels it differences; writes `levels`.
-        cases.append(OpCase(f"taylor_update_(order={order})", (2 + order + levels) * n * es,
-                            lambda impl, ladder=ladder, levels=levels: _update(impl, ladder, cur, base, levels)))
-        # forecast: reads order+1 levels and base; writes out.
-        cases.append(OpCase(f"taylor_forecast(order={order})", (order + 3) * n * es,
-                            lambda impl, ladder=ladder, order=order, out=out: _forecast(impl, ladder, base, order, out)))
+        gap, pushed = torch.full((1,), 2.0, device=device), torch.full((1,), levels, device=device)
+        weights = torch.tensor([1.5**k / math.factorial(k) for k in range(levels)], device=device)
+        # push: reads value, base and every level; writes a new ladder.
+        cases.append(OpCase(f"taylor_push(order={order})", (2 + 2 * levels) * n * es,
+                            lambda impl, ladder=ladder: _run(impl, taylor_push_op, taylor_push_reference,
+                                                             ladder, cur, base, gap, pushed)))
+        # forecast: reads the levels and base; writes one tensor.
+        cases.append(OpCase(f"taylor_forecast(order={order})", (levels + 2) * n * es,
+                            lambda impl, ladder=ladder, weights=weights: _run(
+                                impl, taylor_forecast_op, taylor_forecast_reference, ladder, base, weights)))
     return cases
 
 
 def _diff(impl, prev, cur, base):
-    if impl == "cachedit":
-        return lambda: l1_rel_diff_op(prev, cur, base)
-    fn = _maybe_compiled(impl, l1_rel_diff_reference)
-    return lambda: fn(prev, cur, base)
+    return _run(impl, l1_rel_diff_op, l1_rel_diff_reference, prev, cur, base)
 
 
-def _update(impl, ladder, value, base, levels):
-    if impl == "cachedit":
-        return lambda: taylor_update_op(ladder, value, base, 2.0, levels)
-    fn = _maybe_compiled(impl, taylor_update_reference_)
-    return lambda: fn(ladder, value, base, 2.0, levels)
-
-
-def _forecast(impl, ladder, base, order, out):
-    if impl == "cachedit":
-        return lambda: taylor_forecast_op(ladder, base, 1.5, order, out)
-    fn = _maybe_compiled(impl, taylor_forecast_reference)
-    return lambda: fn(ladder, base, 1.5, order, out)
+def _run(impl, op, reference, *args):
+    """A call of the custom op ("cachedit") or of its torch reference, eager or compiled."""
+    fn = op if impl == "cachedit" else _maybe_compiled(impl, reference)
+    return lambda: fn(*args)
 
 
 def _maybe_compiled(impl: str, fn: Callable) -> Callable:

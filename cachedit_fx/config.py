@@ -228,9 +228,9 @@ class BackendSettings:
     strict: bool = False
     dump_dir: Optional[str] = None
     cache_kernels: str = "auto"
-    """Who computes the step's diff: the ``cachedit_fx::l1_rel_diff`` custom op ("triton":
-    Triton on CUDA, torch on CPU), or torch ops the compiler fuses into the program ("torch",
-    "inductor-fused", "auto")."""
+    """Who computes the step's diff, ladder push and forecast: the ``cachedit_fx`` custom ops
+    ("triton": Triton on CUDA, torch on CPU; ``kernels.step_kernels``), or torch ops the
+    compiler fuses into the program ("torch", "inductor-fused", "auto")."""
     regional_compile: bool = False
     """Run every chain block as a custom op compiling each distinct block once (cold compile
     time stops growing with depth; costs one call per block at run time)."""

@@ -35,15 +35,17 @@ def prune_config(ref_args: dict, threshold: float) -> DBPruneConfig:
     )
 
 
-VARIANTS = {"program": {}, "parts": {"in_graph_decision": False}, "regional": {"regional_compile": True}}
+VARIANTS = {"program": {}, "parts": {"in_graph_decision": False}, "regional": {"regional_compile": True},
+            "kernels": {"cache_kernels": "triton"}}
 CASES_BY_VARIANT = ([(n, a, "program") for n, a in CASES] + [(n, a, "parts") for n, a in CASES[1:3]]
-                    + [(n, a, "regional") for n, a in CASES[2:4]])
+                    + [(n, a, "regional") for n, a in CASES[2:4]] + [(n, a, "kernels") for n, a in CASES[1:2]])
 
 
 @pytest.mark.parametrize("name,ref_args,variant", CASES_BY_VARIANT, ids=[
     f"{n}-{'-'.join(map(str, a)) or 'plain'}-{v}" for n, a, v in CASES_BY_VARIANT])
 def test_dbprune_equals_reference(name, ref_args, variant):
-    """Decided in the program (the default, also with regional compilation) and between its parts."""
+    """Decided in the program (the default, also with regional compilation or the custom-op
+    arithmetic, Triton interpreted on CPU) and between its parts."""
     model, inputs = TINY_MODELS[name]()
     steps = list(trajectory(inputs, STEPS))
     threshold = THRESHOLDS[name]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings

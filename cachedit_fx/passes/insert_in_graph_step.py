@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.fx as fx
@@ -28,12 +28,11 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from cachedit_fx.config import BackendSettings, DBCacheConfig
-from cachedit_fx.kernels import l1_rel_diff_op, l1_rel_diff_reference
+from cachedit_fx.kernels import TORCH_KERNELS, StepKernels, step_kernels
 from cachedit_fx.passes import IN_GRAPH_META_KEY, ONE_PROGRAM_META_KEY, PARTITION_META_KEY, compile_handles
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.call_inputs import LATENT_NAMES, call_inputs, find_timestep_input, input_index
-from cachedit_fx.passes.partition import Partition
 from cachedit_fx.passes.split_pieces import piece_io
 from cachedit_fx.runtime.calibration import Calibrator, value_plans
 from cachedit_fx.runtime.dbcache_step import DBCacheStep, StepLayout, ValueLadder, streams_for
@@ -56,11 +55,11 @@ def insert_in_graph_step(parent: fx.GraphModule, settings: BackendSettings) -> f
 
 
 def state_input_options(parent: fx.GraphModule, settings: BackendSettings) -> dict[str, Any]:
-    """The rewrite's options for a compiled program: state as graph inputs, the diff sums of
-    ``cache_kernels``, added over the parallel run's group."""
+    """The rewrite's options for a compiled program: state as graph inputs, the arithmetic of
+    ``cache_kernels``, diff sums added over the parallel run's group."""
     run = compile_handles(parent).parallel_run
     return dict(state_as_inputs=True, sums_group=run.group_name if run is not None else None,
-                diff_sums=step_diff_sums(settings.cache_kernels))
+                kernels=step_kernels(settings.cache_kernels))
 
 
 def insert_exported_step(parent: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
@@ -71,17 +70,10 @@ def insert_exported_step(parent: fx.GraphModule, settings: BackendSettings) -> f
                                   reset_input=RESET_INPUT)
 
 
-def step_diff_sums(cache_kernels: str) -> Callable[..., torch.Tensor]:
-    """The diff sums of the in-graph step for option ``cache_kernels``: the custom op for
-    "triton" (Triton on CUDA), else torch ops, which the compiler fuses with the program
-    ("inductor-fused" by construction; "auto" keeps the fusion rather than call a kernel)."""
-    return l1_rel_diff_op if cache_kernels == "triton" else l1_rel_diff_reference
-
-
 def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibrator: Optional[Calibrator],
                            state_as_inputs: bool, reset_input: Optional[str] = None,
                            sums_group: Optional[str] = None,
-                           diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> fx.GraphModule:
+                           kernels: StepKernels = TORCH_KERNELS) -> fx.GraphModule:
     part = parent.meta[PARTITION_META_KEY]
     by_name = {n.name: n for n in parent.graph.nodes}
     _, middle_outputs = piece_io(parent, "middle")
@@ -103,8 +95,7 @@ def rewrite_middle_as_step(parent: fx.GraphModule, config: DBCacheConfig, calibr
         skipped_blocks=part.num_blocks - part.Fn - part.Bn, streams=streams_for(config),
         latent_index=input_index(signature, LATENT_NAMES),
         inputs=tuple((tuple(v.shape), v.dtype) for v in map(tensor_meta, signature)))
-    parent.add_submodule(STEP_MODULE, DBCacheStep(parent.get_submodule("middle"), layout, sums_group,
-                                                         diff_sums))
+    parent.add_submodule(STEP_MODULE, DBCacheStep(parent.get_submodule("middle"), layout, sums_group, kernels))
     state_nodes, reset = add_state(parent, layout, config, hidden.device, state_as_inputs, reset_input)
     with parent.graph.inserting_before(call):
         node = parent.graph.create_node(

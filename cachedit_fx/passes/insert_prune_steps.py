@@ -14,13 +14,12 @@ the one before; each returns its block's outputs one for one. The state is added
 from __future__ import annotations
 
 import operator
-from typing import Callable, Optional
+from typing import Optional
 
-import torch
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings, DBPruneConfig
-from cachedit_fx.kernels.reference import l1_rel_diff_reference
+from cachedit_fx.kernels import TORCH_KERNELS, StepKernels
 from cachedit_fx.passes import IN_GRAPH_META_KEY, PARTITION_META_KEY
 from cachedit_fx.passes.call_inputs import LATENT_NAMES, call_inputs, find_timestep_input, input_index
 from cachedit_fx.passes.insert_in_graph_step import (
@@ -45,7 +44,7 @@ def insert_exported_prune_steps(parent: fx.GraphModule, settings: BackendSetting
 
 def rewrite_blocks_as_steps(parent: fx.GraphModule, config: DBPruneConfig, state_as_inputs: bool,
                             reset_input: Optional[str] = None, sums_group: Optional[str] = None,
-                            diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> fx.GraphModule:
+                            kernels: StepKernels = TORCH_KERNELS) -> fx.GraphModule:
     part: BlockPartition = parent.meta[PARTITION_META_KEY]
     by_name = {n.name: n for n in parent.graph.nodes}
     calls = {n.target: n for n in parent.graph.nodes if n.op == "call_module"}
@@ -71,7 +70,7 @@ def rewrite_blocks_as_steps(parent: fx.GraphModule, config: DBPruneConfig, state
         partners, block_inputs = unaliased_operands(
             parent.graph, call, [*(by_name[s.head_value] for s in block.streams), *call.args], len(block.streams))
         name = f"prune_{block.piece}"
-        step = PrunedBlockStep(parent.get_submodule(block.piece), layout, position, sums_group, diff_sums)
+        step = PrunedBlockStep(parent.get_submodule(block.piece), layout, position, sums_group, kernels)
         parent.add_submodule(name, step)
         with parent.graph.inserting_before(call):
             node = parent.graph.create_node(

@@ -38,7 +38,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import torch
 
 from cachedit_fx.config import DBCacheConfig, DBPruneConfig
-from cachedit_fx.kernels.reference import l1_rel_diff_reference
+from cachedit_fx.kernels import TORCH_KERNELS, StepKernels
 from cachedit_fx.runtime.cond_operands import CondOperands
 from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
 
@@ -408,7 +408,7 @@ class DBCacheStep(torch.nn.Module):
     ``STREAMS``; they share the call count and nothing else."""
 
     def __init__(self, middle: torch.nn.Module, layout: StepLayout, sums_group: Optional[str] = None,
-                 diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> None:
+                 kernels: StepKernels = TORCH_KERNELS) -> None:
         super().__init__()
         self.region = middle
         """What the compute branch runs: the middle piece (``compile_regions`` may replace it)."""
@@ -416,10 +416,9 @@ class DBCacheStep(torch.nn.Module):
         self.sums_group = sums_group
         """The process group (by name) whose ranks' diff sums are added before the decision
         (tensor / context parallelism: every rank then takes the same branch)."""
-        self.diff_sums = diff_sums
-        """``(prev, cur, base) -> [sum|prev - (cur - base)|, sum|prev|]``: torch ops the compiler
-        fuses into the program, or the ``cachedit_fx::l1_rel_diff`` custom op
-        (``cache_kernels="triton"``)."""
+        self.kernels = kernels
+        """The diff sums, ladder push and forecast: torch ops the compiler fuses into the
+        program, or the custom ops (``cache_kernels="triton"``)."""
 
     def forward(self, state: Sequence[torch.Tensor], hidden_entry: torch.Tensor, hidden_cut: torch.Tensor,
                 timestep: Optional[torch.Tensor], fingerprint_inputs: Sequence[torch.Tensor],
@@ -453,12 +452,12 @@ class DBCacheStep(torch.nn.Module):
             if plan.kind == "foca":  # the forecast itself, as a one-level series of weight 1
                 value, predictions[k] = foca_forecast(ladder, anchors, seen)
                 series.append(value.unsqueeze(0))
-                weights += forecast_weights(1, torch.ones_like(updates), elapsed)
+                weights.append(forecast_weights(1, torch.ones_like(updates), elapsed))
             else:
                 series.append(ladder)
-                weights += forecast_weights(ladder.shape[0], updates, elapsed)
+                weights.append(forecast_weights(ladder.shape[0], updates, elapsed))
 
-        diff = relative_diff(self.diff_sums(prev_fn, hidden_cut, hidden_entry), self.sums_group)
+        diff = relative_diff(self.kernels.diff_sums(prev_fn, hidden_cut, hidden_entry), self.sums_group)
         follows = separate & (_one(settings, DIFF_SEPARATE) == 0) & second
         decided = decide(settings, named["mask"], step, cached_steps, continuous, accumulated, has_residual, diff)
         cache = torch.where(follows, (_one(counters, FIRST_DECISION) > 0) & has_residual, decided)
@@ -469,18 +468,18 @@ class DBCacheStep(torch.nn.Module):
         plans = tuple(v.residual for v in self.layout.values)
         flat = tuple(v.flat_in_branch for v in self.layout.values)
         outputs = unflattened(torch.ops.higher_order.cond(
-            cache.reshape(()), CachedBranch(plans, operands, flat),
+            cache.reshape(()), CachedBranch(plans, operands, self.kernels.forecast, flat),
             ComputeBranch(self.region, len(branch_arguments), operands, flat), tuple(operands.operands)), partners)
 
         gap = torch.where(updates > 0, step - last_computed, 1).to(torch.float32)
         for k, (out, partner, ladder, plan) in enumerate(zip(outputs, partners, ladders, self.layout.values)):
-            value = out.float() - partner.float() if plan.residual else out.float()
+            base = partner if plan.residual else None
             if k in predictions:
                 kept_history = foca_after_forecast(ladder, predictions[k], seen)
-                pushed = foca_push(ladder, value)
+                pushed = foca_push(ladder, out.float() - partner.float() if plan.residual else out.float())
             else:
                 kept_history = ladder
-                pushed = ladder_push(ladder, value, gap, (updates + 1).clamp(max=ladder.shape[0]))
+                pushed = self.kernels.ladder_push(ladder, out, base, gap, (updates + 1).clamp(max=ladder.shape[0]))
             write_stream_row(named[f"residual_{k}"], stream, plan.padded(torch.where(cache, kept_history, pushed), 1))
         fresh_fn = torch.where(cache, prev_fn, (hidden_cut.float() - hidden_entry.float()).to(prev_fn.dtype))
         write_stream_row(named["prev_fn"], stream, self.layout.hidden.padded(fresh_fn))
@@ -502,28 +501,24 @@ class DBCacheStep(torch.nn.Module):
 
 
 class CachedBranch(torch.nn.Module):
-    """``(partners, ladders, forecast weights, middle_inputs)`` -> per carried value its Taylor
-    forecast (``base + sum_k ladder[k] * weight[k]`` over the levels in use; base: the partner
-    for a residual ladder, zero otherwise); the arguments arrive as ``CondOperands``."""
+    """``(partners, ladders, forecast weights, middle_inputs)`` -> per carried value its
+    forecast by ``forecast`` (``taylor_forecast_reference``'s signature) from its ladder, based
+    on the partner for a residual ladder; the arguments arrive as ``CondOperands``."""
 
-    def __init__(self, residual_plans: tuple[bool, ...], layout: CondOperands, flat: tuple[bool, ...] = ()) -> None:
+    def __init__(self, residual_plans: tuple[bool, ...], layout: CondOperands,
+                 forecast: Callable[..., torch.Tensor], flat: tuple[bool, ...] = ()) -> None:
         super().__init__()
         self.residual_plans = residual_plans
         self.layout = layout
+        self.forecast = forecast
         self.flat = flat
 
     def forward(self, *operands: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = len(self.residual_plans)
         arguments = self.layout.arguments(operands)
-        partners, ladders, weights = arguments[:n], arguments[n:2 * n], arguments[2 * n:4 * n]
-        outputs = []
-        for k, (partner, ladder, residual) in enumerate(zip(partners, ladders, self.residual_plans)):
-            used, factor = weights[2 * k], weights[2 * k + 1]
-            acc = partner.float() if residual else torch.zeros(partner.shape, dtype=torch.float32,
-                                                               device=partner.device)
-            for level in range(ladder.shape[0]):
-                acc = torch.where(used[level], acc + ladder[level].float() * factor[level], acc)
-            outputs.append(acc.to(ladder.dtype).contiguous())
+        partners, ladders, weights = arguments[:n], arguments[n:2 * n], arguments[2 * n:3 * n]
+        outputs = [self.forecast(ladder, partner if residual else None, weight).contiguous()
+                   for partner, ladder, weight, residual in zip(partners, ladders, weights, self.residual_plans)]
         return branch_outputs(outputs, self.flat)
 
 
@@ -566,14 +561,14 @@ def data_sizes(stored: Sequence[ValueLadder], values: Sequence[torch.Tensor], de
     return torch.cat([torch.full((1,), size, dtype=torch.int64, device=device) for size in sizes])
 
 
-def forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which ladder levels a forecast uses (the first ``min(updates, levels)``) and their
-    weights ``elapsed**k / k!`` (fp32, as the ladder kernels take them)."""
+def forecast_weights(levels: int, updates: torch.Tensor, elapsed: torch.Tensor) -> torch.Tensor:
+    """The forecast's weight of each ladder level (fp32): ``elapsed**k / k!`` for the first
+    ``min(updates, levels)`` levels, 0 (not used) for the others."""
     k = torch.arange(levels, device=updates.device)
-    used = k < updates.clamp(max=levels)
     factorials = torch.tensor([float(math.factorial(i)) for i in range(levels)], dtype=torch.float64,
                               device=updates.device)
-    return used, (elapsed.pow(k.to(torch.float64)) / factorials).to(torch.float32)
+    weights = (elapsed.pow(k.to(torch.float64)) / factorials).to(torch.float32)
+    return torch.where(k < updates.clamp(max=levels), weights, 0.0)
 
 
 def foca_forecast(history: torch.Tensor, anchors: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -599,18 +594,6 @@ def foca_push(history: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     value seen."""
     value = value.to(history.dtype)
     return torch.stack([value, history[FULL], value, history[LATEST]])
-
-
-def ladder_push(ladder: torch.Tensor, value: torch.Tensor, gap: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """``taylor_update_reference_`` as a pure function: ``value`` (fp32) becomes level 0 and
-    each of the first ``levels`` levels becomes the difference of the one below, over ``gap``."""
-    rows = []
-    new = value
-    for k in range(ladder.shape[0]):
-        old = ladder[k].float()
-        rows.append(torch.where(levels > k, new, old).to(ladder.dtype))
-        new = (new - old) / gap
-    return torch.stack(rows)
 
 
 def decide(settings: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, cached_steps: torch.Tensor,

@@ -5,7 +5,7 @@ insert_prune_steps.py``). The first one of a call starts it (``start_call``: bou
 streams, as DBCache does), the call's progress (``PruneCall``) flows from block to block as
 graph values, and the last one finishes it (step counters, the per-step log, ``finish_call``).
 Semantics are cache-dit's DBPrune: every rule is DBCache's (``decide``,
-``CachedBranch``, ``ComputeBranch``, ``ladder_push`` with one-level ladders), applied per block
+``CachedBranch``, ``ComputeBranch``, the ladder push with one-level ladders), applied per block
 with the block's own counters (pruned in a row, accumulated diff, a residual written) and the
 call's step counters (a step that pruned any block counts as cached); the diff compares the
 block's hidden input with the one it saw at its last computed step. With
@@ -20,15 +20,15 @@ step, cached-step count and stream.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from cachedit_fx.kernels.reference import l1_rel_diff_reference
+from cachedit_fx.kernels import TORCH_KERNELS, StepKernels
 from cachedit_fx.runtime.cond_operands import CondOperands
 from cachedit_fx.runtime.dbcache_step import (
     CACHED, DYNAMIC_THRESHOLD, MAX_DYNAMIC, RELAX, STEP, THRESHOLD, CachedBranch, CallStart,
-    ComputeBranch, StepLayout, data_sizes, decide, finish_call, forecast_weights, ladder_push, log_step, relative_diff,
+    ComputeBranch, StepLayout, data_sizes, decide, finish_call, forecast_weights, log_step, relative_diff,
     start_call, unflattened, stream_row, with_stream_row, write_stream_row)
 
 DYNAMIC_DIFFS = 5
@@ -58,14 +58,14 @@ class PrunedBlockStep(torch.nn.Module):
     ``position``: this block's rank among the prunable blocks."""
 
     def __init__(self, block: torch.nn.Module, layout: StepLayout, position: int, sums_group: Optional[str] = None,
-                 diff_sums: Callable[..., torch.Tensor] = l1_rel_diff_reference) -> None:
+                 kernels: StepKernels = TORCH_KERNELS) -> None:
         super().__init__()
         self.region = block
         """What the compute branch runs: the block piece (``compile_regions`` may replace it)."""
         self.layout = layout
         self.position = position
         self.sums_group = sums_group
-        self.diff_sums = diff_sums
+        self.kernels = kernels
 
     @property
     def first(self) -> bool:
@@ -98,22 +98,22 @@ class PrunedBlockStep(torch.nn.Module):
         ladders = [plan.fit(stream_row(named[name], start.stream), partner, lead=1)
                    for name, plan, partner in zip(residual_names, layout.values, partners)]
 
-        diff = relative_diff(self.diff_sums(previous, hidden_input, None), self.sums_group)
+        diff = relative_diff(self.kernels.diff_sums(previous, hidden_input, None), self.sums_group)
         threshold = dynamic_threshold(settings, call.diffs, call.num_diffs)
         prune = decide(settings, named["mask"], call.step, call.cached_steps, continuous, accumulated, has_residual,
                        diff, threshold)
 
-        weights = forecast_weights(1, has_residual.to(torch.int64), torch.zeros_like(diff)) * len(ladders)
+        weights = (forecast_weights(1, has_residual.to(torch.int64), torch.zeros_like(diff)),) * len(ladders)
         branch_arguments = (*partners, *ladders, *weights)
         operands = CondOperands((*branch_arguments, *block_inputs))
         flat = tuple(v.flat_in_branch for v in layout.values)
         outputs = unflattened(torch.ops.higher_order.cond(
-            prune.reshape(()), CachedBranch((True,) * len(ladders), operands, flat),
+            prune.reshape(()), CachedBranch((True,) * len(ladders), operands, self.kernels.forecast, flat),
             ComputeBranch(self.region, len(branch_arguments), operands, flat), tuple(operands.operands)), partners)
 
         one, gap = torch.ones_like(call.step), torch.ones(1, dtype=torch.float32, device=diff.device)
         for name, plan, out, partner, ladder in zip(residual_names, layout.values, outputs, partners, ladders):
-            pushed = ladder_push(ladder, out.float() - partner.float(), gap, one)
+            pushed = self.kernels.ladder_push(ladder, out, partner, gap, one)
             write_stream_row(named[name], start.stream, plan.padded(torch.where(prune, ladder, pushed), 1))
         compared = torch.where(prune, previous, hidden_input)
         write_stream_row(named[input_name], start.stream, layout.input.padded(compared))

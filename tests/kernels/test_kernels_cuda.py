@@ -1,13 +1,15 @@
 """The compiled Triton kernels on a GPU, against fp64 references: the l1 diff sums, the ladder
-update and the forecast, on the tensors' own device (also ``cuda:1`` while ``cuda:0`` is
+push and the forecast, on the tensors' own device (also ``cuda:1`` while ``cuda:0`` is
 current, where there are two GPUs). Skipped where there is no CUDA GPU: the interpreted runs
 in ``test_l1_rel_diff.py`` / ``test_taylor.py`` cover the same kernels on CPU."""
+
+import math
 
 import pytest
 import torch
 
-from cachedit_fx.kernels import (l1_rel_diff_op, taylor_forecast_op, taylor_forecast_reference, taylor_update_op,
-                                 taylor_update_reference_)
+from cachedit_fx.kernels import (l1_rel_diff_op, taylor_forecast_op, taylor_forecast_reference, taylor_push_op,
+                                 taylor_push_reference)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to run compiled Triton")
 
@@ -44,11 +46,13 @@ def test_ladder_and_forecast_on_the_tensors_device(device, dtype, levels):
     with torch.cuda.device(0):
         for step, gap in enumerate([1.0, 2.0, 1.0, 3.0]):
             value, base = (torch.randn(shape, generator=g).to(device, dtype) for _ in range(2))
-            taylor_update_op(ladder, value, base, gap, min(step + 1, levels))
-            taylor_update_reference_(expected, value, base, gap, min(step + 1, levels))
-        out, want = torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device)
-        taylor_forecast_op(ladder, base, 2.0, levels - 1, out)
-        taylor_forecast_reference(expected, base, 2.0, levels - 1, want)
+            scalars = torch.tensor([gap], device=device), torch.tensor([min(step + 1, levels)], device=device)
+            ladder = taylor_push_op(ladder, value, base, *scalars)
+            expected = taylor_push_reference(expected, value, base, *scalars)
+        weights = torch.tensor([2.0**k / math.factorial(k) for k in range(levels)], device=device)
+        out = taylor_forecast_op(ladder, base, weights)
+        want = taylor_forecast_reference(expected, base, weights)
+    assert out.device == ladder.device == torch.device(device)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(ladder, expected, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(out, want, rtol=tolerance, atol=tolerance)

@@ -3,13 +3,15 @@
 import pytest
 import torch
 
-from cachedit_fx.kernels import l1_rel_diff, taylor_forecast, taylor_update_
+from cachedit_fx.kernels import l1_rel_diff, taylor_forecast_op, taylor_push_op
 
 
 def step_arithmetic(prev, hidden_cut, hidden_entry, ladder, middle_out):
     diff, base = l1_rel_diff(prev, hidden_cut * 1.0, base=hidden_entry)
-    taylor_update_(ladder, middle_out + 1.0, gap=2.0, levels=2, base=hidden_cut)
-    forecast = taylor_forecast(ladder, 1.5, 1, base=hidden_cut)
+    gap, levels = torch.full((1,), 2.0), torch.full((1,), 2, dtype=torch.int64)
+    pushed = taylor_push_op(ladder, middle_out + 1.0, hidden_cut, gap, levels)
+    forecast = taylor_forecast_op(pushed, hidden_cut, torch.tensor([1.0, 1.5]))
+    ladder.copy_(pushed)
     return diff / base, forecast * 2.0
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cachedit_fx.runtime.dbcache_step import (
-    foca_after_forecast, foca_forecast, foca_push, forecast_weights, ladder_push)
+from cachedit_fx.kernels import taylor_forecast_reference, taylor_push_reference
+from cachedit_fx.runtime.dbcache_step import foca_after_forecast, foca_forecast, foca_push, forecast_weights
 
 BASE = torch.zeros(3, 4, dtype=torch.float64)
 
@@ -27,14 +27,13 @@ class Taylor:
     def push(self, value: torch.Tensor, step: int) -> None:
         gap = torch.tensor([float(step - self.last if self.updates else 1)])
         levels = torch.tensor([min(self.updates + 1, self.ladder.shape[0])])
-        self.ladder = ladder_push(self.ladder, value.float(), gap, levels)
+        self.ladder = taylor_push_reference(self.ladder, value, None, gap, levels)
         self.updates, self.last = min(self.updates + 1, self.ladder.shape[0]), step
 
     def forecast(self, base: torch.Tensor, step: int) -> torch.Tensor:
-        used, weights = forecast_weights(self.ladder.shape[0], torch.tensor([self.updates]),
-                                         torch.tensor([float(step - self.last)]))
-        terms = [self.ladder[k] * weights[k] for k in range(self.ladder.shape[0]) if used[k]]
-        return base + sum(terms).double()
+        weights = forecast_weights(self.ladder.shape[0], torch.tensor([self.updates]),
+                                   torch.tensor([float(step - self.last)]))
+        return base + taylor_forecast_reference(self.ladder, None, weights).double()
 
 
 class Foca:
