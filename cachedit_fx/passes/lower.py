@@ -133,7 +133,12 @@ def _argument_signature(value: Any, position: dict[fx.Node, int]) -> Hashable:
 
 
 def _value_signature(value: Any) -> Hashable:
+    """A tensor by its shape, its strides (0 for a dimension of size 1: its stride addresses
+    nothing, so FLUX's blocks fed slices of one joined tensor and fresh tensors stay equal),
+    dtype and device."""
     if isinstance(value, torch.Tensor):
-        return ("tensor", str(tuple(value.shape)), str(value.stride()), value.dtype, value.device.type,
+        strides = tuple(0 if isinstance(size, int) and size == 1 else stride
+                        for size, stride in zip(value.shape, value.stride()))
+        return ("tensor", str(tuple(value.shape)), str(strides), value.dtype, value.device.type,
                 value.requires_grad, isinstance(value, torch.nn.Parameter))
     return (type(value).__qualname__, str(value))

@@ -99,7 +99,7 @@ class ModelCache:
 
     def active(self) -> ModelCacheState:
         """The state of the context the current call runs in (created at its first use)."""
-        name = _ACTIVE.get().get(id(self)) or caller_context()
+        name = self.active_name()
         state = self.contexts.get(name)
         return state if state is not None else self.context(name)
 

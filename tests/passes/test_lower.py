@@ -18,10 +18,10 @@ def _options(**extra):
     return {"inner_backend": "aot_eager", "Fn_compute_blocks": 1, "max_warmup_steps": 1, **extra}
 
 
-COMPILES = {"flux": (9, 5), "wan": (5, 2), "pixart": (5, 3)}
+COMPILES = {"flux": (9, 4), "wan": (5, 2), "pixart": (5, 3)}
 """(pieces, compiles) of a regional program: the program (embedders, decision, epilogue) and one
-compile per distinct block graph. Tiny FLUX (8 blocks): one double block (blocks 0-2), the last
-double block, one single block (4-6), the last single block; Wan (4 blocks): one block; PixArt
+compile per distinct block graph. Tiny FLUX (8 blocks): one double block (blocks 0-3), one single
+block (4-6), the last single block (its text half is read by nothing); Wan (4 blocks): one block; PixArt
 (4 blocks): every block but the last stack member shares one compile."""
 
 
