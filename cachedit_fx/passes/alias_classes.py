@@ -29,10 +29,7 @@ _INPLACE_OPERATORS = frozenset({
 
 def op_name(node: fx.Node) -> str:
     """``add`` for ``operator.add``, ``torch.add``, ``Tensor.add`` and ``aten.add.Tensor``."""
-    if isinstance(node.target, str):
-        return node.target
-    name = getattr(node.target, "__name__", "")
-    return name.split(".")[0]
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "").split(".")[0]
 
 
 def writes_in_place(node: fx.Node) -> bool:

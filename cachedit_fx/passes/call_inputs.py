@@ -21,7 +21,8 @@ LATENT_NAMES = ("hidden_states", "x", "sample", "latents", "vision_tokens")
 
 def call_inputs(parent: fx.GraphModule) -> list[fx.Node]:
     """The graph's call inputs: tensor placeholders that are not parameters or buffers."""
-    return [n for n in parent.graph.find_nodes(op="placeholder") if not is_module_state(n) and tensor_meta(n) is not None]
+    return [n for n in parent.graph.find_nodes(op="placeholder")
+            if not is_module_state(n) and tensor_meta(n) is not None]
 
 
 def find_named_input(placeholders: list[fx.Node], names: tuple[str, ...]) -> fx.Node | None:

@@ -31,35 +31,31 @@ def numel_hint(tensor: torch.Tensor) -> int:
     return math.prod(_size(s) for s in tensor.shape)
 
 
+def largest_tensor(nodes: Iterable[fx.Node], pos: dict[fx.Node, int]) -> fx.Node:
+    """The tensor node with the most elements (by ``numel_hint``), the latest among equals."""
+    return max(nodes, key=lambda n: (numel_hint(tensor_meta(n)), pos[n]))
+
+
 def _arg_meta(node: fx.Node, index: int) -> torch.Tensor | None:
-    args = list(node.args)
-    if index >= len(args) or not isinstance(args[index], fx.Node):
-        return None
-    return tensor_meta(args[index])
+    arg = node.args[index] if index < len(node.args) else None
+    return tensor_meta(arg) if isinstance(arg, fx.Node) else None
 
 
 def node_flops(node: fx.Node) -> int:
     """Floating-point operations of one call of ``node`` (2 per multiply-accumulate)."""
-    if node.op not in ("call_function", "call_method"):
-        return 0
-    out = tensor_meta(node)
+    out = tensor_meta(node) if node.op in ("call_function", "call_method") else None
     if out is None:
         return 0
     name = op_name(node)
-    if name == "linear":
-        weight = _arg_meta(node, 1)
-        return 2 * numel_hint(out) * _size(weight.shape[-1]) if weight is not None else 0
-    if name in _MATMULS:
-        first = _arg_meta(node, 1 if name in ("baddbmm", "addmm", "addbmm") else 0)
-        return 2 * numel_hint(out) * _size(first.shape[-1]) if first is not None and first.dim() else 0
+    if name == "linear" or name in _MATMULS:
+        reduced = _arg_meta(node, 1 if name in ("linear", "baddbmm", "addmm", "addbmm") else 0)
+        return 2 * numel_hint(out) * _size(reduced.shape[-1]) if reduced is not None and reduced.dim() else 0
     if name in _CONVOLUTIONS:
         weight = _arg_meta(node, 1)
         return 2 * numel_hint(out) * math.prod(_size(s) for s in weight.shape[1:]) if weight is not None else 0
     if name == "scaled_dot_product_attention":
         query, key = _arg_meta(node, 0), _arg_meta(node, 1)
-        if query is None or key is None:
-            return 0
-        return 4 * numel_hint(query) * _size(key.shape[-2])
+        return 4 * numel_hint(query) * _size(key.shape[-2]) if query is not None and key is not None else 0
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Dataflow queries over a graph in program order (liveness, nearest ancestors).
+"""Dataflow queries over a graph in program order (liveness, nearest ancestors, example values).
 
 All positions index ``list(graph.nodes)``; the output node counts as a use at its position.
 """
@@ -6,7 +6,6 @@ All positions index ``list(graph.nodes)``; the output node counts as a use at it
 from __future__ import annotations
 
 import re
-
 from typing import Callable, Iterable
 
 import torch
@@ -17,33 +16,25 @@ def node_positions(graph: fx.Graph) -> dict[fx.Node, int]:
     return {n: i for i, n in enumerate(graph.nodes)}
 
 
-def live_across(nodes: list[fx.Node], pos: dict[fx.Node, int], cut: int) -> list[fx.Node]:
-    """Values defined before ``cut`` (placeholders excluded) with a use at or after ``cut``."""
-    return [
-        n for n in nodes[:cut]
-        if n.op != "placeholder" and any(pos[u] >= cut for u in n.users)
-    ]
+def live_across(nodes: list[fx.Node], pos: dict[fx.Node, int], cut: int, start: int = 0) -> list[fx.Node]:
+    """Values defined at positions ``start..cut-1`` (placeholders excluded) with a use at or after ``cut``."""
+    return [n for n in nodes[start:cut] if n.op != "placeholder" and any(pos[u] >= cut for u in n.users)]
 
 
 def nearest_ancestors(
     start: fx.Node, candidates: Iterable[fx.Node], may_cross: Callable[[fx.Node], bool]
 ) -> list[fx.Node]:
-    """Candidates reached first by a backward breadth-first walk from ``start``.
-
-    The walk only passes through nodes for which ``may_cross`` holds; it stops at the
-    first depth where any candidate is found and returns all candidates at that depth.
-    """
+    """All candidates at the first depth holding any of a backward breadth-first walk from
+    ``start`` that passes only through nodes for which ``may_cross`` holds."""
     wanted = set(candidates)
     frontier, seen = [start], {start}
     while frontier:
         following = []
         for node in frontier:
             for arg in node.all_input_nodes:
-                if arg in seen:
-                    continue
-                seen.add(arg)
-                if arg in wanted or may_cross(arg):
+                if arg not in seen and (arg in wanted or may_cross(arg)):
                     following.append(arg)
+                seen.add(arg)
         found = [n for n in following if n in wanted]
         if found:
             return found
@@ -59,9 +50,8 @@ def tensor_meta(node: fx.Node) -> torch.Tensor | None:
 def same_layout(a: fx.Node, b: fx.Node) -> bool:
     """Same shape (symbolically, by expression) and dtype."""
     ta, tb = tensor_meta(a), tensor_meta(b)
-    if ta is None or tb is None:
-        return False
-    return ta.dtype == tb.dtype and [str(s) for s in ta.shape] == [str(s) for s in tb.shape]
+    return (ta is not None and tb is not None and ta.dtype == tb.dtype
+            and [str(s) for s in ta.shape] == [str(s) for s in tb.shape])
 
 
 def is_module_state(node: fx.Node) -> bool:
@@ -71,7 +61,7 @@ def is_module_state(node: fx.Node) -> bool:
     if node.op != "placeholder":
         return False
     grapharg = node.meta.get("grapharg")
-    if grapharg is not None and isinstance(getattr(grapharg, "example", None), torch.nn.Parameter):
+    if isinstance(getattr(grapharg, "example", None), torch.nn.Parameter):
         return True
     source = getattr(grapharg, "source", None)
     return source is not None and re.match(r"L\['[^']+'\]\.", source.name) is not None

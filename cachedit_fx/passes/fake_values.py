@@ -27,14 +27,12 @@ def refresh_example_values(gm: fx.GraphModule) -> None:
     values: dict[fx.Node, Any] = {}
     with mode:
         for node in gm.graph.nodes:
-            if node.op == "placeholder":
-                values[node] = node.meta["example_value"]
-                continue
             if node.op == "output":
                 continue
-            args = fx.map_arg(node.args, lambda n: values[n])
-            kwargs = fx.map_arg(node.kwargs, lambda n: values[n])
-            if node.op == "call_function":
+            args, kwargs = fx.map_arg((node.args, node.kwargs), lambda n: values[n])
+            if node.op == "placeholder":
+                result = node.meta["example_value"]
+            elif node.op == "call_function":
                 result = node.target(*args, **kwargs)
             elif node.op == "call_method":
                 result = getattr(args[0], node.target)(*args[1:], **kwargs)
@@ -43,5 +41,4 @@ def refresh_example_values(gm: fx.GraphModule) -> None:
                 result = mode.from_tensor(held, static_shapes=True) if isinstance(held, torch.Tensor) else held
             else:
                 raise AssertionError(f"cannot refresh {node.op} {node.name}")
-            values[node] = result
-            node.meta["example_value"] = result
+            values[node] = node.meta["example_value"] = result

@@ -2,45 +2,34 @@
 
 Assumes: Dynamo-captured torch IR with ``nn_module_stack`` on call nodes.
 
-Block lists: a block is a member ``<list>.<i>`` of a ``ModuleList`` (never the child of a
-``Sequential`` or of any module that is called itself); a node belongs to the outermost such
-block on its module stack, so lists nested in blocks (``ff.net``) are not lists of the graph.
-A block list holds two or more modules of one class (``repeated``) or one module with
-submodules of its own (one block); a ``ModuleList`` of layers of different classes
-(``[GELU, Dropout, Linear]``) is not one and never joins a chain.
+Block lists: a block is a member ``<list>.<i>`` of a module that is never called itself (a
+``ModuleList``, not a ``Sequential``); a node belongs to the outermost such block on its module
+stack, so lists nested in blocks (``ff.net``) are no lists of the graph. A block list holds two
+or more modules of one class (``repeated``) or one module with submodules (one block); a list of
+layers of different classes (``[GELU, Dropout, Linear]``) never joins a chain. A list is
+well-formed when every block runs once as one contiguous run of nodes, indices 0..n-1 in
+program order; it conditions a later well-formed list L when its values reach the graph output
+only by merging into values computed from L's first block, never by entering it (WanAnimate's
+motion encoder, WanVACE's control blocks).
 
-Well-formed lists: every block runs as one contiguous run of nodes, each once, indices 0..n-1 in
-program order. A list that is not (it runs twice, a block runs in pieces, or only some of its
-blocks run) is no candidate for the chain.
+The chain: the well-formed, non-conditioning list carrying the most compute (``compute.py``),
+grown backwards and forwards by neighbouring block lists whose streams continue into it: list B
+follows list A when the largest tensor the streams entering B's first block read (through the
+glue between) is an output of A's last block and none comes from a third list (FLUX.2's
+single-stream blocks read ``cat(text, image)``; a bank of per-block text projections may join
+in). A list whose every block hands the stream on to the next chain block by itself joins
+between chain blocks (Latte's temporal blocks). Lists of one block each form a chain when they
+join one another. Lists on their own streams before the chain (Lumina2 / Z-Image refiners,
+HunyuanVideo's token refiner) and lists adding to a stream that bypasses them (ConsisID's face
+cross-attention) stay outside; ``BlockChain.lists`` records every list with its role.
 
-Conditioning lists: a list that ends before another well-formed list L starts, whose values
-reach the graph output only by merging into values computed from L's first block, never by
-entering that block, conditions L's glue (WanAnimate's motion encoder feeding the face adapter,
-WanVACE's control blocks adding hints): it is no candidate for the chain, whatever its compute.
-
-The chain: the candidate (well-formed, not a conditioning list) carrying the most compute
-(``passes/compute.py``), grown backwards and forwards by neighbouring block lists whose streams
-continue into it: list B follows list A when the streams entering B's first block are made,
-through the glue between them, of A's last block's outputs: the largest tensor they read is one
-of them and none comes from a third list (FLUX.2's single-stream blocks read ``cat(text, image)``
-of the double-stream blocks; a bank of per-block text projections may join in). A list whose
-every block hands the stream on to the next chain block by itself joins the chain between its
-blocks (Latte's temporal blocks). No list needs to repeat: lists of one block each form a chain
-when they join one another (FLUX with one double- and one single-stream block, Latte with one
-spatial and one temporal block); a grown chain of one block is no chain. Lists that run on their
-own streams before the chain (Lumina2 / Z-Image refiners, HunyuanVideo's token refiner,
-WanVACE's control blocks) stay in the prologue; lists whose blocks add to a stream that bypasses
-them (ConsisID's face cross-attention) are glue of the chain; both are recorded in
-``BlockChain.lists`` with their role.
-
-Guarantees (else ``UnsupportedGraph``): the chain holds two or more blocks; every chain block is
-one contiguous run of nodes; each chain list's indices run 0..n-1 in program order and no two
-blocks overlap; every list that is neither well-formed nor a conditioning list carries less
-compute than the chain's main list (else it would be the chain, split by a graph break or run
-twice: the error names it); the graph does not end in a graph break inside a block or inside
-the loop over a chain list (a break before or after the chain is fine). A graph without any
-``ModuleList`` raises ``NoBlocks``. A graph that neither ends in a graph break nor resumes after
-one is never said to be split by graph breaks. The result is ``gm.meta[CHAIN_META_KEY]``.
+Guarantees (else ``UnsupportedGraph``; ``NoBlocks`` when no ``ModuleList`` runs): two or more
+chain blocks, each one contiguous run of nodes, no two overlapping, each chain list's indices
+0..n-1 in program order; every list neither well-formed nor conditioning carries less compute
+than the chain's main list (else it would be the chain, split by a graph break or run twice:
+the error names it); the graph does not end in a graph break inside a block or inside the loop
+over a chain list. Graph breaks are blamed only in a graph that ends in one or resumes after
+one. The result is ``gm.meta[CHAIN_META_KEY]``.
 """
 
 from __future__ import annotations
@@ -50,20 +39,22 @@ import functools
 import hashlib
 import linecache
 import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import AbstractSet, Iterable, Optional
 
 import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes import CHAIN_META_KEY
-from cachedit_fx.passes.compute import node_flops, numel_hint
+from cachedit_fx.passes.compute import largest_tensor, node_flops, total_flops
 from cachedit_fx.passes.dataflow import tensor_meta
 from cachedit_fx.passes.errors import NoBlocks, UnsupportedGraph
 from cachedit_fx.passes.streams import StreamGraph, expr_leaves
 
 _INDEXED_PATH = re.compile(r"^(?P<list>.+)\.(?P<index>\d+)$")
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+_RESUME_FRAME = "torch_dynamo_resume_in_"
 
 
 @dataclass(frozen=True)
@@ -111,6 +102,11 @@ class BlockChain:
     def chain_flops(self) -> int:
         return sum(info.flops for info in self.lists if info.role == "chain")
 
+    def block_ranges(self, graph: fx.Graph) -> list[tuple[int, int]]:
+        """Each block's (first, last) position in ``graph`` (a rewrite of the analysed graph), by node name."""
+        pos = {n.name: i for i, n in enumerate(graph.nodes)}
+        return [(pos[b.node_names[0]], pos[b.node_names[-1]]) for b in self.blocks]
+
     def describe(self) -> str:
         parts = []
         for path in self.list_paths:
@@ -127,10 +123,7 @@ def normalize_module_path(path: str) -> str:
     traced forward's module, whatever its local is called (``L['module']`` when a hook wrapper
     such as accelerate's calls the forward)."""
     path = re.sub(r"^L\['[^']+'\]", "", path)
-    path = re.sub(r"\.__dict__\['_modules'\]\['([^']+)'\]", r".\1", path)
-    path = re.sub(r"\._modules\['([^']+)'\]", r".\1", path)
-    path = re.sub(r"\['([^']+)'\]", r".\1", path)
-    return path.strip(".")
+    return re.sub(r"(?:\.__dict__\['_modules'\]|\._modules)?\['([^']+)'\]", r".\1", path).strip(".")
 
 
 def _stack(node: fx.Node) -> list[tuple[str, str]]:
@@ -196,9 +189,6 @@ class _List:
         return self.flops, sum(r[3] - r[2] + 1 for r in self.runs), -self.first
 
 
-_RESUME_FRAME = "torch_dynamo_resume_in_"
-
-
 def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     nodes = list(gm.graph.nodes)
     fragment = _is_fragment(gm, nodes)
@@ -215,26 +205,30 @@ def analyze_block_chain(gm: fx.GraphModule) -> BlockChain:
     chain = _grown_chain(nodes, lists, main) if main is not None else []
     if sum(info.count for info in chain) < 2:
         raise _no_chain(gm, lists, block_lists, main, fragment)
-    blocks = _chain_blocks(nodes, chain, fragment)
+    problem = next((problems[info.path] for info in chain if problems[info.path] is not None), None)
+    if problem is not None:
+        raise UnsupportedGraph(problem)
+    blocks = _chain_blocks(nodes, chain)
     _check_graph_break(gm, nodes, blocks)
     start, stop = blocks[0].first, blocks[-1].last
-    infos = []
-    for info in (l for l in lists if l.repeated or l in chain):
-        role = ("chain" if info in chain else "prologue" if info.last < start else "epilogue" if info.first > stop
-                else "interleaved")
-        infos.append(ListInfo(info.path, info.kind, info.count, info.flops, role))
-    return BlockChain(tuple(blocks), tuple(infos), sum(node_flops(n) for n in nodes))
+    infos = [ListInfo(info.path, info.kind, info.count, info.flops,
+                      "chain" if info in chain else "prologue" if info.last < start
+                      else "epilogue" if info.first > stop else "interleaved")
+             for info in lists if info.repeated or info in chain]
+    return BlockChain(tuple(blocks), tuple(infos), total_flops(nodes))
+
+
+def ends_in_graph_break(gm: fx.GraphModule) -> bool:
+    """Dynamo ended this graph at a graph break (the forward goes on in another graph)."""
+    return bool(getattr(getattr(gm, "compile_subgraph_reason", None), "graph_break", False))
 
 
 def _is_fragment(gm: fx.GraphModule, nodes: list[fx.Node]) -> bool:
     """The graph is one of several Dynamo made of one forward: it ends in a graph break, or it
     resumes after one (its frames are Dynamo's ``torch_dynamo_resume_in_*`` functions)."""
-    if ends_in_graph_break(gm):
-        return True
-    reason = getattr(gm, "compile_subgraph_reason", None)
-    if any(frame.name.startswith(_RESUME_FRAME) for frame in getattr(reason, "user_stack", None) or []):
-        return True
-    return any(_RESUME_FRAME in (node.meta.get("stack_trace") or "") for node in nodes)
+    frames = getattr(getattr(gm, "compile_subgraph_reason", None), "user_stack", None) or []
+    return (ends_in_graph_break(gm) or any(frame.name.startswith(_RESUME_FRAME) for frame in frames)
+            or any(_RESUME_FRAME in (node.meta.get("stack_trace") or "") for node in nodes))
 
 
 def _run_problem(info: _List, fragment: bool) -> Optional[str]:
@@ -252,45 +246,28 @@ def _run_problem(info: _List, fragment: bool) -> Optional[str]:
 
 
 def _conditioning_lists(nodes: list[fx.Node], block_lists: list[_List], candidates: list[_List]) -> list[_List]:
-    """The block lists that condition the glue of a later candidate (module docstring)."""
-    merged: dict[str, set[fx.Node]] = {}
-    conditioning = []
-    for info in block_lists:
-        for later in (other for other in candidates if other.first > info.last):
-            head = nodes[later.runs[0][2]:later.runs[0][3] + 1]
-            if later.path not in merged:
-                merged[later.path] = _descendants(head)
-            if _merges_only_after(info, set(head), merged[later.path], nodes):
-                conditioning.append(info)
-                break
-    return conditioning
+    """The block lists whose values reach the graph output only through values computed from the
+    first block of a later candidate, never by entering that block (module docstring)."""
+    heads = {later.path: set(nodes[later.runs[0][2]:later.runs[0][3] + 1]) for later in candidates}
+    merged = {path: _descendants(head) for path, head in heads.items()}
+
+    def conditions(info: _List, later: _List) -> bool:
+        reached = _descendants([n for run in info.runs for n in nodes[run[2]:run[3] + 1]], merged[later.path])
+        return not any(n.op == "output" or n in heads[later.path] for n in reached)
+
+    return [info for info in block_lists
+            if any(conditions(info, later) for later in candidates if later.first > info.last)]
 
 
-def _merges_only_after(info: _List, head: set[fx.Node], merged: set[fx.Node], nodes: list[fx.Node]) -> bool:
-    """What ``info``'s blocks compute reaches the graph output only through ``merged`` (values
-    computed from the ``head`` block of a later list), never by entering ``head`` itself."""
-    frontier = [node for run in info.runs for node in nodes[run[2]:run[3] + 1]]
-    seen = set(frontier)
-    while frontier:
-        for user in frontier.pop().users:
-            if user in seen:
-                continue
-            seen.add(user)
-            if user.op == "output" or user in head:
-                return False
-            if user not in merged:
-                frontier.append(user)
-    return True
-
-
-def _descendants(sources: list[fx.Node]) -> set[fx.Node]:
-    """``sources`` and every node that depends on one of them."""
+def _descendants(sources: Iterable[fx.Node], stop: AbstractSet[fx.Node] = frozenset()) -> set[fx.Node]:
+    """``sources`` and every node that depends on one of them, walking on from no ``stop`` node."""
     found, frontier = set(sources), list(sources)
     while frontier:
         for user in frontier.pop().users:
             if user not in found:
                 found.add(user)
-                frontier.append(user)
+                if user not in stop:
+                    frontier.append(user)
     return found
 
 
@@ -328,11 +305,6 @@ def _no_chain(gm: fx.GraphModule, lists: list[_List], block_lists: list[_List], 
         f"and continues into no other block list, nor another into it ({held}): nothing to cache")
 
 
-def ends_in_graph_break(gm: fx.GraphModule) -> bool:
-    """Dynamo ended this graph at a graph break (the forward goes on in another graph)."""
-    return bool(getattr(getattr(gm, "compile_subgraph_reason", None), "graph_break", False))
-
-
 def _grown_chain(nodes: list[fx.Node], lists: list[_List], main: _List) -> list[_List]:
     """``main`` and every block list that joins it (the module docstring's rules), in program order."""
     joinable = [info for info in lists if info.is_block_list]
@@ -358,33 +330,15 @@ def _block_lists(nodes: list[fx.Node]) -> list[_List]:
     """Every top-level block list of the graph with its contiguous runs, in program order."""
     stacks = [[] if n.op in ("placeholder", "output") else _stack(n) for n in nodes]
     called = {path for stack in stacks for path, _ in stack}
-    members: dict[str, dict[int, set[str]]] = {}
-    for stack in stacks:
-        for path, cls in stack:
-            match = _INDEXED_PATH.match(path)
-            if match and match["list"] not in called:
-                members.setdefault(match["list"], {}).setdefault(int(match["index"]), set()).add(cls)
-    qualifying = set(members)
-    repeated = set()
-    for path, by_index in members.items():
-        counts: dict[str, int] = {}
-        for classes in by_index.values():
-            for cls in classes:
-                counts[cls] = counts.get(cls, 0) + 1
-        if max(counts.values()) >= 2:
-            repeated.add(path)
-    owners: list[Optional[tuple[str, int, str]]] = []
-    compound: set[str] = set()
-    for stack in stacks:
-        owner = None
-        for depth, (path, cls) in enumerate(stack):
-            match = _INDEXED_PATH.match(path)
-            if match and match["list"] in qualifying:
-                owner = (match["list"], int(match["index"]), cls)
-                if depth + 1 < len(stack):
-                    compound.add(match["list"])
-                break
-        owners.append(owner)
+    # per node: (list, index, class, depth) of each member of a never-called list on its stack
+    indexed = [[(m["list"], int(m["index"]), cls, depth) for depth, (path, cls) in enumerate(stack)
+                if (m := _INDEXED_PATH.match(path)) and m["list"] not in called] for stack in stacks]
+    classes: dict[str, Counter[str]] = {}
+    for path, index, cls in {entry[:3] for entries in indexed for entry in entries}:
+        classes.setdefault(path, Counter())[cls] += 1
+    repeated = {path for path, counts in classes.items() if max(counts.values()) >= 2}
+    owners = [entries[0][:3] if entries else None for entries in indexed]
+    compound = {entries[0][0] for entries, stack in zip(indexed, stacks) if entries and entries[0][3] + 1 < len(stack)}
     _absorb_stackless(nodes, stacks, owners)
     found: dict[str, _List] = {}
     for pos, owner in enumerate(owners):
@@ -443,9 +397,9 @@ def _continues_into(nodes: list[fx.Node], earlier: tuple, later: tuple, lists: l
     """The streams entering block run ``later`` are made, through the glue between, of block
     run ``earlier``'s outputs: the largest tensor they read is one of them, and none is the output
     of another block list (two refiners joined into one stream). Values computed outside block
-    lists (embeddings, a bank of per-block projections) may join in. No stream bypasses
-    ``later``: a block whose input is also read after it (``h + s * block(h)``: ConsisID's face
-    cross-attention) returns an update to the stream, not the stream."""
+    lists (embeddings, a bank of per-block projections) may join in. No stream is read as a tensor
+    after ``later`` (shape reads do not count): a block whose input is also read after it
+    (``h + s * block(h)``: ConsisID's face cross-attention) returns an update to the stream."""
     graph = StreamGraph(nodes, [(earlier[2], earlier[3]), (later[2], later[3])])
     try:
         entries = {graph.continued_input(o) for o in graph.block_outputs(1)} - {None}
@@ -453,19 +407,13 @@ def _continues_into(nodes: list[fx.Node], earlier: tuple, later: tuple, lists: l
                   if tensor_meta(leaf) is not None]
     except UnsupportedGraph:
         return False
-    if not leaves or any(_read_after(entry, later[3], graph.pos) for entry in entries):
+    if not leaves or any(graph.pos[user] > later[3] and user.op != "output" and tensor_meta(user) is not None
+                         for entry in entries for user in entry.users):
         return False
     others = [run for info in lists if not info.bank for run in info.runs if run not in (earlier, later)]
     if any(run[2] <= graph.pos[leaf] <= run[3] for leaf in leaves for run in others):
         return False
-    largest = max(leaves, key=lambda n: (numel_hint(tensor_meta(n)), graph.pos[n]))
-    return earlier[2] <= graph.pos[largest] <= earlier[3]
-
-
-def _read_after(value: fx.Node, position: int, pos: dict[fx.Node, int]) -> bool:
-    """A node after ``position`` reads tensor ``value`` as a tensor (shape reads do not count)."""
-    return any(pos[user] > position and user.op != "output" and tensor_meta(user) is not None
-               for user in value.users)
+    return earlier[2] <= graph.pos[largest_tensor(leaves, graph.pos)] <= earlier[3]
 
 
 def _interleaved_into(nodes: list[fx.Node], info: _List, chain_runs: list[tuple], lists: list[_List]) -> bool:
@@ -476,20 +424,14 @@ def _interleaved_into(nodes: list[fx.Node], info: _List, chain_runs: list[tuple]
     for run in info.runs:
         before = next((r for r in reversed(chain_runs) if r[3] < run[2]), None)
         after = next((r for r in chain_runs if r[2] > run[3]), None)
-        if before is None or not _continues_into(nodes, before, run, lists):
-            return False
-        if after is not None and not _continues_into(nodes, run, after, lists):
+        if (before is None or not _continues_into(nodes, before, run, lists)
+                or after is not None and not _continues_into(nodes, run, after, lists)):
             return False
     return True
 
 
-def _chain_blocks(nodes: list[fx.Node], chain: list[_List], fragment: bool) -> list[Block]:
-    """The blocks of the chain's lists in program order; raises if a list is not well-formed or
-    two blocks overlap."""
-    for info in chain:
-        problem = _run_problem(info, fragment)
-        if problem is not None:
-            raise UnsupportedGraph(problem)
+def _chain_blocks(nodes: list[fx.Node], chain: list[_List]) -> list[Block]:
+    """The blocks of the chain's lists in program order; raises if two blocks overlap."""
     runs = sorted(((info.path, *run) for info in chain for run in info.runs), key=lambda r: r[3])
     blocks: list[Block] = []
     for path, index, cls, first, last in runs:
@@ -501,31 +443,27 @@ def _chain_blocks(nodes: list[fx.Node], chain: list[_List], fragment: bool) -> l
     return blocks
 
 
-def _frames(stack_trace: Any) -> list[tuple[str, int, str]]:
-    return [(m["file"], int(m["line"]), m["func"]) for m in _FRAME.finditer(stack_trace or "")]
-
-
 def _check_graph_break(gm: fx.GraphModule, nodes: list[fx.Node], blocks: list[Block]) -> None:
     """Raise if the graph ends in a graph break inside a chain block or inside the loop that
     calls a chain list's blocks (the rest of the chain then lies in another graph)."""
-    reason = getattr(gm, "compile_subgraph_reason", None)
-    if reason is None or not getattr(reason, "graph_break", False):
+    if not ends_in_graph_break(gm):
         return
-    held = (f"{blocks[0].list_path}.{blocks[0].list_index}..{blocks[-1].list_path}.{blocks[-1].list_index}")
-    user_stack = [(f.filename, f.lineno) for f in (getattr(reason, "user_stack", None) or [])]
+    held = f"{blocks[0].list_path}.{blocks[0].list_index}..{blocks[-1].list_path}.{blocks[-1].list_index}"
+    user_stack = [(f.filename, f.lineno) for f in (getattr(gm.compile_subgraph_reason, "user_stack", None) or [])]
     call_sites = set()
     for block in blocks:
-        frames = _frames(nodes[block.first].meta.get("stack_trace"))
-        if not frames:
+        frame = _FRAME.search(nodes[block.first].meta.get("stack_trace") or "")
+        if frame is None:
             raise UnsupportedGraph(f"graph break after blocks {held}; cannot tell whether it splits the chain")
-        call_sites.add(frames[0][:2])
+        call_sites.add((frame["file"], int(frame["line"])))
     if not user_stack or len(user_stack) > 1 and user_stack[0] in call_sites:
         raise UnsupportedGraph(f"graph break inside a block of the chain (blocks {held} in this graph)")
     file, line = user_stack[0]
     for site_file, site_line in call_sites:
         if site_file != file:
             raise UnsupportedGraph(f"graph break outside the chain's forward after blocks {held}")
-        first_line, last_line = _enclosing_loop(site_file, site_line) or (site_line, site_line)
+        spans = [span for span in _loops(site_file) if span[0] <= site_line <= span[1]]
+        first_line, last_line = min(spans, key=lambda s: s[1] - s[0], default=(site_line, site_line))  # innermost
         if first_line <= line <= last_line:
             raise UnsupportedGraph(f"graph break inside the loop over the chain's blocks (blocks {held} in this "
                                    "graph, the rest in the next)")
@@ -533,15 +471,9 @@ def _check_graph_break(gm: fx.GraphModule, nodes: list[fx.Node], blocks: list[Bl
 
 @functools.lru_cache(maxsize=64)
 def _loops(file: str) -> tuple[tuple[int, int], ...]:
-    source = "".join(linecache.getlines(file))
+    """Line spans of the ``for`` / ``while`` loops of ``file``."""
     try:
-        tree = ast.parse(source)
+        tree = ast.parse("".join(linecache.getlines(file)))
     except (SyntaxError, ValueError):
         return ()
     return tuple((n.lineno, n.end_lineno or n.lineno) for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While)))
-
-
-def _enclosing_loop(file: str, line: int) -> Optional[tuple[int, int]]:
-    """Line span of the innermost ``for`` / ``while`` of ``file`` containing ``line``."""
-    spans = [span for span in _loops(file) if span[0] <= line <= span[1]]
-    return min(spans, key=lambda s: s[1] - s[0]) if spans else None

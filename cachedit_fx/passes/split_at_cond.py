@@ -1,27 +1,27 @@
 """Cut an ATen graph at its first ``torch.cond`` into the part before it, the branches, and the
-part after it, so each can be compiled apart and the ``cond`` itself dispatched at run time
-(where CUDA-graph trees capture it as a conditional node, ``runtime/cond_parts.py``). The part
-after holds the graph's later ``cond``s (DBPrune has one per block): cut it again
-(``holds_cond``).
+part after it, so each can be compiled apart and the ``cond`` dispatched at run time (where
+CUDA-graph trees capture it as a conditional node, ``runtime/cond_parts.py``). The part after
+holds the graph's later ``cond``s (DBPrune has one per block): cut it again (``holds_cond``).
 
 Assumes: a functional ATen graph (AOTAutograd's inference graph, input mutations kept as
 ``copy_`` on placeholders) with one or more ``torch.ops.higher_order.cond`` nodes, whose
 branches are ``get_attr`` submodules and whose results are read only through ``getitem``.
 Guarantees: ``before`` takes every graph input and returns, in order, ``crossing`` (the values
-it defines that the ``cond`` or ``after`` reads); ``after`` takes ``after_inputs`` (graph
-inputs and crossing values), then the ``cond`` outputs listed in ``cond_results``, and returns
-what the graph returns; every node keeps its order and meta; ``get_attr`` constants are copied into the
-part that reads them. No node is run.
+it defines that the ``cond`` or ``after`` reads); ``after`` takes ``after_inputs`` (graph inputs and
+crossing values), then the ``cond`` outputs listed in ``cond_results``, and returns what the
+graph returns; node order and meta are kept; ``get_attr`` constants are copied into the part
+that reads them. No node is run.
 """
 
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.fx as fx
+
+from cachedit_fx.passes.split_pieces import subgraph_module
 
 COND = torch.ops.higher_order.cond
 
@@ -90,32 +90,11 @@ def split_at_cond(gm: fx.GraphModule) -> CondSplit:
     after_inputs = [n for n in (*placeholders, *crossing) if read_later(n)]
     results.sort(key=lambda n: n.args[1])
     result_names = {n: COND_RESULT.format(cond.name, n.args[1]) for n in results}
-    before = _subgraph(gm, placeholders, before_nodes, lambda env: tuple(env[n] for n in crossing))
-    after = _subgraph(gm, [*after_inputs, *results], after_nodes,
-                      lambda env: fx.map_arg(output.args[0], lambda n: env[n]), result_names)
+    before = subgraph_module(gm, placeholders, before_nodes, lambda env: tuple(env[n] for n in crossing))
+    after = subgraph_module(gm, [*after_inputs, *results], after_nodes,
+                            lambda env: fx.map_arg(output.args[0], lambda n: env[n]), result_names)
     return CondSplit(
         before=before, true_branch=getattr(gm, true_attr.target), false_branch=getattr(gm, false_attr.target),
         after=after, inputs=tuple(n.name for n in placeholders), crossing=tuple(n.name for n in crossing),
         predicate=predicate.name, operands=tuple(n.name for n in operands),
         after_inputs=tuple(n.name for n in after_inputs), cond_results=tuple(n.args[1] for n in results))
-
-
-def _subgraph(gm: fx.GraphModule, inputs: Iterable[fx.Node], members: list[fx.Node],
-              outputs: Callable[[dict[fx.Node, fx.Node]], object],
-              renamed: dict[fx.Node, str] | None = None) -> fx.GraphModule:
-    """A graph of ``members`` (in order) reading ``inputs`` as placeholders (meta kept)."""
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for node in inputs:
-        env[node] = graph.placeholder((renamed or {}).get(node, node.name))
-        env[node].meta = dict(node.meta)
-
-    def look_up(node: fx.Node) -> fx.Node:
-        if node not in env and node.op == "get_attr":
-            env[node] = graph.node_copy(node)
-        return env[node]
-
-    for node in members:
-        env[node] = graph.node_copy(node, look_up)
-    graph.output(outputs(env))
-    return fx.GraphModule(gm, graph)
