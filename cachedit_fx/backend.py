@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch.utils._pytree import tree_map_only
 
 from cachedit_fx.config import CAPTURE_SETTINGS, BackendSettings, DBCacheConfig, parse_options
-from cachedit_fx.parallelism import ParallelRun, bind_parallel_run, check_no_foreign_parallelism
+from cachedit_fx.parallelism import ParallelRun, bind_parallel_run, check_no_foreign_parallelism, release_full_storage
 from cachedit_fx.passes import (
     CHAIN_META_KEY, HANDLES_META_KEY, PARTITION_META_KEY, SHARDING_META_KEY, CompileHandles,
     compile_handles)
@@ -36,7 +36,6 @@ from cachedit_fx.runtime.stateful_program import program_with_state
 from cachedit_fx.runtime.registry import cache_for_params
 from cachedit_fx.runtime.state import ChainShape
 from cachedit_fx.runtime.weight_fetch import stop_prefetch_after
-from cachedit_fx.runtime.weight_shards import release_full_storage
 from cachedit_fx.stored_weights import StoredWeight
 
 log = logging.getLogger("cachedit_fx")

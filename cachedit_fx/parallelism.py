@@ -2,17 +2,21 @@
 
 ``ParallelRun`` binds a config to the live process group when a graph is compiled: the
 rank, the group's name for the functional collectives in the graph, and the all-reduce that
-makes every rank's cache decision identical.
+makes every rank's cache decision identical. ``weight_shard`` keeps this rank's parameter
+shards for the life of each parameter: every later compile of the model reuses them (it may
+see the parameter after its full storage was released).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
 from cachedit_fx.passes.errors import ParallelismError
+from cachedit_fx.shard_layout import local_pieces
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,32 @@ def bind_parallel_run(config: Optional[ParallelismConfig]) -> Optional[ParallelR
         raise ParallelismError(f"{'tp_size' if config.kind == 'tp' else 'ulysses_size'}={config.size} "
                                f"must equal the world size {world}")
     return ParallelRun(config, dist.get_rank(), world, dist.group.WORLD.group_name)
+
+
+_SHARDS: "weakref.WeakKeyDictionary[torch.Tensor, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_RELEASED: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()
+
+
+def weight_shard(param: torch.Tensor, dim: int, segments: Sequence[int], world: int, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s chunks of ``(dim, segments)`` of ``param``, as one contiguous copy cut once."""
+    key = (dim, tuple(segments), world, rank)
+    shards = _SHARDS.setdefault(param, {})
+    if key not in shards:
+        if param in _RELEASED:
+            raise RuntimeError("a parameter whose full storage was released is asked for a new shard layout "
+                               f"{key}; compile with release_full_weights=False")
+        with torch.no_grad():
+            parts = [param.detach().narrow(dim, start, size) for start, size in local_pieces(segments, world, rank)]
+            shards[key] = torch.cat(parts, dim)
+    return shards[key]
+
+
+def release_full_storage(param: torch.Tensor) -> int:
+    """Free ``param``'s storage (its shape and strides stay, so Dynamo's guards still hold);
+    returns the bytes freed."""
+    if param in _RELEASED:
+        return 0
+    freed = param.untyped_storage().nbytes()
+    param.untyped_storage().resize_(0)
+    _RELEASED.add(param)
+    return freed

@@ -58,19 +58,15 @@ def rank_major_pieces(segments: Sequence[int], world: int) -> list[tuple[int, in
 def split_segments(segments: Sequence[int], boundaries: Sequence[int]) -> Optional[list[tuple[int, ...]]]:
     """The segments of each part when the dimension is cut into parts of ``boundaries`` sizes,
     or ``None`` if a cut falls inside a segment."""
-    parts, current, filled = [], [], 0
-    remaining = list(boundaries)
+    parts, current, remaining = [], [], list(boundaries)
     for length in segments:
-        if not remaining:
-            return None
         current.append(length)
-        filled += length
-        if filled == remaining[0]:
-            parts.append(tuple(current))
-            current, filled = [], 0
-            remaining.pop(0)
-        elif filled > remaining[0]:
+        if not remaining or sum(current) > remaining[0]:
             return None
+        if sum(current) == remaining[0]:
+            parts.append(tuple(current))
+            current = []
+            remaining.pop(0)
     return parts if not remaining and not current else None
 
 
@@ -117,12 +113,11 @@ def map_view(spec: Sharded, in_shape: Sequence[int], out_shape: Sequence[int], w
         inner_b = math.prod(out_shape[d] for d in dims_b if d > new_dim)
         segments = []
         for length in spec.segments:
-            elements = length * inner_a
-            if elements % inner_b:
+            if length * inner_a % inner_b:
                 return None
-            segments.append(elements // inner_b)
-            for rank in range(world):
-                if chunk_bounds(length, world, rank)[1] * inner_a != chunk_bounds(elements // inner_b, world, rank)[1] * inner_b:
-                    return None
+            segments.append(length * inner_a // inner_b)
+            if any(chunk_bounds(length, world, r)[1] * inner_a != chunk_bounds(segments[-1], world, r)[1] * inner_b
+                   for r in range(world)):
+                return None
         return Sharded(new_dim, tuple(segments))
     return None

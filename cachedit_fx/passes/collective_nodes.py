@@ -2,9 +2,8 @@
 
 Every collective is a ``torch.ops._c10d_functional`` op followed by ``wait_tensor``, so it
 lives inside the compiled pieces and Inductor may overlap it with compute. All sizes are
-Python ints fixed at compile time (each rank compiles its own program). Invariants: a value
-handed to these builders holds exactly this rank's chunks of its ``Sharded`` layout, and the
-results follow the layouts described on each builder.
+Python ints fixed at compile time (each rank compiles its own program). Invariant: a value
+handed to these builders holds exactly this rank's chunks of its ``Sharded`` layout.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ _C10D = torch.ops._c10d_functional
 
 @dataclass
 class CollectiveEmitter:
-    """Appends nodes (named ``cachedit_*``) to ``graph``; ``meta`` (e.g. the consumer's ``nn_module_stack``) is copied
-    onto each, so inserted nodes stay inside the block that needs them."""
+    """Appends nodes (named ``cachedit_*``) to ``graph``; ``meta`` (e.g. the consumer's
+    ``nn_module_stack``) is copied onto each, so inserted nodes stay inside the block that needs them."""
 
     graph: fx.Graph
     world: int
@@ -81,8 +80,7 @@ class CollectiveEmitter:
             for start, size in local_pieces(spec.segments, self.world, rank):
                 pieces.append((start, offset, size))
                 offset += size
-        ordered = [(offset, size) for _, offset, size in sorted(pieces)]
-        full = self.take_pieces(gathered, 0, ordered)
+        full = self.take_pieces(gathered, 0, [(offset, size) for _, offset, size in sorted(pieces)])
         return self.call(torch.movedim, full, 0, spec.dim)
 
     def sequence_to_heads(self, x: fx.Node, spec: Sharded, shape: Sequence[int]) -> fx.Node:

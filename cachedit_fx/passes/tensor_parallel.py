@@ -1,14 +1,13 @@
 """Tensor parallelism: shard each block's attention heads and MLP over ``tp_size`` ranks.
 
 Assumes: ``gm.meta[CHAIN_META_KEY]``; a ``ParallelRun`` of kind "tp" in ``compile_handles(gm)``.
-Finds, by dataflow inside the chain's blocks, the projections that feed attention's query,
-key and value (through norms, rotary embedding, concatenation and views) and the first
-linear of every MLP (a linear whose output reaches only other linears through pointwise ops
-and last-dim concatenation); these run column-parallel, and the linears consuming their
-sharded outputs run row-parallel followed by a functional all-reduce. Each rank's graph then
-reads only its weight shards (new placeholders fed by the backend). Guarantees: the rewritten
-graph computes the original function (``shard_propagation``); the ``ShardingReport`` lands
-in ``meta[SHARDING_META_KEY]`` and the chain is re-analysed on the new graph.
+Column-parallel, found by dataflow inside the chain's blocks: the projections feeding
+attention's query, key and value (through norms, rotary embedding, concatenation and views),
+and every MLP's first linear (one whose output reaches only other linears, through pointwise
+ops and last-dim concatenation). The linears consuming their sharded outputs run row-parallel
+and all-reduce. Each rank reads only its weight shards (new placeholders fed by the backend).
+Guarantees: the rewritten graph computes the original function (``shard_propagation``);
+``record_sharding`` stores the report and re-analyses the chain.
 """
 
 from __future__ import annotations
@@ -24,12 +23,16 @@ from cachedit_fx.passes.errors import ParallelismError
 from cachedit_fx.passes.fake_values import fake_mode_of
 from cachedit_fx.passes.find_block_chain import BlockChain
 from cachedit_fx.passes.inner_compile import STATIC_WEIGHT_META_KEY
+from cachedit_fx.parallelism import weight_shard
 from cachedit_fx.shard_layout import Sharded, map_view
 from cachedit_fx.passes.shard_propagation import (
-    LIKE_FUNCTIONS, UNARY_METHODS, ShardPlan, ShardRewriter, ShardingReport, attention_call, is_attention,
-    is_linear, is_pointwise, record_sharding,
+    CONCATS, LIKE_FUNCTIONS, ShardPlan, ShardRewriter, ShardingReport, attention_call, cat_dim, dim_order,
+    example_shape, is_attention, is_linear, is_pointwise, pointwise_operands, record_sharding,
 )
-from cachedit_fx.runtime.weight_shards import weight_shard
+
+_SAME_DIM_FUNCTIONS = LIKE_FUNCTIONS | {torch.rms_norm, torch.nn.functional.rms_norm, torch.nn.functional.layer_norm,
+                                        torch.view_as_complex, torch.view_as_real}
+"""Ops whose output dim ``d`` comes from their first argument's dim ``d``."""
 
 
 def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
@@ -41,7 +44,6 @@ def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphMo
     report = ShardingReport("tp", run.world)
     fake_mode = fake_mode_of(gm)
     created: dict[tuple, fx.Node] = {}
-    rewriter: Optional[ShardRewriter] = None
 
     def param_shard(placeholder: fx.Node, dim: int, segments: tuple[int, ...]) -> Optional[fx.Node]:
         param = run.inputs.get(placeholder.name)
@@ -50,10 +52,8 @@ def tensor_parallel(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphMo
         key = (placeholder.name, dim, segments)
         if key not in created:
             shard = weight_shard(param, dim, segments, run.world, run.rank)
-            node = rewriter.new_placeholder(f"{placeholder.name}_tp_shard",
-                                            {"example_value": fake_mode.from_tensor(shard, static_shapes=True),
-                                             STATIC_WEIGHT_META_KEY: True})
-            created[key] = node
+            created[key] = rewriter.new_placeholder(f"{placeholder.name}_tp_shard", {
+                "example_value": fake_mode.from_tensor(shard, static_shapes=True), STATIC_WEIGHT_META_KEY: True})
             run.shard_inputs.append(shard)
             report.weight_bytes_local += shard.nbytes
         return created[key]
@@ -77,7 +77,7 @@ def check_heads_divide(gm: fx.GraphModule, chain: frozenset[str], world: int, op
     """Every attention in the chain splits its heads evenly over ``world`` ranks."""
     for node in gm.graph.nodes:
         if node.name in chain and is_attention(node):
-            heads = _shape(attention_call(node)["query"])[1]
+            heads = example_shape(attention_call(node)["query"])[1]
             if heads % world:
                 raise ParallelismError(f"{node.name}: {heads} attention heads do not divide over {option} {world}")
 
@@ -90,58 +90,41 @@ def find_column_linears(gm: fx.GraphModule, chain: frozenset[str]) -> set[str]:
     nodes = [n for n in gm.graph.nodes if n.name in chain]
     for node in nodes:
         if is_attention(node):
-            call = attention_call(node)
             for name in ("query", "key", "value"):
-                _demand_split(call[name], 1, chain, columns, visited)
+                _demand_split(attention_call(node)[name], 1, chain, columns, visited)
     for node in nodes:
         if is_linear(node) and node.name not in columns and node.args[1].op == "placeholder" and _feeds_only_linears(node, chain):
             columns.add(node.name)
     return columns
 
 
-def _shape(node: fx.Node) -> Optional[tuple[int, ...]]:
-    value = node.meta.get("example_value") if isinstance(node, fx.Node) else None
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
-
-
 def _demand_split(node: fx.Node, dim: int, chain: frozenset[str], columns: set[str], visited: set) -> None:
     """Walk back from ``node`` (to be split along ``dim``) to the linears producing that dim."""
-    if not isinstance(node, fx.Node) or node.name not in chain or (node.name, dim) in visited:
+    shape = example_shape(node)
+    if shape is None or node.name not in chain or (node.name, dim) in visited:
         return
     visited.add((node.name, dim))
-    shape = _shape(node)
-    if shape is None:
-        return
+    source = node.args[0] if node.args else None
     if is_linear(node):
         if dim == len(shape) - 1 and node.args[1].op == "placeholder":
             columns.add(node.name)
-        return
-    source = node.args[0] if node.args else None
-    if is_pointwise(node):
-        operands = node.args[:1] if node.op == "call_method" and node.target in UNARY_METHODS else node.all_input_nodes
-        for arg in operands:
-            arg_shape = _shape(arg)
+    elif is_pointwise(node):
+        for arg in pointwise_operands(node):
+            arg_shape = example_shape(arg)
             aligned = dim - (len(shape) - len(arg_shape)) if arg_shape else -1
-            if arg_shape and aligned >= 0 and arg_shape[aligned] == shape[dim]:
+            if aligned >= 0 and arg_shape[aligned] == shape[dim]:
                 _demand_split(arg, aligned, chain, columns, visited)
-    elif node.op == "call_function" and (node.target in LIKE_FUNCTIONS or node.target in (
-            torch.rms_norm, torch.nn.functional.rms_norm, torch.nn.functional.layer_norm,
-            torch.view_as_complex, torch.view_as_real)):
+    elif node.op == "call_function" and node.target in _SAME_DIM_FUNCTIONS:
         _demand_split(source, dim, chain, columns, visited)
-    elif node.op == "call_function" and node.target in (torch.cat, torch.concat):
+    elif node.op == "call_function" and node.target in CONCATS:
         for arg in node.args[0]:
             _demand_split(arg, dim, chain, columns, visited)
     elif node.op == "call_method" and node.target in ("view", "reshape", "unflatten", "flatten", "squeeze"):
-        back = map_view(Sharded(dim, (shape[dim],)), shape, _shape(source), 1)
+        back = map_view(Sharded(dim, (shape[dim],)), shape, example_shape(source), 1)
         if back is not None:
             _demand_split(source, back.dim, chain, columns, visited)
-    elif node.op == "call_method" and node.target == "permute":
-        dims = list(node.args[1]) if isinstance(node.args[1], (tuple, list)) else list(node.args[1:])
-        _demand_split(source, dims[dim] % len(shape), chain, columns, visited)
-    elif node.op == "call_method" and node.target == "transpose":
-        a, b = (d % len(shape) for d in node.args[1:3])
-        _demand_split(source, b if dim == a else a if dim == b else dim, chain, columns, visited)
-
+    elif node.op == "call_method" and node.target in ("permute", "transpose"):
+        _demand_split(source, dim_order(node, len(shape))[dim], chain, columns, visited)
 
 
 def _feeds_only_linears(linear: fx.Node, chain: frozenset[str]) -> bool:
@@ -158,12 +141,8 @@ def _feeds_only_linears(linear: fx.Node, chain: frozenset[str]) -> bool:
                 return False
             if is_linear(user) and user.args[0] is node:
                 reached = True
-            elif is_pointwise(user):
-                frontier.append(user)
-            elif user.op == "call_function" and user.target in (torch.cat, torch.concat):
-                dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
-                if dim % len(_shape(user)) != len(_shape(user)) - 1:
-                    return False
+            elif is_pointwise(user) or (user.op == "call_function" and user.target in CONCATS
+                                        and cat_dim(user) == len(example_shape(user)) - 1):
                 frontier.append(user)
             else:
                 return False
