@@ -24,8 +24,8 @@ Invariants:
   * a stream's ladders are read only when its ``stream_counters[HAS_RESIDUAL]`` says a computed
     step of this generation wrote them, and only the levels its ``UPDATES`` filled; a boundary
     clears every stream's counters;
-  * the per-step log (cached flag, diff) holds the latest generation until the next one starts,
-    so statistics are read from the tensors alone (``logged_summary``).
+  * the per-step log (cached flag, diff) holds the latest generation's steps until the next
+    one rewrites them, so statistics are read from the tensors alone (``logged_summary``).
 """
 
 from __future__ import annotations
@@ -485,7 +485,7 @@ class DBCacheStep(torch.nn.Module):
         write_stream_row(named["prev_fn"], stream, self.layout.hidden.padded(fresh_fn))
         if sizes is not None:
             write_stream_row(named["data_sizes"], stream, sizes)
-        log_step(named, kept, stream, step, cache, has_diff, diff)
+        log_step(named, stream, step, cache, has_diff, diff)
         cached = cache.to(torch.int64)
         positive = has_diff & torch.isfinite(diff) & (diff > 0)
         deepest = max(v.order for v in self.layout.values) + 1
@@ -614,11 +614,12 @@ def decide(settings: torch.Tensor, mask: torch.Tensor, step: torch.Tensor, cache
     return torch.where(setting(STATIC_MASK) > 0, allowed, dynamic) & has_residual
 
 
-def log_step(state: dict[str, torch.Tensor], kept: torch.Tensor, stream: torch.Tensor, step: torch.Tensor,
-             cache: torch.Tensor, has_diff: torch.Tensor, diff: torch.Tensor,
-             pruned: Optional[torch.Tensor] = None) -> None:
-    """Clear every stream's log at a boundary, then record this step in its stream's row
-    (steps past ``LOG_CAPACITY`` are not logged); ``pruned``: DBPrune's flag per prunable block."""
+def log_step(state: dict[str, torch.Tensor], stream: torch.Tensor, step: torch.Tensor, cache: torch.Tensor,
+             has_diff: torch.Tensor, diff: torch.Tensor, pruned: Optional[torch.Tensor] = None) -> None:
+    """Record this step in its stream's row of the log, in place (steps past ``LOG_CAPACITY``
+    are not logged); ``pruned``: DBPrune's flag per prunable block. Rows are never cleared: a
+    generation writes step ``s`` before any reader looks at it, and readers look only at the
+    steps of the latest generation."""
     index = stream * LOG_CAPACITY + step.clamp(max=LOG_CAPACITY - 1)
     logging = step < LOG_CAPACITY
     entries = [("log_cached", cache.to(torch.int64)), ("log_has_diff", has_diff.to(torch.int64)),
@@ -627,9 +628,8 @@ def log_step(state: dict[str, torch.Tensor], kept: torch.Tensor, stream: torch.T
         entries.append(("log_pruned", pruned))
     for name, value in entries:
         log = state[name]
-        flat = (log * kept.to(log.dtype)).reshape(log.shape[0] * log.shape[1], -1)
-        entry = torch.where(logging, value.to(log.dtype).reshape(1, -1), flat.index_select(0, index))
-        log.copy_(flat.index_copy(0, index, entry).view_as(log))
+        flat = log.view(log.shape[0] * log.shape[1], -1)
+        flat.index_copy_(0, index, torch.where(logging, value.to(log.dtype).reshape(1, -1), flat.index_select(0, index)))
 
 
 def generation_progress(state: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:

@@ -159,7 +159,7 @@ class PrunedBlockStep(torch.nn.Module):
         row = stream_row(stream_counters, start.stream)
         named["stream_counters"].copy_(with_stream_row(stream_counters, start.stream, torch.cat([
             call.step + 1, call.cached_steps + any_pruned.to(torch.int64), row[CACHED + 1:]])))
-        log_step(named, start.kept, start.stream, call.step, any_pruned, call.has_first_diff, call.first_diff,
+        log_step(named, start.stream, call.step, any_pruned, call.has_first_diff, call.first_diff,
                  call.pruned)
         finish_call(named, start, any_pruned.to(torch.int64))
 
