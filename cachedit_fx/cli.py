@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from cachedit_fx.example_inputs import SUPPORTED_CLASSES, example_inputs_for
 from cachedit_fx.tiny_models import TINY_MODELS
@@ -36,57 +36,46 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, raw_value
 
 
-def _add_inspect_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("inspect", help="show the block chain and caching plan cachedit finds in a model",
-                                   description="Capture a model with Dynamo and print what cachedit would cache.")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", choices=sorted(TINY_MODELS),
-                        help=f"a built-in tiny random-weight model (default: {DEFAULT_TINY_MODEL})")
-    source.add_argument("--model-class", metavar="NAME", help="a diffusers model class, built with --config")
-    parser.add_argument("--config", type=Path, metavar="CFG.JSON", help="config for --model-class (from_config)")
-    parser.add_argument("--inputs", type=Path, metavar="INPUTS.PT",
-                        help="forward kwargs (dict) or positional args (tuple) saved with torch.save; "
-                             "default: the tiny model's inputs or synthesised example inputs")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and synthesised inputs")
-    parser.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
-                        help="backend option, VALUE parsed as JSON when possible (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(run=_run_inspect, command_parser=parser)
-
-
-def _add_demo_parser(subparsers: Any) -> None:
-    """Listed for --help only: ``main`` hands everything after ``demo`` to the demo's own parser."""
-    parser = subparsers.add_parser("demo", add_help=False, help="run the tiny FLUX demo (arguments of "
-                                   "python -m cachedit_fx.demo, see 'cachedit-fx demo --help')")
-    parser.add_argument("demo_args", nargs=argparse.REMAINDER)
-
-
-def _add_metrics_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("metrics", help="MSE / PSNR / SSIM of two images or two folders of images",
-                                   description="Compare two image files, or the same-named images of two folders.")
-    parser.add_argument("a", type=Path, help="image file or folder")
-    parser.add_argument("b", type=Path, help="image file or folder (same kind as A)")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.set_defaults(run=_run_metrics, command_parser=parser)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``cachedit-fx`` parser with its ``inspect``, ``demo`` and ``metrics`` subcommands."""
     parser = argparse.ArgumentParser(prog="cachedit-fx", description="cachedit_fx tools: DBCache for DiTs.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_inspect_parser(subparsers)
-    _add_demo_parser(subparsers)
-    _add_metrics_parser(subparsers)
+
+    inspect = subparsers.add_parser("inspect", help="show the block chain and caching plan cachedit finds in a model",
+                                    description="Capture a model with Dynamo and print what cachedit would cache.")
+    source = inspect.add_mutually_exclusive_group()
+    source.add_argument("--model", choices=sorted(TINY_MODELS),
+                        help=f"a built-in tiny random-weight model (default: {DEFAULT_TINY_MODEL})")
+    source.add_argument("--model-class", metavar="NAME", help="a diffusers model class, built with --config")
+    inspect.add_argument("--config", type=Path, metavar="CFG.JSON", help="config for --model-class (from_config)")
+    inspect.add_argument("--inputs", type=Path, metavar="INPUTS.PT", help="forward kwargs (dict) or positional args "
+                         "(tuple) saved with torch.save; default: the tiny model's inputs or synthesised ones")
+    inspect.add_argument("--seed", type=int, default=0, help="seed for weights and synthesised inputs")
+    inspect.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
+                         help="backend option, VALUE parsed as JSON when possible (repeatable)")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.set_defaults(run=_run_inspect, command_parser=inspect)
+
+    # listed for --help only: ``main`` hands everything after ``demo`` to the demo's own parser
+    demo = subparsers.add_parser("demo", add_help=False, help="run the tiny FLUX demo (arguments of "
+                                 "python -m cachedit_fx.demo, see 'cachedit-fx demo --help')")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+
+    metrics = subparsers.add_parser("metrics", help="MSE / PSNR / SSIM of two images or two folders of images",
+                                    description="Compare two image files, or the same-named images of two folders.")
+    metrics.add_argument("a", type=Path, help="image file or folder")
+    metrics.add_argument("b", type=Path, help="image file or folder (same kind as A)")
+    metrics.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    metrics.set_defaults(run=_run_metrics, command_parser=metrics)
     return parser
 
 
 def _load_model_and_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Any]:
-    """The model to inspect and its example inputs, as the inspect arguments select them.
-
-    A dumped ``dict(model.config)`` works as ``--config``: its ``_use_default_values`` key (which
-    would make ``from_config`` reset the listed keys to class defaults) is dropped."""
+    """The model to inspect and its example inputs. A dumped ``dict(model.config)`` works as
+    ``--config``: its ``_use_default_values`` key (``from_config`` would reset those keys) is dropped."""
     import torch
 
+    inputs = None
     if args.model_class is None:
         if args.config is not None:
             parser.error("--config goes with --model-class")
@@ -106,7 +95,6 @@ def _load_model_and_inputs(args: argparse.Namespace, parser: argparse.ArgumentPa
         config.pop("_use_default_values", None)
         torch.manual_seed(args.seed)
         model = model_class.from_config(config).eval()
-        inputs = None
     if args.inputs is not None:
         inputs = torch.load(args.inputs, weights_only=True)
         if not isinstance(inputs, (dict, tuple, list)):
@@ -120,8 +108,7 @@ def _load_model_and_inputs(args: argparse.Namespace, parser: argparse.ArgumentPa
 def _run_inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import cachedit_fx
 
-    model, inputs = _load_model_and_inputs(args, parser)
-    report = cachedit_fx.inspect(model, inputs, dict(args.option) or None)
+    report = cachedit_fx.inspect(*_load_model_and_inputs(args, parser), dict(args.option) or None)
     print(json.dumps(report.to_json(), indent=1) if args.json else str(report))
     return EXIT_OK
 
@@ -131,69 +118,55 @@ def _metrics_text(metrics: Any) -> str:
 
 
 def _run_metrics(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from cachedit_fx.metrics import compare_folders, compare_images
+    from cachedit_fx.metrics import FolderMetrics, compare_folders, compare_images
 
     if args.a.is_dir() and args.b.is_dir():
         result = compare_folders(args.a, args.b)
-        if args.json:
-            print(json.dumps(result.to_json(), indent=1))
-            return EXIT_OK
-        width = max(len("mean"), *(len(name) for name in result.per_file))
-        for name, metrics in result.per_file.items():
+    elif args.a.is_file() and args.b.is_file():
+        result = compare_images(args.a, args.b)
+    else:
+        parser.error(f"A and B must be two existing files or two existing folders: {args.a}, {args.b}")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    elif isinstance(result, FolderMetrics):
+        rows = [*result.per_file.items(), ("mean", result.mean)]
+        width = max(len(name) for name, _ in rows)
+        for name, metrics in rows:
             print(f"{name:<{width}}  {_metrics_text(metrics)}")
-        print(f"{'mean':<{width}}  {_metrics_text(result.mean)}")
-        return EXIT_OK
-    if args.a.is_file() and args.b.is_file():
-        metrics = compare_images(args.a, args.b)
-        print(json.dumps(metrics.to_json(), indent=1) if args.json else _metrics_text(metrics))
-        return EXIT_OK
-    parser.error(f"A and B must be two existing files or two existing folders: {args.a}, {args.b}")
+    else:
+        print(_metrics_text(result))
+    return EXIT_OK
 
 
 def _run_demo(demo_args: Sequence[str]) -> int:
     """``cachedit_fx.demo.main(demo_args)``; its usage lines name ``cachedit-fx demo`` (via sys.argv[0])."""
     from cachedit_fx import demo
 
-    program = sys.argv[0] if sys.argv else ""
-    if sys.argv:
-        sys.argv[0] = "cachedit-fx demo"
+    program = sys.argv[:1]
+    sys.argv[:1] = ["cachedit-fx demo"] if program else []
     try:
         demo.main(list(demo_args))
     finally:
-        if sys.argv:
-            sys.argv[0] = program
+        sys.argv[:1] = program
     return EXIT_OK
 
 
-def _exit_code(error: SystemExit) -> int:
-    """The integer status argparse (or a subcommand) asked to exit with."""
-    if error.code is None:
-        return EXIT_OK
-    return error.code if isinstance(error.code, int) else EXIT_FAILURE
-
-
-def _guarded(run: Callable[[], int]) -> int:
-    """Run a command; argparse exits become return codes, expected failures an error line and 1."""
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``cachedit-fx`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status:
+    argparse exits become return codes, expected failures an error line and 1."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run()
+        if arguments[:1] == ["demo"]:
+            return _run_demo(arguments[1:])
+        args = build_parser().parse_args(arguments)
+        return args.run(args, args.command_parser)
     except SystemExit as error:
-        return _exit_code(error)
+        if error.code is None:
+            return EXIT_OK
+        return error.code if isinstance(error.code, int) else EXIT_FAILURE
     except (OSError, ValueError) as error:
         print(f"cachedit-fx: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cachedit-fx`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["demo"]:
-        return _guarded(lambda: _run_demo(arguments[1:]))
-    parser = build_parser()
-    try:
-        args = parser.parse_args(arguments)
-    except SystemExit as error:
-        return _exit_code(error)
-    return _guarded(lambda: args.run(args, args.command_parser))
 
 
 if __name__ == "__main__":

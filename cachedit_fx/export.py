@@ -1,12 +1,9 @@
 """``cachedit_fx.export``: a cached transformer as one ``torch.export`` program.
 
-The forward is captured by Dynamo, cut by the backend's analysis passes, and the middle is
-replaced by the in-graph DBCache step (``passes/insert_in_graph_step.py``). The module's
-parameters and buffers become the program's state, with the cache state beside them as the
-``in_graph_state.*`` buffers; the call's tensor arguments stay inputs, by name, plus
-``RESET_INPUT``: a nonzero value starts a new generation (refresh without Python state).
-An AOTInductor package built from the program (``package``) runs a cached generation in a
-process that imports only torch.
+The forward is captured by Dynamo, cut by the backend's passes and its middle replaced by the
+in-graph DBCache step. Parameters, buffers and the cache state (``in_graph_state.*``) become the
+program's state; the call's tensor arguments stay inputs, by name, plus ``RESET_INPUT`` (nonzero:
+a new generation). An AOTInductor ``package`` of it runs in a process that imports only torch.
 """
 
 from __future__ import annotations
@@ -36,17 +33,14 @@ def export(model: torch.nn.Module, kwargs: dict[str, Any], options: Optional[dic
     decided inside the program. ``options``: the backend's cache options (separate-CFG streams
     included; no calibrator, no DBPrune). Raises ``ValueError`` for an option the
     in-graph step does not implement and ``UnsupportedGraph`` for a forward it cannot cut."""
-    options = dict(options or {})
-    options["inner_backend"] = "eager"
-    settings = parse_options(options)
+    settings = parse_options({**(options or {}), "inner_backend": "eager"})
     if settings.parallelism is not None:
         raise ValueError("export: tensor- and context-parallel programs are not exported (drop tp_size / ulysses_size)")
     gm, inputs = _captured_program(model, kwargs, settings)
     example = {name: kwargs[name] for name in inputs}
-    example[RESET_INPUT] = torch.zeros(2, dtype=torch.int64, device=_device(model))
+    example[RESET_INPUT] = torch.zeros(2, dtype=torch.int64, device=next(iter(model.parameters())).device)
     with torch.no_grad():
-        program = torch.export.export(gm, (), example, strict=False)
-    return program
+        return torch.export.export(gm, (), example, strict=False)
 
 
 def package(program: torch.export.ExportedProgram, path: str) -> str:
@@ -89,7 +83,8 @@ def _captured_program(model: torch.nn.Module, kwargs: dict[str, Any], settings: 
     def capture(gm: fx.GraphModule, example_inputs: list[Any]) -> Any:
         sources = {node.name: (getattr(node, "_dynamo_source", None), example)
                    for node, example in zip(gm.graph.find_nodes(op="placeholder"), example_inputs)}
-        program = _cut(copy.deepcopy(gm), settings)
+        passes = build_pass_list(settings, target="export")
+        program = passes.run(copy.deepcopy(gm), settings, GraphDumper(settings.dump_dir))
         captured.append((program, _as_program_state(program, sources)))
         return gm.forward
 
@@ -100,10 +95,6 @@ def _captured_program(model: torch.nn.Module, kwargs: dict[str, Any], settings: 
     except torch._dynamo.exc.BackendCompilerFailed as failed:
         raise failed.inner_exception from None
     return captured[-1]
-
-
-def _cut(gm: fx.GraphModule, settings: BackendSettings) -> fx.GraphModule:
-    return build_pass_list(settings, target="export").run(gm, settings, GraphDumper(settings.dump_dir))
 
 
 def _as_program_state(gm: fx.GraphModule, sources: dict[str, tuple[Any, Any]]) -> list[str]:
@@ -135,7 +126,3 @@ def _as_program_state(gm: fx.GraphModule, sources: dict[str, tuple[Any, Any]]) -
         gm.graph.erase_node(node)
     gm.recompile()
     return names
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(iter(model.parameters())).device

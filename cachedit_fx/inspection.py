@@ -1,15 +1,14 @@
 """``cachedit_fx.inspect``: what the backend would do with a model, without caching anything.
 
-Dynamo captures the model's first graph from the example inputs and hands it to a capturing
-backend that runs the pass list's analysis prefix (up to ``find_block_chain``), then ``plan_partition`` or
-``plan_block_partition``) and stops compilation; the model is neither run nor cached, and
-no compiled code is kept (the capture aborts before Dynamo installs a cache entry).
+Dynamo hands the model's graph to a capturing backend that runs the pass list up to
+``find_block_chain``, then ``plan_partition`` or ``plan_block_partition``, and stops compilation:
+the model is neither run nor cached, and no compiled code is kept.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -39,12 +38,7 @@ class ValueInfo:
 
     @property
     def numel(self) -> Optional[int]:
-        total = 1
-        for size in self.shape:
-            if not isinstance(size, int):
-                return None
-            total *= size
-        return total
+        return math.prod(self.shape) if all(isinstance(size, int) for size in self.shape) else None
 
     @property
     def nbytes(self) -> Optional[int]:
@@ -77,15 +71,15 @@ class InspectReport:
     rewrite: str
     Fn: int
     Bn: int
-    hidden_entry: Optional[ValueInfo]
-    hidden_cut: Optional[ValueInfo]
-    carried: tuple[ValueInfo, ...]
-    shared: tuple[ValueInfo, ...]
-    streams: tuple[tuple[str, str], ...]
-    prunable_blocks: tuple[int, ...]
-    piece_sizes: dict[str, int]
-    residual_levels: int
-    cache_bytes_per_stream: Optional[int]
+    hidden_entry: Optional[ValueInfo] = None
+    hidden_cut: Optional[ValueInfo] = None
+    carried: tuple[ValueInfo, ...] = ()
+    shared: tuple[ValueInfo, ...] = ()
+    streams: tuple[tuple[str, str], ...] = ()
+    prunable_blocks: tuple[int, ...] = ()
+    piece_sizes: dict[str, int] = field(default_factory=dict)
+    residual_levels: int = 0
+    cache_bytes_per_stream: Optional[int] = None
     """Owned buffers per stream: the Fn residual plus ``residual_levels`` ladders per carried
     value (DBCache), or the last input plus one residual per handed-on value per prunable
     block (DBPrune); None when a shape is symbolic."""
@@ -101,7 +95,7 @@ class InspectReport:
     """The replayed glue's share of the graph's FLOPs."""
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
     def __str__(self) -> str:
         lines = [f"{self.model}: {self.graph_nodes} graph nodes, {self.num_blocks} blocks"]
@@ -120,12 +114,10 @@ class InspectReport:
             return "\n".join(lines)
         if self.hidden_entry is not None:
             lines.append(f"  hidden stream: entry {self.hidden_entry}, cut {self.hidden_cut}")
-        if self.carried:
-            lines.append("  carried (live across the cut, defined in blocks):")
-            lines += [f"    {value}" for value in self.carried]
-        if self.shared:
-            lines.append("  shared (defined before the chain, read by the middle):")
-            lines += [f"    {value}" for value in self.shared]
+        for title, values in (("carried (live across the cut, defined in blocks)", self.carried),
+                              ("shared (defined before the chain, read by the middle)", self.shared)):
+            if values:
+                lines += [f"  {title}:", *(f"    {value}" for value in values)]
         if self.streams:
             lines.append("  streams (middle output <- head value): "
                          + ", ".join(f"{out} <- {head}" for out, head in self.streams))
@@ -143,22 +135,15 @@ class InspectReport:
 
 
 class _Captured(Exception):
-    """Carries the report (or the analysis error) out of Dynamo's backend call."""
-
-    def __init__(self, report: Optional[InspectReport], error: Optional[Exception] = None) -> None:
-        super().__init__("captured")
-        self.report = report
-        self.error = error
+    """Carries the report (or the analysis error), its only argument, out of Dynamo's backend call."""
 
 
 def inspect_model(model: torch.nn.Module, example_inputs: Union[dict[str, Any], Sequence[Any]],
                   options: Optional[dict[str, Any]] = None) -> InspectReport:
-    """Report the block chain, carried/shared values, streams and piece sizes the backend
-    would use for ``model`` called with ``example_inputs`` (a kwargs dict or an args tuple)
-    and ``options`` (backend options; Fn/Bn decide the cut), tracing as ``cachedit_fx.compile``
-    does. Graphs before the chain's graph that hold no blocks (graph breaks in the prologue) are
-    run and passed over. Raises ``UnsupportedGraph`` when the chain's graph cannot be cached,
-    ``ValueError`` for bad options."""
+    """What the backend would cut for ``model`` called with ``example_inputs`` (a kwargs dict or an
+    args tuple) and backend ``options``, traced as ``cachedit_fx.compile`` does; graphs without
+    blocks before the chain's graph are run and passed over. Raises ``UnsupportedGraph`` when the
+    chain's graph cannot be cached, ``ValueError`` for bad options."""
     settings = parse_options(options)
     module = getattr(model, "_orig_mod", model)
 
@@ -166,29 +151,28 @@ def inspect_model(model: torch.nn.Module, example_inputs: Union[dict[str, Any], 
 
     def capture(gm: fx.GraphModule, _inputs: Sequence[Any]) -> Any:
         try:
-            report = _report(build_pass_list(settings).up_to("find_block_chain").run(gm, settings), type(module).__name__,
-                             settings)
+            analysed = build_pass_list(settings).up_to("find_block_chain").run(gm, settings)
+            report = _report(analysed, type(module).__name__, settings)
         except NoBlocks as error:
             skipped.append(error)
             return gm.forward
         except Exception as error:
-            raise _Captured(None, error) from error
+            raise _Captured(error) from error
         raise _Captured(report)
 
     compiled = traced_with_capture_settings(torch.compile(module, backend=capture))
+    args, kwargs = ((), example_inputs) if isinstance(example_inputs, dict) else (example_inputs, {})
     try:
         with torch.no_grad():
-            if isinstance(example_inputs, dict):
-                compiled(**example_inputs)
-            else:
-                compiled(*example_inputs)
+            compiled(*args, **kwargs)
     except Exception as error:
         captured = _find_captured(error)
         if captured is None:
             raise
-        if captured.error is not None:
-            raise captured.error from None
-        return captured.report
+        (outcome,) = captured.args
+        if isinstance(outcome, Exception):
+            raise outcome from None
+        return outcome
     if skipped:
         raise skipped[-1]
     raise RuntimeError(f"{type(module).__name__}: Dynamo captured no graph to inspect")
@@ -216,12 +200,9 @@ def _value(gm: fx.GraphModule, name: str) -> ValueInfo:
 
 
 def _block_lists(chain: BlockChain) -> tuple[BlockList, ...]:
-    lists = []
-    for path in chain.list_paths:
-        members = [b for b in chain.blocks if b.list_path == path]
-        lists.append(BlockList(path, members[0].kind, len(members), tuple(len(b.node_names) for b in members),
-                               members[0].chain_index))
-    return tuple(lists)
+    members = {path: [b for b in chain.blocks if b.list_path == path] for path in chain.list_paths}
+    return tuple(BlockList(path, blocks[0].kind, len(blocks), tuple(len(b.node_names) for b in blocks),
+                           blocks[0].chain_index) for path, blocks in members.items())
 
 
 def _residual_levels(calibrator: Any) -> int:
@@ -248,28 +229,24 @@ def _report(gm: fx.GraphModule, model_name: str, settings: Any) -> InspectReport
     try:
         config.check_against_chain(len(chain))
     except ValueError as problem:
-        return InspectReport(
-            **common, rewrite="none", hidden_entry=None, hidden_cut=None, carried=(), shared=(), streams=(),
-            prunable_blocks=(), piece_sizes={}, residual_levels=0, cache_bytes_per_stream=None, problem=str(problem))
+        return InspectReport(**common, rewrite="none", problem=str(problem))
     if isinstance(config, DBPruneConfig):
         plan, _ = plan_block_partition(gm, chain, config)
         handed_on = [_value(gm, s.middle_output) for block in plan.prunable for s in block.streams]
         inputs = [_value(gm, block.hidden_input) for block in plan.prunable]
         return InspectReport(
-            **common, rewrite="DBPrune", hidden_entry=None, hidden_cut=None, carried=(), shared=(),
+            **common, rewrite="DBPrune",
             streams=tuple((s.middle_output, s.head_value) for s in plan.prunable[0].streams),
-            prunable_blocks=tuple(b.index for b in plan.prunable), piece_sizes=plan.piece_sizes,
-            residual_levels=1, cache_bytes_per_stream=_sum_bytes(handed_on + inputs))
+            prunable_blocks=tuple(b.index for b in plan.prunable), piece_sizes=plan.piece_sizes, residual_levels=1,
+            cache_bytes_per_stream=_sum_bytes(handed_on + inputs))
     plan = plan_partition(gm, chain, config.Fn_compute_blocks, config.Bn_compute_blocks).partition
     levels = _residual_levels(settings.calibrator)
     hidden_cut = _value(gm, plan.hidden_cut)
     outputs = [_value(gm, s.middle_output) for s in plan.streams]
-    middle_bytes = _sum_bytes(outputs)
-    cache_bytes = None if middle_bytes is None or hidden_cut.nbytes is None else hidden_cut.nbytes + levels * middle_bytes
     return InspectReport(
         **common, rewrite="DBCache", hidden_entry=_value(gm, plan.hidden_entry), hidden_cut=hidden_cut,
         carried=tuple(_value(gm, name) for name in plan.carried), shared=tuple(_value(gm, n) for n in plan.shared),
-        streams=tuple((s.middle_output, s.head_value) for s in plan.streams), prunable_blocks=(),
-        piece_sizes=plan.piece_sizes, residual_levels=levels, cache_bytes_per_stream=cache_bytes,
+        streams=tuple((s.middle_output, s.head_value) for s in plan.streams), piece_sizes=plan.piece_sizes,
+        residual_levels=levels, cache_bytes_per_stream=_sum_bytes([hidden_cut, *outputs * levels]),
         replayed=plan.replayed, replayed_flops_share=total_flops(n for n in gm.graph.nodes if n.name in plan.replayed)
         / total if total else None)

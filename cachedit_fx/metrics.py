@@ -1,22 +1,16 @@
 """Image fidelity metrics (MSE, PSNR, SSIM) computed locally, with no downloaded weights.
 
-Images are numpy arrays or torch tensors shaped HxW (one channel) or HxWxC (channels last).
-Value conventions, applied to both images of a pair:
-
-- ``uint8`` images are read as floats in [0, 255]; their default ``data_range`` is 255.
-- floating-point images are taken as they are and assumed to lie in [0, 1]; their default
-  ``data_range`` is 1.
-- any other dtype needs an explicit ``data_range``; a uint8 image paired with a floating-point
-  one is rejected (ValueError) by every metric, as the two scales cannot both be right.
-
-All arithmetic runs in float64. ``compare_images`` / ``compare_folders`` load files with
-Pillow, convert them to 8-bit RGB and therefore use ``data_range=255``.
+Images are numpy arrays or torch tensors shaped HxW or HxWxC (channels last). Default
+``data_range``: 255 when both images are ``uint8``, 1 when both are floating point (assumed in
+[0, 1]); any other dtype needs an explicit one, and a uint8 image paired with a floating-point
+one is rejected (ValueError). Arithmetic runs in float64; ``compare_images`` /
+``compare_folders`` load files with Pillow as 8-bit RGB (``data_range=255``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -42,15 +36,6 @@ def _as_array(image: ImageLike) -> np.ndarray:
     return np.asarray(image)
 
 
-def _default_data_range(first: np.ndarray, second: np.ndarray) -> float:
-    """255 when both images are uint8, 1 when both are floating point; otherwise ambiguous."""
-    if first.dtype == np.uint8 and second.dtype == np.uint8:
-        return 255.0
-    if np.issubdtype(first.dtype, np.floating) and np.issubdtype(second.dtype, np.floating):
-        return 1.0
-    raise ValueError(f"cannot infer data_range for dtypes {first.dtype} and {second.dtype}; pass data_range")
-
-
 def _prepared_pair(a: ImageLike, b: ImageLike, data_range: Optional[float]) -> tuple[np.ndarray, np.ndarray, float]:
     """Both images as float64 HxWxC arrays of one shape, and the data range to use."""
     first, second = _as_array(a), _as_array(b)
@@ -58,18 +43,19 @@ def _prepared_pair(a: ImageLike, b: ImageLike, data_range: Optional[float]) -> t
         raise ValueError(f"image shapes differ: {tuple(first.shape)} vs {tuple(second.shape)}")
     if first.ndim not in (2, 3):
         raise ValueError(f"images must be HxW or HxWxC, got shape {tuple(first.shape)}")
-    dtypes = (first.dtype, second.dtype)
-    if np.uint8 in dtypes and any(np.issubdtype(dtype, np.floating) for dtype in dtypes):
-        raise ValueError(f"a uint8 image paired with a floating-point one ({dtypes[0]} vs {dtypes[1]}): "
+    floating = [np.issubdtype(image.dtype, np.floating) for image in (first, second)]
+    if np.uint8 in (first.dtype, second.dtype) and any(floating):
+        raise ValueError(f"a uint8 image paired with a floating-point one ({first.dtype} vs {second.dtype}): "
                          "convert both to one scale first")
     if data_range is None:
-        data_range = _default_data_range(first, second)
+        if not (first.dtype == second.dtype == np.uint8 or all(floating)):
+            raise ValueError(f"cannot infer data_range for dtypes {first.dtype} and {second.dtype}; pass data_range")
+        data_range = 255.0 if first.dtype == np.uint8 else 1.0
     if data_range <= 0:
         raise ValueError(f"data_range must be positive, got {data_range}")
-    first, second = first.astype(np.float64), second.astype(np.float64)
     if first.ndim == 2:
         first, second = first[:, :, None], second[:, :, None]
-    return first, second, float(data_range)
+    return first.astype(np.float64), second.astype(np.float64), float(data_range)
 
 
 def mse(a: ImageLike, b: ImageLike) -> float:
@@ -82,9 +68,7 @@ def psnr(a: ImageLike, b: ImageLike, data_range: Optional[float] = None) -> floa
     """Peak signal-to-noise ratio in dB: ``10 log10(data_range^2 / MSE)``; ``inf`` for identical images."""
     first, second, data_range = _prepared_pair(a, b, data_range)
     error = float(np.mean((first - second) ** 2))
-    if error == 0.0:
-        return math.inf
-    return 10.0 * math.log10(data_range**2 / error)
+    return math.inf if error == 0.0 else 10.0 * math.log10(data_range**2 / error)
 
 
 def gaussian_window_1d(size: int = SSIM_WINDOW_SIZE, sigma: float = SSIM_SIGMA) -> np.ndarray:
@@ -96,9 +80,8 @@ def gaussian_window_1d(size: int = SSIM_WINDOW_SIZE, sigma: float = SSIM_SIGMA) 
 
 def _filter_valid(channel: np.ndarray, taps: np.ndarray) -> np.ndarray:
     """Separable Gaussian-weighted local mean over every full window (output shrinks by len(taps) - 1)."""
-    size = taps.shape[0]
-    rows = np.lib.stride_tricks.sliding_window_view(channel, size, axis=0) @ taps
-    return np.lib.stride_tricks.sliding_window_view(rows, size, axis=1) @ taps
+    rows = np.lib.stride_tricks.sliding_window_view(channel, len(taps), axis=0) @ taps
+    return np.lib.stride_tricks.sliding_window_view(rows, len(taps), axis=1) @ taps
 
 
 def _ssim_channel(x: np.ndarray, y: np.ndarray, taps: np.ndarray, c1: float, c2: float) -> float:
@@ -112,22 +95,18 @@ def _ssim_channel(x: np.ndarray, y: np.ndarray, taps: np.ndarray, c1: float, c2:
 
 
 def ssim(a: ImageLike, b: ImageLike, data_range: Optional[float] = None) -> float:
-    """Mean structural similarity, as defined by Wang, Bovik, Sheikh & Simoncelli, "Image Quality
-    Assessment: From Error Visibility to Structural Similarity", IEEE TIP 13(4), 2004.
+    """Mean structural similarity (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 13(4), 2004).
 
-    11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, C_i = (K_i * data_range)^2; local
-    statistics are Gaussian-weighted population moments (no Bessel correction). The SSIM map covers
-    only windows that lie fully inside the image (valid region); it is averaged per channel, then
-    over channels. Both sides need at least 11 pixels. Symmetric in ``a`` and ``b``; 1 iff equal.
-    """
+    11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, C_i = (K_i * data_range)^2, population
+    moments; the map covers the windows fully inside the image (both sides >= 11 pixels) and is
+    averaged per channel, then over channels. Symmetric in ``a`` and ``b``; 1 iff equal."""
     first, second, data_range = _prepared_pair(a, b, data_range)
     height, width = first.shape[:2]
     if height < SSIM_WINDOW_SIZE or width < SSIM_WINDOW_SIZE:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW_SIZE}x{SSIM_WINDOW_SIZE}, got {height}x{width}")
     taps = gaussian_window_1d()
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    per_channel = [_ssim_channel(first[:, :, c], second[:, :, c], taps, c1, c2) for c in range(first.shape[2])]
-    return float(np.mean(per_channel))
+    return float(np.mean([_ssim_channel(first[:, :, c], second[:, :, c], taps, c1, c2) for c in range(first.shape[2])]))
 
 
 @dataclass(frozen=True)
@@ -195,9 +174,6 @@ def compare_folders(dir_a: PathLike, dir_b: PathLike) -> FolderMetrics:
     if not names_a:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder_a} or {folder_b}")
     per_file = {name: compare_images(folder_a / name, folder_b / name) for name in sorted(names_a)}
-    mean = ImageMetrics(
-        mse=float(np.mean([m.mse for m in per_file.values()])),
-        psnr=float(np.mean([m.psnr for m in per_file.values()])),
-        ssim=float(np.mean([m.ssim for m in per_file.values()])),
-    )
-    return FolderMetrics(per_file=per_file, mean=mean)
+    mean = {field.name: float(np.mean([getattr(m, field.name) for m in per_file.values()]))
+            for field in fields(ImageMetrics)}
+    return FolderMetrics(per_file=per_file, mean=ImageMetrics(**mean))

@@ -1,46 +1,21 @@
-"""Weight quantization of a DiT before compiling it with the ``cachedit`` backend.
-
-A thin wrapper over ``torchao.quantization.quantize_`` (torchao >= 0.18, the ``full`` extra):
+"""Weight quantization of a DiT before compiling it with the ``cachedit`` backend: a thin
+wrapper over ``torchao.quantization.quantize_`` (torchao >= 0.18, the ``full`` extra)::
 
     cachedit_fx.quantize(transformer, "int8_dynamic")       # in place, before torch.compile
     transformer = torch.compile(transformer, backend="cachedit", options={...})
 
-Schemes (each a torchao 0.18 config; weights become torchao tensor subclasses, so Dynamo
-traces the quantized matmuls into the graph and every piece compiles them like the rest):
-
-``int8_weight_only`` (``Int8WeightOnlyConfig``)
-    weights int8, symmetric, one scale per output channel; the matmul runs in the activation
-    dtype on the dequantized weight. Any device, any float dtype, any shape.
-``int8_dynamic`` (``Int8DynamicActivationInt8WeightConfig``)
-    weights int8 per channel; activations quantized to int8 per token at run time; int8 x int8
-    -> int32 matmul rescaled to the activation dtype. Any device. By default only layers whose
-    in/out features are multiples of 8 (cuBLAS int8 GEMM; otherwise torchao falls back to an
-    int32 matmul copied through the CPU).
-``float8_weight_only`` (``Float8WeightOnlyConfig``)
-    weights float8 e4m3, one scale per row; the matmul runs in the activation dtype on the
-    dequantized weight (a memory saving only). Runs on CPU too: torchao 0.18 dequantizes.
-``float8_dynamic`` (``Float8DynamicActivationFloat8WeightConfig``)
-    weights and activations float8 e4m3 with per-tensor scales, ``torch._scaled_mm``. Needs
-    a CUDA GPU with compute capability >= 8.9 (Ada, Hopper, Blackwell), AMD MI300+ or an
-    Intel XPU. Only layers whose in/out features are multiples of 16 (torchao itself leaves
-    other layers unquantized, silently).
-
-Invariants:
-  * the module is quantized in place and returned (the same object); pass the original
-    module or its ``torch.compile`` wrapper (its ``_orig_mod`` is quantized);
-  * quantize before the first compiled call. Quantizing later works, but it replaces the
-    weight parameters: the compiled model recompiles at its next call, and its cachedit state
-    (found by parameter identity) starts afresh, as a new generation;
-  * only ``nn.Linear`` layers are touched (torchao's default filter), further restricted to
-    the shapes the scheme's kernel accepts (above); ``filter_fn(module, fqn) -> bool``
-    replaces that default entirely (it is the caller's job to respect kernel shape limits);
-  * torchao's global Inductor config tweaks (``set_inductor_config``) are not applied: this
-    call changes nothing but the module. Call
-    ``torchao.quantization.utils.recommended_inductor_config_setter()`` yourself if you want
-    them (they turn on coordinate-descent autotuning and the FX graph cache process-wide);
-  * an unknown scheme raises ``ValueError`` (listing the valid ones), a missing torchao
-    ``ImportError``, float8 dynamic quantization on unsupported hardware ``RuntimeError``;
-    all before any weight is changed.
+Schemes (``SCHEMES``; the weights become torchao tensor subclasses Dynamo traces into the graph):
+``int8_weight_only``, ``int8_dynamic`` (int8 activations too), ``float8_weight_only`` (a memory
+saving; runs on CPU) and ``float8_dynamic`` (``torch._scaled_mm``: CUDA compute capability >= 8.9,
+AMD MI300+ or an Intel XPU). Invariants:
+  * the module (or a ``torch.compile`` wrapper's ``_orig_mod``) is quantized in place and
+    returned; quantizing after the first compiled call recompiles and starts a new generation;
+  * only ``nn.Linear`` layers change, of the shapes the scheme's kernel accepts (in/out features
+    multiples of 8 for int8_dynamic, of 16 for float8_dynamic); ``filter_fn(module, fqn)``
+    replaces that default filter entirely;
+  * torchao's global Inductor config tweaks are not applied;
+  * an unknown scheme raises ``ValueError``, a missing torchao ``ImportError``, float8 dynamic
+    quantization on unsupported hardware ``RuntimeError``: all before any weight is changed.
 """
 
 from __future__ import annotations
@@ -65,14 +40,12 @@ _FEATURE_MULTIPLE = {"int8_dynamic": 8, "float8_dynamic": 16}
 
 
 def quantize(module: nn.Module, scheme: str, *, filter_fn: Optional[FilterFn] = None) -> nn.Module:
-    """Quantize ``module``'s linear layers in place with ``scheme`` (see the module docstring:
-    "int8_weight_only", "int8_dynamic", "float8_weight_only", "float8_dynamic") and return it."""
+    """Quantize ``module``'s linear layers in place with ``scheme`` (a key of ``SCHEMES``) and return it."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
     quantization = _torchao_quantization()
     target = getattr(module, "_orig_mod", module)
-    if filter_fn is None:
-        filter_fn = _default_filter(scheme)
+    filter_fn = filter_fn or _default_filter(scheme)
     if scheme == "float8_dynamic":
         _check_float8_dynamic_support(target, filter_fn)
     config = getattr(quantization, SCHEMES[scheme])(set_inductor_config=False)

@@ -1,23 +1,16 @@
-"""Weights stored apart from how they compute, traced whole: diffusers' layerwise casting
-(``enable_layerwise_casting``: low-precision storage), group offloading
-(``enable_group_offload`` / ``apply_group_offloading``) and sequential CPU offload
-(``enable_sequential_cpu_offload``, accelerate's ``cpu_offload``): storage on the offload device.
+"""Weights stored apart from how they compute, traced whole: diffusers' layerwise casting,
+group offloading and sequential CPU offload (accelerate's ``cpu_offload``).
 
-diffusers and accelerate implement these with module hooks (``module.to(...)`` before each forward, back
-after), which Dynamo cannot trace: every layer or group becomes a graph of its own and no graph
-holds a block chain. ``adopt_stored_weights`` removes those hooks and wraps each weight they
-manage in a ``StoredWeight``: its data stays where and as it is stored, it presents the compute
-dtype and device, and every op it enters sees the weight fetched to the compute device
-(``cachedit_fx::fetch_weight``: ``runtime/weight_fetch.py``, which counts the bytes it moves
-and copies the next block's weights ahead) and cast to the compute dtype. The arithmetic is the hooks' (the same round trip through the storage dtype), but the
-fetch and the cast are traced into the graph: inside the cached branch, so **the weights of
-blocks skipped on a cached step are never fetched**.
+Their module hooks (``module.to(...)`` around each forward) split every layer into a graph of its
+own. ``adopt_stored_weights`` removes them and wraps each weight they manage in a
+``StoredWeight``: its data stays as stored, and every op it enters sees it fetched to the compute
+device (``cachedit_fx::fetch_weight``, ``runtime/weight_fetch.py``) and cast to the compute dtype,
+traced into the graph: **the weights of blocks skipped on a cached step are never fetched**.
 
 Invariants: only modules holding such a hook change; their parameters stay ``nn.Parameter``
-objects (without gradient) wrapping the stored data. Offloaded, the weights of the block lists
-(``nn.ModuleList`` children) stay on the offload device and are fetched at each use; the rest
-of the model (embedders, final norm: small) and every buffer move to the compute device once.
-``restore_stored_weights`` puts the hooks back with plain parameters as stored.
+objects (without gradient). Offloaded, the weights of the block lists (``nn.ModuleList``
+children) stay on the offload device; the rest of the model and every buffer move to the compute
+device once. ``restore_stored_weights`` puts the hooks back with plain parameters as stored.
 """
 
 from __future__ import annotations
@@ -38,10 +31,9 @@ ADOPTED_ATTR = "_cachedit_stored_weights"
 
 
 class StoredWeight(torch.Tensor):
-    """A weight stored as ``stored`` (any dtype, any device) that behaves as ``stored`` fetched
-    to ``device`` (when it has a fetch ``group``: ``runtime/weight_fetch.py``) and cast to
-    ``dtype`` in every op; views and detach keep it wrapped. A traceable wrapper subclass: Dynamo and AOTAutograd see the stored data as the
-    graph input and the fetch and cast as graph ops."""
+    """A weight stored as ``stored`` (any dtype and device) that behaves as ``stored`` fetched to
+    ``device`` (when it has a fetch ``group``) and cast to ``dtype`` in every op; detach, alias and
+    clone keep it wrapped. Traceable: Dynamo sees the stored data as the graph input."""
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
@@ -93,30 +85,26 @@ def _in_use(weight: StoredWeight) -> torch.Tensor:
 
 
 def adopt_stored_weights(model: torch.nn.Module) -> int:
-    """Replace diffusers' layerwise-casting and group-offloading hooks and accelerate's
-    sequential CPU offload (``enable_sequential_cpu_offload``) in ``model`` by ``StoredWeight``
-    parameters; returns how many modules changed (0: it has none)."""
+    """Replace the layerwise-casting, group-offloading and sequential CPU offload hooks in ``model``
+    by ``StoredWeight`` parameters; returns how many modules changed (0: it has none)."""
     casting = _remove_casting_hooks(model)
     offload = _remove_group_offloading(model) or _remove_sequential_offload(model)
     groups = _fetch_groups(model) if offload is not None else {}
     changed = set(casting)
     for module in model.modules():
-        hook = casting.get(module)
-        group = groups.get(module)
+        hook, group = casting.get(module), groups.get(module)  # a group implies an offload
         for name, param in list(module.named_parameters(recurse=False)):
-            stored = offload.stored(module, name, param.data) if offload is not None else param.data
+            stored = param.data if offload is None else offload.stored(module, name, param.data)
             if offload is not None and group is None:  # outside the blocks: small, kept on the compute device
                 stored = stored.to(offload.device)
-            if hook is None and group is None:
-                if offload is not None:
-                    module._parameters[name] = torch.nn.Parameter(stored, requires_grad=False)
-                continue
-            if group is not None and offload.device.type == "cuda" and stored.device.type == "cpu":
+            elif group is not None and offload.device.type == "cuda" and stored.device.type == "cpu":
                 stored = stored.pin_memory()  # copies to the GPU overlap compute only from pinned memory
-            module._parameters[name] = torch.nn.Parameter(StoredWeight(
-                stored, hook.compute_dtype if hook is not None else stored.dtype,
-                offload.device if group is not None else stored.device, group), requires_grad=False)
-            changed.add(module)
+            if hook is not None or group is not None:
+                stored = StoredWeight(stored, hook.compute_dtype if hook is not None else stored.dtype,
+                                      offload.device if group is not None else stored.device, group)
+                changed.add(module)
+            if hook is not None or offload is not None:
+                module._parameters[name] = torch.nn.Parameter(stored, requires_grad=False)
         if offload is not None:
             for name, buffer in list(module.named_buffers(recurse=False)):
                 module._buffers[name] = offload.stored(module, name, buffer).to(offload.device)
@@ -205,9 +193,8 @@ def _remove_group_offloading(model: torch.nn.Module) -> Optional[_Offload]:
 
 
 def _remove_sequential_offload(model: torch.nn.Module) -> Optional[_Offload]:
-    """accelerate's ``cpu_offload`` (what ``enable_sequential_cpu_offload`` applies) removed
-    (None: ``model`` has none); the tensors it offloaded are read from its CPU weights map,
-    never moved to their devices of origin."""
+    """accelerate's ``cpu_offload`` (``enable_sequential_cpu_offload``) removed (None: ``model`` has
+    none); offloaded tensors are read from its CPU weights map, never moved back."""
     hooks = {m: m._hf_hook for m in model.modules() if hasattr(m, "_hf_hook")}
     aligns = {m: h for m, hook in hooks.items() for h in getattr(hook, "hooks", [hook])
               if type(h).__name__ == "AlignDevicesHook" and h.offload}

@@ -12,26 +12,27 @@ from typing import Any, Callable
 import torch
 
 TinyModel = tuple[torch.nn.Module, dict[str, Any]]
-
-
-def _randn(gen: torch.Generator) -> Callable[..., torch.Tensor]:
-    return lambda *shape: torch.randn(*shape, generator=gen)
+FLUX_CONFIG = dict(patch_size=1, in_channels=4, num_layers=4, num_single_layers=4, attention_head_dim=16,
+                   num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+WAN_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+                  text_dim=16, freq_dim=256, ffn_dim=32, num_layers=4, cross_attn_norm=True,
+                  qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+"""Configs of the tiny FLUX and Wan transformers (also the transformers of ``tiny_pipelines``)."""
 
 
 def _build(class_name: str, config: dict[str, Any], make_inputs: Callable[..., dict[str, Any]], seed: int) -> TinyModel:
-    """Seed, build ``diffusers.<class_name>(**config)``, then draw inputs from one generator."""
+    """Seed, build ``diffusers.<class_name>(**config)``, then draw inputs from one generator:
+    ``make_inputs(randn, gen)`` with ``randn(*shape)`` drawing from ``gen``."""
     import diffusers
 
     torch.manual_seed(seed)
     model = getattr(diffusers, class_name)(**config)
     gen = torch.Generator().manual_seed(seed)
-    return model.eval(), make_inputs(_randn(gen), gen)
+    return model.eval(), make_inputs(lambda *shape: torch.randn(*shape, generator=gen), gen)
 
 
 def tiny_flux(seed: int = 0) -> TinyModel:
-    config = dict(patch_size=1, in_channels=4, num_layers=4, num_single_layers=4, attention_head_dim=16,
-                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
-    return _build("FluxTransformer2DModel", config, lambda r, gen: dict(
+    return _build("FluxTransformer2DModel", FLUX_CONFIG, lambda r, gen: dict(
         hidden_states=r(1, 16, 4), encoder_hidden_states=r(1, 24, 32), pooled_projections=r(1, 32),
         img_ids=r(16, 3), txt_ids=r(24, 3), timestep=torch.tensor([1.0])), seed)
 
@@ -46,10 +47,7 @@ def tiny_qwen_image(seed: int = 0) -> TinyModel:
 
 
 def tiny_wan(seed: int = 0) -> TinyModel:
-    config = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-                  text_dim=16, freq_dim=256, ffn_dim=32, num_layers=4, cross_attn_norm=True,
-                  qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    return _build("WanTransformer3DModel", config, lambda r, gen: dict(
+    return _build("WanTransformer3DModel", WAN_CONFIG, lambda r, gen: dict(
         hidden_states=r(1, 4, 2, 16, 16), encoder_hidden_states=r(1, 12, 16),
         timestep=torch.randint(0, 1000, (1,), generator=gen)), seed)
 
@@ -92,11 +90,6 @@ def tiny_pixart(seed: int = 0) -> TinyModel:
 
 
 TINY_MODELS: dict[str, Callable[..., TinyModel]] = {
-    "flux": tiny_flux,
-    "qwen_image": tiny_qwen_image,
-    "wan": tiny_wan,
-    "sd3": tiny_sd3,
-    "cogvideox": tiny_cogvideox,
-    "hunyuan_video": tiny_hunyuan_video,
-    "pixart": tiny_pixart,
+    builder.__name__.removeprefix("tiny_"): builder
+    for builder in (tiny_flux, tiny_qwen_image, tiny_wan, tiny_sd3, tiny_cogvideox, tiny_hunyuan_video, tiny_pixart)
 }

@@ -1,16 +1,8 @@
 """Tiny random-weight diffusers pipelines, built fully offline (nothing is downloaded).
 
-Every component is constructed from a config with weights drawn from a seeded RNG:
-
-- ``tiny_flux_pipeline``: ``FluxPipeline`` = tiny ``FluxTransformer2DModel`` (guidance-embedded,
-  like FLUX.1-dev), ``AutoencoderKL`` (scale factor 2, 4 latent channels), ``CLIPTextModel`` +
-  ``T5EncoderModel`` (transformers, from config), ``FlowMatchEulerDiscreteScheduler`` with Flux's
-  dynamic shifting, and two small WordPiece tokenizers built in memory with ``tokenizers``.
-- ``tiny_wan_pipeline``: ``WanPipeline`` = tiny ``WanTransformer3DModel`` (optionally a second
-  expert ``transformer_2`` plus ``boundary_ratio``, the Wan 2.2 layout), ``AutoencoderKLWan``,
-  ``UMT5EncoderModel``, an in-memory tokenizer and Wan's ``UniPCMultistepScheduler`` (flow sigmas).
-
-``default_call_kwargs(name)`` gives a small call; add ``generator`` and ``output_type``::
+Every component is built from a config with seeded random weights; tokenizers are small
+WordPiece vocabularies built in memory. ``default_call_kwargs(name)`` gives a small call; add
+``generator`` and ``output_type``::
 
     pipe = TINY_PIPELINES["wan"](seed=0)
     out = pipe(**default_call_kwargs("wan"), generator=torch.Generator().manual_seed(0), output_type="latent")
@@ -23,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from cachedit_fx.tiny_models import FLUX_CONFIG, WAN_CONFIG
+
 _WORDS = (
     "a an the of in on at with and by photo picture painting video portrait close up view cat cats dog man woman "
     "child astronaut horse bird car tree flower house city street forest mountain river sea beach sky sun moon "
@@ -33,9 +27,8 @@ _WORDS = (
 
 def _word_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk: str,
                     model_max_length: int) -> Any:
-    """A lowercasing WordPiece ``PreTrainedTokenizerFast``: a few common prompt words are one
-    token each, any other ASCII word is spelt in characters (non-ASCII characters -> ``unk``);
-    appends ``eos`` (and prepends ``bos`` when given)."""
+    """A lowercasing WordPiece tokenizer: common prompt words are one token, other ASCII words are
+    spelt in characters (non-ASCII -> ``unk``); appends ``eos`` (and prepends ``bos`` if given)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -70,14 +63,11 @@ def tiny_flux_pipeline(seed: int = 0) -> Any:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    clip_len, dim = 16, 32
+    clip_len, dim = 16, FLUX_CONFIG["joint_attention_dim"]
     tokenizer, tokenizer_2 = _clip_tokenizer(clip_len), _t5_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=16, num_layers=4, num_single_layers=4, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=dim, pooled_projection_dim=dim, guidance_embeds=True,
-            axes_dims_rope=[4, 4, 8])
+        transformer = FluxTransformer2DModel(**{**FLUX_CONFIG, "in_channels": 16, "guidance_embeds": True})
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 8), layers_per_block=1,
@@ -100,26 +90,22 @@ def tiny_flux_pipeline(seed: int = 0) -> Any:
         text_encoder_2=text_encoder_2.eval(), tokenizer_2=tokenizer_2, transformer=transformer.eval())
 
 
-def _wan_transformer(seed: int, z_dim: int, text_dim: int) -> Any:
+def _wan_transformer(seed: int) -> Any:
     from diffusers import WanTransformer3DModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=z_dim,
-            out_channels=z_dim, text_dim=text_dim, freq_dim=256, ffn_dim=32, num_layers=4, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+        return WanTransformer3DModel(**WAN_CONFIG).eval()
 
 
 def tiny_wan_pipeline(seed: int = 0, two_experts: bool = False) -> Any:
     """A tiny random ``diffusers.WanPipeline`` (4 blocks; 9 frames of 32x32 -> 3x4x4 latents, 12 tokens).
-
     ``two_experts``: Wan 2.2 layout, ``transformer`` (seed) for timesteps >= 875 and
     ``transformer_2`` (seed + 1) below, so both experts run within one generation."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
-    z_dim, text_dim = 4, 16
+    z_dim, text_dim = WAN_CONFIG["in_channels"], WAN_CONFIG["text_dim"]
     tokenizer = _t5_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -132,17 +118,14 @@ def tiny_wan_pipeline(seed: int = 0, two_experts: bool = False) -> Any:
             eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
-    experts: dict[str, Any] = {"transformer": _wan_transformer(seed, z_dim, text_dim)}
+    experts: dict[str, Any] = {"transformer": _wan_transformer(seed)}
     if two_experts:
-        experts.update(transformer_2=_wan_transformer(seed + 1, z_dim, text_dim), boundary_ratio=0.875)
+        experts.update(transformer_2=_wan_transformer(seed + 1), boundary_ratio=0.875)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), scheduler=scheduler,
                        **experts)
 
 
-TINY_PIPELINES: dict[str, Callable[..., Any]] = {
-    "flux": tiny_flux_pipeline,
-    "wan": tiny_wan_pipeline,
-}
+TINY_PIPELINES: dict[str, Callable[..., Any]] = {"flux": tiny_flux_pipeline, "wan": tiny_wan_pipeline}
 
 
 def default_call_kwargs(name: str) -> dict[str, Any]:
