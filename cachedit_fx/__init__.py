@@ -21,16 +21,14 @@ from cachedit_fx.config import (
     parse_options,
 )
 from cachedit_fx.export import RESET_INPUT, cache_state, export, exported_summary, package
-from cachedit_fx.inspection import InspectReport
+from cachedit_fx.inspection import InspectReport, inspect_model as inspect
 from cachedit_fx.parallelism import ParallelismConfig
-from cachedit_fx.passes.errors import ParallelismError
+from cachedit_fx.passes.errors import ParallelismError, UnsupportedGraph
 from cachedit_fx.passes.shard_propagation import ShardingReport
-from cachedit_fx.inspection import inspect_model as inspect
-from cachedit_fx.passes.errors import UnsupportedGraph
 from cachedit_fx.passes.pass_list import add_pass, build_pass_list
 from cachedit_fx.pipelines import cached_modules, compile, disable
 from cachedit_fx.quantization import quantize
-from cachedit_fx.runtime.contexts import CacheContext
+from cachedit_fx.runtime.contexts import CacheContext, ModelCache
 from cachedit_fx.runtime.registry import cache_for_model
 from cachedit_fx.runtime.stats import CacheSummary
 from cachedit_fx.runtime.step_masks import steps_mask
@@ -53,12 +51,16 @@ def summary(model: Any, stream: str = "default", context: Optional[str] = None) 
     ``context``: a ``cache_context`` name (None: the active one, else "default")."""
     if _is_exported(model):
         return exported_summary(model, stream)
+    cache = _only_cache(model, " (e.g. cachedit_fx.summary(pipe.transformer_2))")
+    return cache.summary(context or cache.active_name(), stream)
+
+
+def _only_cache(model: Any, example: str = "") -> ModelCache:
+    """The cache of ``model``'s one transformer (refused for a pipeline with several)."""
     modules = cached_modules(model)
     if len(modules) != 1:
-        raise ValueError(f"{type(model).__name__} has {len(modules)} transformers; ask for one of them "
-                         "(e.g. cachedit_fx.summary(pipe.transformer_2))")
-    cache = cache_for_model(modules[0])
-    return cache.summary(context or cache.active_name(), stream)
+        raise ValueError(f"{type(model).__name__} has {len(modules)} transformers; ask for one of them{example}")
+    return cache_for_model(modules[0])
 
 
 def _is_exported(model: Any) -> bool:
@@ -75,10 +77,7 @@ def _is_exported(model: Any) -> bool:
 def sharding_report(model: Any) -> Optional[ShardingReport]:
     """What the tensor- or context-parallel pass did in the latest parallel compile of
     ``model`` (sharded linears, collectives, weight bytes per rank); None if it ran unsharded."""
-    modules = cached_modules(model)
-    if len(modules) != 1:
-        raise ValueError(f"{type(model).__name__} has {len(modules)} transformers; ask for one of them")
-    return cache_for_model(modules[0]).sharding
+    return _only_cache(model).sharding
 
 
 def refresh(model: Any, num_inference_steps: Optional[int] = None, context: Optional[str] = None,

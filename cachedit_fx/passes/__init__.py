@@ -8,7 +8,7 @@ parallel run, Dynamo's input metadata) travels with the graph as ``CompileHandle
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch.fx as fx
 
@@ -42,5 +42,4 @@ class CompileHandles:
 def compile_handles(gm: fx.GraphModule) -> CompileHandles:
     """The handles the backend attached to ``gm`` (empty ones for a graph compiled elsewhere:
     ``export``, a test calling a pass directly)."""
-    handles: Optional[CompileHandles] = gm.meta.get(HANDLES_META_KEY)
-    return handles if handles is not None else CompileHandles()
+    return gm.meta.get(HANDLES_META_KEY) or CompileHandles()

@@ -1,17 +1,14 @@
 """Compile the cache step's program as parts around its ``torch.cond``s: the branch is taken
-between compiled parts, on the host or as a CUDA graph's conditional node.
+between compiled parts, on the host or as a CUDA graph's conditional node (Inductor would read
+the predicate on the host and turn CUDA graphs off for the whole graph).
 
-Inductor compiles a graph holding a ``torch.cond`` into code that reads the predicate on the
-host (``if pred.item():``) and turns CUDA graphs off for it. Here AOTAutograd traces the
-program once (Inductor's decompositions, input mutations kept in the graph), the ATen graph is
-cut at each ``cond`` in turn (``split_at_cond``; DBPrune has one per block), the inner backend
-compiles each part and both branches (Inductor with CUDA graphs off; "eager" and "aot_eager"
-run the ATen parts as they are), and ``CondParts`` dispatch the ``cond``s at run time. Under
-CUDA graphs the ``CondParts`` are recorded by CUDA-graph trees (``runtime/cond_parts.py``),
-the weights and the state tensors as static inputs; elsewhere they run unrecorded, the
-predicate read on the host between parts.
+AOTAutograd traces the program once (Inductor's decompositions, input mutations kept), the ATen
+graph is cut at each ``cond`` (``split_at_cond``; DBPrune has one per block), the inner backend
+compiles each part and both branches (Inductor with CUDA graphs off; "eager" and "aot_eager" run
+them as they are) and ``CondParts`` dispatch the ``cond``s, recorded by CUDA-graph trees under
+CUDA graphs (weights and state tensors static inputs).
 
-Assumes: a program from ``insert_in_graph_step`` (its state tensors are its last inputs,
+Assumes: a program from ``insert_in_graph_step`` (its state tensors its last inputs,
 ``meta[IN_GRAPH_META_KEY]``).
 """
 
@@ -34,7 +31,7 @@ log = logging.getLogger("cachedit_fx")
 
 
 def compile_cond_parts(parent: fx.GraphModule, example_inputs: Sequence[Any],
-                                settings: BackendSettings) -> Callable[..., Any]:
+                       settings: BackendSettings) -> Callable[..., Any]:
     from torch._dynamo.backends.common import aot_autograd
     from torch._inductor.decomposition import select_decomp_table
 
@@ -70,24 +67,18 @@ def compile_cond_parts(parent: fx.GraphModule, example_inputs: Sequence[Any],
 
 
 def _compile_part(part: fx.GraphModule, settings: BackendSettings) -> Callable[..., Any]:
-    """One ATen part compiled by Inductor with the compile's options, CUDA graphs off (the
-    whole program is recorded instead), or as it is for the AOT-free backends; called with
-    positional inputs."""
+    """One ATen part, called with positional inputs: compiled by Inductor with the compile's
+    options and CUDA graphs off (the whole program is recorded instead), or as it is."""
     if settings.inner_backend != "inductor":
         return part
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx_inner
     from torch._inductor.utils import BoxedBool
 
-    patches = {**inductor_patches(settings), "triton.cudagraphs": False}
     examples = [n.meta["val"] for n in part.graph.find_nodes(op="placeholder")]
     context = torch._guards.TracingContext.try_get()
     if context is not None and context.output_strides is not None:
         context.output_strides.clear()  # each part records its own outputs' strides there
-    with inductor_config.patch(patches):
+    with inductor_config.patch({**inductor_patches(settings), "triton.cudagraphs": False}):
         compiled = compile_fx_inner(part, examples, cudagraphs=BoxedBool(False), is_inference=True)
-
-    def run(*inputs: torch.Tensor) -> Sequence[torch.Tensor]:
-        return compiled(list(inputs))
-
-    return run
+    return lambda *inputs: compiled(list(inputs))

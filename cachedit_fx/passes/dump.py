@@ -42,13 +42,12 @@ class GraphDumper:
         self.count += 1
         if seconds is not None:
             self.timings.append((stage, seconds))
-            with open(os.path.join(self.dump_dir, f"{self.graph_id}_timings.json"), "w") as f:
-                json.dump(self.timings, f, indent=1)
-        analysis = {key: _jsonable(gm.meta[key]) for key in (CHAIN_META_KEY, PARTITION_META_KEY) if key in gm.meta}
+            self._write_json("timings", self.timings)
+        analysis = {key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                    for key in (CHAIN_META_KEY, PARTITION_META_KEY) if (value := gm.meta.get(key)) is not None}
         if analysis:
-            with open(os.path.join(self.dump_dir, f"{self.graph_id}_analysis.json"), "w") as f:
-                json.dump(analysis, f, indent=1)
+            self._write_json("analysis", analysis)
 
-
-def _jsonable(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    def _write_json(self, kind: str, value: Any) -> None:
+        with open(os.path.join(self.dump_dir, f"{self.graph_id}_{kind}.json"), "w") as f:
+            json.dump(value, f, indent=1)

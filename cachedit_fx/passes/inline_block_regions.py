@@ -1,22 +1,20 @@
 """Inline the block regions Dynamo traced once (``torch.ops.higher_order.invoke_subgraph``).
 
-Assumes: a Dynamo graph that may call ``invoke_subgraph(get_attr subgraph, identifier,
-*operands)`` (``trace_blocks_once`` marks every repeated block so), each call read only
-through ``operator.getitem``; subgraphs may call further regions.
+Assumes: calls ``invoke_subgraph(get_attr subgraph, identifier, *operands)`` (``trace_blocks_once``
+marks every repeated block so), each read only through ``operator.getitem``; regions may nest.
 Refuses (``UnsupportedGraph``, before changing anything) calls of another layout.
-Guarantees: the returned graph calls no ``invoke_subgraph`` and computes the same function;
-every call is replaced by a copy of its subgraph's nodes whose ``nn_module_stack`` names the
-calling block (what Dynamo records when it traces that block itself), with the subgraph's
-example values. A ``cachedit_fx::region_copy`` (``trace_blocks_once`` copies block inputs and
-outputs: regions may neither take nor return aliases) is dropped unless an in-place op may
-write its source or its result or an alias of either (``alias_classes``), when it becomes
-``torch.clone``; so a graph without such writes is the one an unmarked trace gives.
+Guarantees: no ``invoke_subgraph`` is left and the function is the same; each call becomes a
+copy of its subgraph's nodes (their example values, an ``nn_module_stack`` naming the calling
+block, as Dynamo records when it traces that block itself). A ``cachedit_fx::region_copy``
+(block boundaries may not alias) is dropped unless an in-place op may write its source, its
+result or an alias of either (``alias_classes``), when it becomes ``torch.clone``; so a graph
+without such writes is the one an unmarked trace gives.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.fx as fx
@@ -27,6 +25,8 @@ from cachedit_fx.config import BackendSettings
 from cachedit_fx.passes.errors import UnsupportedGraph
 
 INVOKE_SUBGRAPH = torch.ops.higher_order.invoke_subgraph
+
+ModuleStack = dict[str, tuple[str, Any]]
 
 
 def inline_block_regions(gm: fx.GraphModule, settings: Optional[BackendSettings] = None) -> fx.GraphModule:
@@ -78,8 +78,7 @@ def _inline_calls(gm: fx.GraphModule) -> list[fx.Node]:
 
 def _erase_unused(graph: fx.Graph, touched: list[fx.Node]) -> None:
     """Erase the nodes among ``touched`` (inlined, or sources of dropped copies) that nothing
-    reads, and then their inputs left unread (a region computes outputs its caller drops, which
-    Dynamo does not trace inline); every other node stays as Dynamo traced it."""
+    reads, then their inputs left unread (region outputs the caller drops); nothing else."""
     pending = list(touched)
     while pending:
         node = pending.pop()
@@ -95,9 +94,8 @@ def _inline_call(gm: fx.GraphModule, call: fx.Node) -> list[fx.Node]:
     holder, operands = call.args[0], call.args[2:]
     region = getattr(gm, holder.target)
     _inline_calls(region)
-    placeholders = region.graph.find_nodes(op="placeholder")
-    env: dict[fx.Node, Any] = dict(zip(placeholders, operands))
-    rebase = _StackRebase(call, region)
+    env: dict[fx.Node, Any] = dict(zip(region.graph.find_nodes(op="placeholder"), operands))
+    rebase = _stack_rebase(call, region)
     results: tuple[Any, ...] = ()
     created: list[fx.Node] = []
     with gm.graph.inserting_before(call):
@@ -140,26 +138,25 @@ def _copy_attribute(gm: fx.GraphModule, region_name: str, region: fx.GraphModule
     return copied
 
 
-class _StackRebase:
+def _stack_rebase(call: fx.Node, region: fx.GraphModule) -> Callable[[Optional[ModuleStack]], ModuleStack]:
     """Maps a region node's ``nn_module_stack`` (recorded under the module the region was first
     traced in) to the module of ``call``: the call's own stack, then the region's inner modules
     with their path prefix replaced."""
+    outer: ModuleStack = dict(call.meta.get("nn_module_stack") or {})
+    call_root = next(reversed(outer.values()))[0] if outer else None
+    region_root = _region_root(region)
 
-    def __init__(self, call: fx.Node, region: fx.GraphModule) -> None:
-        self.outer = dict(call.meta.get("nn_module_stack") or {})
-        self.suffix = call.name
-        self.call_root = next(reversed(self.outer.values()))[0] if self.outer else None
-        self.region_root = _region_root(region)
-
-    def __call__(self, stack: Optional[dict[str, tuple[str, Any]]]) -> dict[str, tuple[str, Any]]:
-        rebased = dict(self.outer)
+    def rebase(stack: Optional[ModuleStack]) -> ModuleStack:
+        rebased = dict(outer)
         for key, (path, cls) in (stack or {}).items():
-            if self.region_root is not None and self.call_root is not None and path.startswith(self.region_root):
-                if path == self.region_root:
+            if region_root is not None and call_root is not None and path.startswith(region_root):
+                if path == region_root:
                     continue
-                path = self.call_root + path[len(self.region_root):]
-            rebased[f"{key}@{self.suffix}"] = (path, cls)
+                path = call_root + path[len(region_root):]
+            rebased[f"{key}@{call.name}"] = (path, cls)
         return rebased
+
+    return rebase
 
 
 def _region_root(region: fx.GraphModule) -> Optional[str]:

@@ -18,13 +18,20 @@
 
 ``target="export"`` ends with ``insert_exported_step`` or, for DBPrune,
 ``insert_exported_prune_steps`` (state as buffers, a reset input) and compiles nothing.
-``add_pass`` adds a researcher's pass to every list built afterwards.
+``add_pass`` adds a researcher's pass to every list built afterwards. ``PassManager.run``
+applies a list, logging each pass's wall time at DEBUG and handing each result to the dumper.
+
+Invariant: a list never holds a pass twice under one name; ``insert`` names an existing pass.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
+
+import torch.fx as fx
 
 from cachedit_fx.config import BackendSettings, DBPruneConfig
 from cachedit_fx.passes.compile_regions import compile_regions
@@ -36,8 +43,55 @@ from cachedit_fx.passes.insert_prune_steps import insert_exported_prune_steps, i
 from cachedit_fx.passes.lower import lower
 from cachedit_fx.passes.partition import partition
 from cachedit_fx.passes.partition_blocks import partition_blocks
-from cachedit_fx.passes.pass_manager import Pass, PassManager, pass_name
 from cachedit_fx.passes.tensor_parallel import tensor_parallel
+
+log = logging.getLogger("cachedit_fx")
+
+Pass = Callable[[fx.GraphModule, Any], fx.GraphModule]
+
+
+def pass_name(graph_pass: Pass) -> str:
+    return getattr(graph_pass, "__name__", type(graph_pass).__name__)
+
+
+def _anchor(caller: str, after: Optional[str], before: Optional[str], names: Any) -> str:
+    """The one pass named by ``after`` / ``before``, which must be among ``names``."""
+    if (after is None) == (before is None):
+        raise ValueError(f"{caller}: name exactly one of after= / before=")
+    anchor = after if after is not None else before
+    if anchor not in names:
+        raise ValueError(f"{caller}: no pass named {anchor!r}; the passes are {sorted(names)}")
+    return anchor
+
+
+@dataclass
+class PassManager:
+    passes: list[Pass]
+
+    @property
+    def names(self) -> list[str]:
+        return [pass_name(p) for p in self.passes]
+
+    def insert(self, graph_pass: Pass, *, after: Optional[str] = None, before: Optional[str] = None) -> None:
+        """Insert ``graph_pass`` right after the pass named ``after`` or before ``before``."""
+        anchor = _anchor("insert", after, before, self.names)
+        if pass_name(graph_pass) in self.names:
+            raise ValueError(f"insert: a pass named {pass_name(graph_pass)!r} is already in the list")
+        self.passes.insert(self.names.index(anchor) + (after is not None), graph_pass)
+
+    def up_to(self, name: str) -> "PassManager":
+        """The passes up to and including ``name`` (an analysis prefix)."""
+        return PassManager(self.passes[: self.names.index(name) + 1])
+
+    def run(self, gm: fx.GraphModule, settings: Any, dump: Optional[Callable[..., None]] = None) -> fx.GraphModule:
+        for graph_pass in self.passes:
+            start = time.perf_counter()
+            gm = graph_pass(gm, settings)
+            seconds = time.perf_counter() - start
+            log.debug("cachedit: pass %s %.1f ms", pass_name(graph_pass), 1e3 * seconds)
+            if dump is not None:
+                dump(pass_name(graph_pass), gm, seconds)
+        return gm
 
 
 def build_pass_list(settings: BackendSettings, target: Literal["compile", "export"] = "compile") -> PassManager:
@@ -87,11 +141,7 @@ _USER_PASSES: list[PassRegistration] = []
 def add_pass(graph_pass: Pass, *, after: Optional[str] = None, before: Optional[str] = None) -> PassRegistration:
     """Insert ``graph_pass`` (``(gm, settings) -> gm``) after or before the pass of that name in
     every pass list built from now on (lists without that pass are left as they are)."""
-    if (after is None) == (before is None):
-        raise ValueError("add_pass: name exactly one of after= / before=")
-    anchor = after if after is not None else before
-    if anchor not in PASS_NAMES:
-        raise ValueError(f"add_pass: no pass named {anchor!r}; passes: {sorted(PASS_NAMES)}")
+    _anchor("add_pass", after, before, PASS_NAMES)
     entry = PassRegistration(graph_pass, after, before)
     _USER_PASSES.append(entry)
     return entry

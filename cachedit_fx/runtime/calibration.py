@@ -19,8 +19,7 @@ Calibrator = Union[TaylorSeerCalibratorConfig, FoCaCalibratorConfig]
 
 @dataclass(frozen=True)
 class ValuePlan:
-    """How one carried value is cached: ``kind`` "taylor" (``order`` 0 = reuse the last
-    residual) or "foca"; ``residual``: remember ``out - in`` rather than ``out``."""
+    """How one carried value is cached (module docstring)."""
 
     kind: str
     order: int
@@ -28,16 +27,14 @@ class ValuePlan:
 
 
 def value_plans(calibrator: Optional[Calibrator], num_values: int, hidden_position: int) -> tuple[ValuePlan, ...]:
-    plans = []
-    for k in range(num_values):
-        hidden = k == hidden_position
-        enabled = calibrator is not None and (
-            calibrator.enable_calibrator if hidden else calibrator.enable_encoder_calibrator)
-        if not enabled:
-            plans.append(ValuePlan("taylor", 0, True))
-        elif isinstance(calibrator, FoCaCalibratorConfig):
-            plans.append(ValuePlan("foca", 0, calibrator.calibrator_cache_type == "residual"))
-        else:
-            plans.append(ValuePlan("taylor", calibrator.taylorseer_order,
-                                   calibrator.calibrator_cache_type == "residual"))
-    return tuple(plans)
+    """One plan per carried value; ``hidden_position`` is the hidden state's (the calibrator's
+    ``enable_calibrator``), the others follow ``enable_encoder_calibrator``."""
+    plain = ValuePlan("taylor", 0, True)
+    if calibrator is None:
+        return (plain,) * num_values
+    residual = calibrator.calibrator_cache_type == "residual"
+    calibrated = (ValuePlan("foca", 0, residual) if isinstance(calibrator, FoCaCalibratorConfig)
+                  else ValuePlan("taylor", calibrator.taylorseer_order, residual))
+    enabled = [calibrator.enable_calibrator if k == hidden_position else calibrator.enable_encoder_calibrator
+               for k in range(num_values)]
+    return tuple(calibrated if on else plain for on in enabled)

@@ -1,11 +1,7 @@
 """The operands a ``torch.cond`` branch receives for a list of arguments, and the arguments
-rebuilt from them inside the branch.
-
-``torch.cond`` refuses an operand passed twice and has no rule for tensor subclasses (torchao's
-quantized weights): each distinct argument is passed once, and a wrapper subclass is passed as
-its inner tensors (``__tensor_flatten__``, recursively) and rebuilt in the branch
-(``__tensor_unflatten__``), so the branch computes on the subclass while the ``cond`` sees
-plain tensors only.
+rebuilt from them inside the branch. ``torch.cond`` refuses an operand passed twice and tensor
+subclasses (torchao's quantized weights): each distinct argument is passed once, a wrapper
+subclass as its inner tensors (``__tensor_flatten__``, recursively), rebuilt in the branch.
 
 Invariants: ``arguments(operands)`` returns the original arguments (the same objects for plain
 tensors, equal subclasses rebuilt on the same inner tensors); the layout is fixed when the

@@ -2,12 +2,9 @@
 (``passes/split_at_cond.py``): the part before, the ``cond`` dispatched at run time over the
 compiled branches, the part after.
 
-Dispatched at run time, the ``cond`` is what CUDA-graph trees capture as a conditional node
-(``torch/_higher_order_ops/cudagraph_conditional_nodes.py``): recorded under
-``cuda_graph_trees``, a whole step (head, decision, the branch taken on the device, state
-writes, tail) replays as one CUDA graph with no host read. Outside a capture (CPU, or CUDA
-graphs off) the ``cond`` reads its predicate on the host, as Inductor's own code for a
-``cond`` does.
+Recorded by ``cuda_graph_trees``, the ``cond`` is captured as a conditional node
+(``torch/_higher_order_ops/cudagraph_conditional_nodes.py``): a whole step replays as one CUDA
+graph with no host read. Outside a capture the ``cond`` reads its predicate on the host.
 
 Invariants: the parts are pure but for ``after``'s writes into the state inputs; both branches
 return fresh contiguous tensors of equal shapes (the conditional node copies the false
@@ -35,9 +32,8 @@ class CondParts:
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         values = [*inputs, *self.before(*inputs)]
-        results = torch.ops.higher_order.cond(values[self.predicate], self.true_branch, self.false_branch,
-                                              [values[k] for k in self.operands])
-        values.extend(results)
+        values.extend(torch.ops.higher_order.cond(values[self.predicate], self.true_branch, self.false_branch,
+                                                  [values[k] for k in self.operands]))
         return self.after(*(values[k] for k in self.after_inputs))
 
 
@@ -55,8 +51,4 @@ def cuda_graph_trees(program: Callable[..., Any], example_inputs: Sequence[Any],
 
     recorded = cudagraphify_impl(boxed, list(example_inputs), tuple(static_input_indices), device_index=device_index,
                                  is_backward=False, is_inference=True)
-
-    def run(*inputs: Any) -> Any:
-        return recorded(list(inputs))
-
-    return run
+    return lambda *inputs: recorded(list(inputs))

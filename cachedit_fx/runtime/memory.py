@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cachedit_fx.runtime.dbcache_step import StepLayout, ValueLadder, generation_progress, stream_row_of
+from cachedit_fx.runtime.dbcache_step import StepLayout, generation_progress, stream_row_of
 from cachedit_fx.runtime.state import ModelCacheState
 
 
@@ -34,12 +34,11 @@ def stream_memory(state: ModelCacheState) -> list[StreamMemory]:
     if state.step_tensors is None:
         return []
     layout, tensors = state.step_tensors.layout, state.step_tensors.tensors
-    stored = _stored_names(layout)
     counters = tensors["counters"].tolist()
-    _, steps = generation_progress(tensors)
-    return [StreamMemory(name, sum(tensors[stored_name][stream_row_of(counters, name)].nbytes
-                                   for stored_name in stored), _carried_bytes(layout))
-            for name, done in steps.items() if done > 0]
+    _, progress = generation_progress(tensors)
+    return [StreamMemory(name, sum(tensors[stored][stream_row_of(counters, name)].nbytes
+                                   for stored in _stored_names(layout)), _carried_bytes(layout))
+            for name, done in progress.items() if done > 0]
 
 
 def _stored_names(layout: StepLayout) -> list[str]:
@@ -53,9 +52,5 @@ def _stored_names(layout: StepLayout) -> list[str]:
 
 
 def _carried_bytes(layout: StepLayout) -> int:
-    def size(values: tuple[ValueLadder, ...]) -> int:
-        return sum(math.prod(v.shape) * v.dtype.itemsize for v in values)
-
-    if layout.blocks:
-        return max(size(block.values) for block in layout.blocks)
-    return size(layout.values)
+    return max(sum(math.prod(v.shape) * v.dtype.itemsize for v in values)
+               for values in ([b.values for b in layout.blocks] or [layout.values]))

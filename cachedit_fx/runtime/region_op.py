@@ -15,7 +15,7 @@ nothing.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Optional, Sequence
 
 import torch
 
@@ -27,6 +27,10 @@ _REGIONS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 _LAYOUTS: dict[str, CondOperands] = {}
 """op name -> how its tensor arguments were flattened (the latest call; equal for every call of
 one region, whose inputs' types are part of its key)."""
+_FAKE_OUTPUTS: dict[str, dict[Hashable, list[tuple[Any, ...]]]] = {}
+"""op name -> input metadata (``_static_key``) -> its outputs' shapes, strides, dtypes and
+devices: a region is traced on fake tensors once per input metadata, not at every trace of the
+program (a deep model's program traces each region op several times)."""
 _ALIASED: dict[str, tuple[bool, ...]] = {}
 """op name -> which outputs of its compiled region share storage with an input or an earlier
 output, found on its first real call: a compiled graph returns a view always or never, since
@@ -56,6 +60,7 @@ class RegionCall(torch.nn.Module):
         self.name = f"region_{key}"
         _REGIONS[self.name] = (graph, compiled)
         _ALIASED.pop(self.name, None)
+        _FAKE_OUTPUTS.pop(self.name, None)
         if not hasattr(getattr(torch.ops, NAMESPACE, None), self.name):
             _define(self.name)
         self.op = getattr(getattr(torch.ops, NAMESPACE), self.name)
@@ -79,8 +84,25 @@ def _define(name: str) -> None:
 
     @run.register_fake
     def _(tensors: list[torch.Tensor], sizes: list[int], kinds: str) -> list[torch.Tensor]:
+        key = _static_key(tensors, sizes)
+        known = _FAKE_OUTPUTS.get(name, {}).get(key) if key is not None else None
+        if known is not None:
+            return [tensors[0].new_empty_strided(shape, stride, dtype=dtype, device=device)
+                    for shape, stride, dtype, device in known]
         outputs = _REGIONS[name][0](*_arguments(name, tensors, sizes, kinds))
-        return _fresh(outputs, _aliases(outputs, tensors))
+        outputs = _fresh(outputs, _aliases(outputs, tensors))
+        if key is not None:
+            _FAKE_OUTPUTS.setdefault(name, {})[key] = [
+                (tuple(t.shape), t.stride(), t.dtype, t.device) for t in outputs]
+        return outputs
+
+
+def _static_key(tensors: Sequence[torch.Tensor], sizes: Sequence[Any]) -> Optional[Hashable]:
+    """The metadata a region's fake outputs depend on, when every size and stride is an
+    integer (a symbolic shape is traced every time: its outputs' symbols are the call's own)."""
+    key = (tuple((tuple(t.shape), t.stride(), t.dtype, t.device) for t in tensors), tuple(sizes))
+    plain = all(isinstance(d, int) for t in tensors for d in (*t.shape, *t.stride()))
+    return key if plain and all(isinstance(s, int) for s in sizes) else None
 
 
 def _arguments(name: str, tensors: Sequence[torch.Tensor], sizes: Sequence[int], kinds: str) -> list[Any]:

@@ -1,11 +1,9 @@
 """Find the ``ModelCache`` of a model from the model object or from a compiled graph.
 
-Dynamo hands the backend the model's parameters as graph inputs but not the module, so a
-cache is registered under every parameter of its model (held weakly) and found again by
-identity: from ``model.parameters()`` (public API) or from the lifted parameters among a
-graph's example inputs (backend). Every graph Dynamo compiles for one model (e.g. after a
-shape change) therefore shares one cache, and a cache created before the first compile
-(``cache_context``, ``cachedit_fx.compile``) is the one the backend binds.
+Dynamo hands the backend the model's parameters, not the module, so a cache is registered
+under every parameter of its model (held weakly) and found by identity from
+``model.parameters()`` or a graph's lifted parameters. So every graph Dynamo compiles for one
+model shares one cache, and a cache created before the first compile is the one bound to it.
 """
 
 from __future__ import annotations
@@ -21,9 +19,11 @@ _CACHES: dict[int, tuple[weakref.ref, ModelCache]] = {}
 
 
 def _register(params: Iterable[torch.Tensor], cache: ModelCache) -> None:
+    """Register ``cache`` under those of ``params`` that have none yet."""
     for param in params:
-        key = id(param)
-        _CACHES[key] = (weakref.ref(param, lambda _, key=key, caches=_CACHES: caches.pop(key, None)), cache)
+        if cache_of_param(param) is None:
+            key = id(param)
+            _CACHES[key] = (weakref.ref(param, lambda _, key=key, caches=_CACHES: caches.pop(key, None)), cache)
 
 
 def cache_of_param(param: torch.Tensor) -> Optional[ModelCache]:
@@ -35,12 +35,7 @@ def cache_of_param(param: torch.Tensor) -> Optional[ModelCache]:
 def cache_for_params(params: list[torch.Tensor]) -> ModelCache:
     """The cache of the model owning ``params`` (a graph's lifted parameters), created and
     registered under them if none of them has one."""
-    for param in params:
-        cache = cache_of_param(param)
-        if cache is not None:
-            _register([p for p in params if cache_of_param(p) is None], cache)
-            return cache
-    cache = ModelCache()
+    cache = next((c for c in map(cache_of_param, params) if c is not None), None) or ModelCache()
     _register(params, cache)
     return cache
 
@@ -52,23 +47,19 @@ def cache_for_model(model: torch.nn.Module, create: bool = False) -> ModelCache:
     if none has one), and it learns the model's main block list."""
     module = getattr(model, "_orig_mod", model)
     params = list(module.parameters())
-    found: list[ModelCache] = []
-    for param in params:
-        cache = cache_of_param(param)
-        if cache is not None and cache not in found:
-            found.append(cache)
-    if create:
-        if not params:
-            raise ValueError(f"{type(module).__name__} has no parameters, so it cannot hold a cachedit cache")
-        cache = next((c for c in found if c.bound is not None), found[0] if found else ModelCache())
-        _register([p for p in params if cache_of_param(p) is None], cache)
-        cache.main_list = main_block_list(module)
+    found = [c for c in map(cache_of_param, params) if c is not None]
+    cache = next((c for c in found if c.bound is not None), found[0] if found else None)
+    if not create:
+        if cache is None:
+            raise ValueError(f"{type(module).__name__} has no cachedit state: compile it with backend='cachedit' "
+                             "and run it first")
         return cache
-    if found:
-        return next((c for c in found if c.bound is not None), found[0])
-    raise ValueError(
-        f"{type(module).__name__} has no cachedit state: compile it with backend='cachedit' and run it first"
-    )
+    if not params:
+        raise ValueError(f"{type(module).__name__} has no parameters, so it cannot hold a cachedit cache")
+    cache = cache or ModelCache()
+    _register(params, cache)
+    cache.main_list = main_block_list(module)
+    return cache
 
 
 def main_block_list(module: torch.nn.Module) -> Optional[str]:

@@ -1,7 +1,5 @@
-"""Cache state of one context of one compiled model: the step's state tensors and options.
-
-The step itself (``runtime/dbcache_step.py``, ``runtime/dbprune_step.py``) reads and writes
-these tensors inside the compiled program; this object only owns them between calls.
+"""Cache state of one context of one compiled model: the step's state tensors and options
+(the step in the compiled program reads and writes them; this object owns them between calls).
 
 Invariants:
   * every graph of the model that makes the same ``StepLayout`` on the same device continues
@@ -25,7 +23,7 @@ from cachedit_fx.config import DBCacheConfig, check_refresh_changes
 from cachedit_fx.runtime.calibration import Calibrator
 from cachedit_fx.runtime.dbcache_step import (
     StepLayout, apply_config, generation_progress, logged_summary, request_reset)
-from cachedit_fx.runtime.stats import CacheSummary, GenerationStats
+from cachedit_fx.runtime.stats import CacheSummary, GenerationStats, format_diff
 
 log = logging.getLogger("cachedit_fx")
 
@@ -45,7 +43,6 @@ class ModelCacheState:
     def __init__(self, config: DBCacheConfig, chain: ChainShape, calibrator: Optional[Calibrator] = None,
                  context: str = "default") -> None:
         self.context = context
-        """The name of the cache context (``runtime/contexts.py``) this state belongs to."""
         self.calls_made = 0
         """Calls of the compiled model made in this context."""
         self.compiled_config = config
@@ -58,9 +55,8 @@ class ModelCacheState:
         """Stream -> the generation whose done line was written."""
 
     def rebind(self, config: DBCacheConfig, chain: ChainShape, calibrator: Optional[Calibrator] = None) -> None:
-        """A new graph of the same model was compiled (e.g. after a shape change). Options
-        given to ``refresh`` survive it unless the compile options, calibrator or chain
-        changed, in which case everything starts afresh."""
+        """A new graph of the model was compiled: ``refresh`` options survive it unless the
+        compile options, calibrator or chain changed (then everything starts afresh)."""
         if config != self.compiled_config or chain != self.chain or calibrator != self.calibrator:
             self.compiled_config = self.config = config
             self.chain = chain
@@ -70,11 +66,10 @@ class ModelCacheState:
 
     def refresh(self, num_inference_steps: Optional[int] = None, **config_changes) -> None:
         """Start a new generation on every stream, optionally with new settings."""
-        changes = dict(config_changes)
         if num_inference_steps is not None:
-            changes["num_inference_steps"] = num_inference_steps
-        if changes:
-            self.config = check_refresh_changes(changes, self.config)
+            config_changes["num_inference_steps"] = num_inference_steps
+        if config_changes:
+            self.config = check_refresh_changes(config_changes, self.config)
             if self.step_tensors is not None:
                 apply_config(self.step_tensors.tensors, self.config)
         self.restart()
@@ -85,8 +80,7 @@ class ModelCacheState:
             request_reset(self.step_tensors.tensors)
 
     def tensors_for(self, layout: StepLayout, device: torch.device) -> list[torch.Tensor]:
-        """The state tensors for a call whose graph makes ``layout`` (sized for the call), in
-        ``layout.names`` order (module invariants)."""
+        """The state tensors, in ``layout.names`` order, for a call whose graph makes ``layout``."""
         entry = self.step_tensors
         if entry is None or (entry.layout is not layout and entry.layout != layout) or entry.device != device:
             with torch.inference_mode(False):
@@ -95,9 +89,8 @@ class ModelCacheState:
         return entry.ordered
 
     def call_done(self) -> None:
-        """After a call: the generation-done INFO line of each stream that has reached
-        ``num_inference_steps``, once per generation. Reads the small counters (a sync on a
-        GPU) only while INFO logging is on; boundaries other than the step count write no line."""
+        """After a call: the generation-done INFO line of each stream that reached
+        ``num_inference_steps``, once per generation (reads the counters only under INFO)."""
         steps = self.config.num_inference_steps
         if steps is None or not log.isEnabledFor(logging.INFO):
             return
@@ -106,8 +99,7 @@ class ModelCacheState:
         for stream, done in progress.items():
             if done >= steps and self.logged.get(stream) != generation:
                 self.logged[stream] = generation
-                log_generation_done(logged_summary(tensors, stream), "num_inference_steps reached", self.context,
-                                    stream)
+                log_generation_done(logged_summary(tensors, stream), self.context, stream)
 
     def summary(self, stream: str = "default") -> CacheSummary:
         if self.step_tensors is not None:
@@ -116,8 +108,8 @@ class ModelCacheState:
 
 
 class _StepTensors:
-    """The step's state tensors of one context: by name, in ``layout.names`` order, the layout
-    and device they were made for."""
+    """The step's state tensors of one context (by name and in ``layout.names`` order), and the
+    layout and device they were made for."""
 
     def __init__(self, layout: StepLayout, device: torch.device, tensors: dict[str, torch.Tensor]) -> None:
         self.layout = layout
@@ -126,12 +118,11 @@ class _StepTensors:
         self.ordered = [tensors[name] for name in layout.names]
 
 
-def log_generation_done(summary: CacheSummary, reason: str, context: str, stream: str) -> None:
-    """The one INFO line of a finished generation of ``stream``."""
+def log_generation_done(summary: CacheSummary, context: str, stream: str) -> None:
+    """The one INFO line of a generation of ``stream`` that reached ``num_inference_steps``."""
     total = summary.computed_blocks + summary.cached_blocks
-    p50 = "-" if summary.diff_p50 is None else f"{summary.diff_p50:.4f}"
     nonfinite = (f", {len(summary.nonfinite_diff_steps)} non-finite diffs at steps {summary.nonfinite_diff_steps}"
                  if summary.nonfinite_diff_steps else "")
-    log.info("cachedit_fx: generation done (%s) context=%r stream=%r: %d/%d steps cached %s, %.1f%% of blocks "
-             "skipped, diff p50 %s%s", reason, context, stream, summary.num_cached_steps, summary.num_steps,
-             summary.cached_steps, 100.0 * summary.cached_blocks / max(total, 1), p50, nonfinite)
+    log.info("cachedit_fx: generation done (num_inference_steps reached) context=%r stream=%r: %d/%d steps cached "
+             "%s, %.1f%% of blocks skipped, diff p50 %s%s", context, stream, summary.num_cached_steps, summary.num_steps,
+             summary.cached_steps, 100.0 * summary.cached_blocks / max(total, 1), format_diff(summary.diff_p50), nonfinite)

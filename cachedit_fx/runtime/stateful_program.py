@@ -2,19 +2,16 @@
 graph and calls the compiled program with them.
 
 Per call on the host: the grad check, the model's cache found by the anchor parameter the call
-receives (``cache_state``), the active context, one dict lookup and, for a dynamic-shape graph,
-the call's sizes (state tensors of other sizes are made anew: a new generation); no tensor is
-read (so a GPU never waits for the host) unless INFO logging is on, when the small counters are
-read to write the generation-done line. A call that raises requests a new generation of that
-state (nothing half-updated is reused).
+receives, the active context, one dict lookup and, for a dynamic-shape graph, the call's sizes
+(state tensors of other sizes are made anew: a new generation). No tensor is read (a GPU never
+waits for the host) unless INFO logging is on (the generation-done line). A call that raises
+requests a new generation of that state.
 
-The state is chosen from the parameter passed at call time, not from the model the graph was
-compiled for: Dynamo lifts parameters as graph inputs, so it may serve a second instance of
-the same model class (Wan 2.2's two experts, compiled with equal options) with the graph
-compiled for the first one, and each instance keeps its own cache. When another compile of
-the same module bound other options since (two ``torch.compile`` wrappers of one module), the
-cache is bound back to this graph's options, which restarts every context's generation: no
-residual crosses from one compile's options to the other's.
+The state follows the parameter passed at call time, not the model the graph was compiled for:
+Dynamo may serve a second instance of the model class (Wan 2.2's two experts) with the first
+one's graph, and each instance keeps its own cache. A cache another compile bound to other
+options (two ``torch.compile`` wrappers of one module) is bound back to this graph's, which
+restarts every context's generation: no residual crosses from one compile's options to another's.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from cachedit_fx.runtime.dbcache_step import StepLayout
-from cachedit_fx.runtime.registry import cache_for_params, cache_of_param
+from cachedit_fx.runtime.registry import cache_for_params
 from cachedit_fx.runtime.state import ModelCacheState
 
 log = logging.getLogger("cachedit_fx")
@@ -52,9 +49,7 @@ class StepProgram:
 def program_with_state(program: StepProgram, binding: tuple) -> Callable[..., Any]:
     compiled, layout, anchor, device, sources = (program.compiled, program.layout, program.anchor, program.device,
                                                  program.sources)
-    latest: list[Any] = [None, layout]
-    """The sizes of the latest call of a dynamic-shape graph and its layout (made again only
-    when the sizes change)."""
+    latest: list[Any] = [None, layout]  # the latest call's sizes and their layout (remade when they change)
 
     def run(*args: Any) -> Any:
         state = cache_state(args[anchor], binding)
@@ -78,14 +73,11 @@ def cache_state(anchor: torch.Tensor, binding: tuple) -> ModelCacheState:
     """The active context's state of the model owning ``anchor``, its cache bound to
     ``binding`` (``ModelCache.bind``'s arguments; module docstring)."""
     refuse_gradients((anchor,))
-    cache = cache_of_param(anchor)
-    if cache is None:
-        cache = cache_for_params([anchor])
-    if cache.bound is None:
-        cache.bind(*binding)
-    elif cache.bound != binding:
-        log.warning("cachedit: the model was compiled again with other options; this compiled graph runs "
-                    "with its own (every context starts a new generation)")
+    cache = cache_for_params([anchor])
+    if cache.bound != binding:
+        if cache.bound is not None:
+            log.warning("cachedit: the model was compiled again with other options; this compiled graph runs "
+                        "with its own (every context starts a new generation)")
         cache.bind(*binding)
     return cache.for_call()
 
@@ -109,8 +101,4 @@ def call_sizes(sources: tuple[SymbolSource, ...], args: tuple[Any, ...]) -> tupl
 def sized_by(sources: tuple[SymbolSource, ...], sizes: tuple[int, ...]) -> Callable[[torch.SymInt], int]:
     """The size of a symbolic dimension given each symbol's value (``call_sizes``)."""
     bindings = {symbol: value for (symbol, _, _), value in zip(sources, sizes)}
-
-    def size(dimension: torch.SymInt) -> int:
-        return int(dimension.node.expr.xreplace(bindings))
-
-    return size
+    return lambda dimension: int(dimension.node.expr.xreplace(bindings))

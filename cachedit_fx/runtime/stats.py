@@ -29,8 +29,7 @@ class GenerationStats:
         if diff is not None:
             self.residual_diffs[step] = diff
         if pruned_blocks is not None:
-            if self.pruned_blocks is None:
-                self.pruned_blocks = {}
+            self.pruned_blocks = self.pruned_blocks or {}
             if pruned_blocks:
                 self.pruned_blocks[step] = list(pruned_blocks)
 
@@ -47,11 +46,8 @@ class GenerationStats:
             unlisted_cached_steps=self.unlisted_cached_steps,
             residual_diffs=dict(self.residual_diffs),
             diff_min=diffs[0] if diffs else None,
-            diff_p25=_percentile(diffs, 25),
-            diff_p50=_percentile(diffs, 50),
-            diff_p75=_percentile(diffs, 75),
-            diff_p95=_percentile(diffs, 95),
             diff_max=diffs[-1] if diffs else None,
+            **{f"diff_p{q}": _percentile(diffs, q) for q in (25, 50, 75, 95)},
             computed_blocks=self.steps * self.num_blocks - skipped,
             cached_blocks=skipped,
             pruned_blocks=dict(self.pruned_blocks or {}),
@@ -94,9 +90,6 @@ class CacheSummary:
         return len(self.residual_diffs)
 
     def __str__(self) -> str:
-        def fmt(v: Optional[float]) -> str:
-            return "-" if v is None else f"{v:.4f}"
-
         total = self.computed_blocks + self.cached_blocks
         rows = [
             ("steps", str(self.num_steps)),
@@ -107,11 +100,15 @@ class CacheSummary:
             ("residual diffs (count)", str(self.num_diffs)
              + (f", {len(self.nonfinite_diff_steps)} non-finite at steps {self.nonfinite_diff_steps}"
                 if self.nonfinite_diff_steps else "")),
-            ("diff min / P25 / P50", f"{fmt(self.diff_min)} / {fmt(self.diff_p25)} / {fmt(self.diff_p50)}"),
-            ("diff P75 / P95 / max", f"{fmt(self.diff_p75)} / {fmt(self.diff_p95)} / {fmt(self.diff_max)}"),
+            ("diff min / P25 / P50", " / ".join(map(format_diff, (self.diff_min, self.diff_p25, self.diff_p50)))),
+            ("diff P75 / P95 / max", " / ".join(map(format_diff, (self.diff_p75, self.diff_p95, self.diff_max)))),
         ]
-        lines = ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
-        return "\n".join(lines)
+        return "\n".join(["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def format_diff(value: Optional[float]) -> str:
+    """A diff as the summaries print it ("-" for none)."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _percentile(values: list[float], q: float) -> Optional[float]:

@@ -14,8 +14,6 @@ from typing import Optional
 
 POLICIES = ("slow", "medium", "fast", "ultra")
 
-Bins = tuple[list[int], list[int]]
-
 _BINS_28 = {
     "slow": ([8, 3, 3, 2, 1, 1], [1, 2, 2, 2, 3]),
     "medium": ([6, 2, 2, 2, 2, 1], [1, 3, 3, 3, 3]),
@@ -66,18 +64,18 @@ def steps_mask(
     return mask
 
 
-def _policy_bins(policy: str, total: int) -> Bins:
+def _policy_bins(policy: str, total: int) -> tuple[list[int], list[int]]:
     if total >= 16:
-        compute, cache = (list(b) for b in _BINS_28[policy])
-        if total > 28:
-            _grow(compute, cache, total)
+        bins = _BINS_28[policy]
     elif total >= 8:
-        table = _BINS_8 if total == 8 else _BINS_9 if total == 9 else _BINS_9_TO_15
-        compute, cache = (list(b) for b in table[policy])
+        bins = (_BINS_8 if total == 8 else _BINS_9 if total == 9 else _BINS_9_TO_15)[policy]
     elif total in _BINS_FEW:
-        compute, cache = (list(b) for b in _BINS_FEW[total])
+        bins = _BINS_FEW[total]
     else:
         raise ValueError(f"predefined masks support total_steps 4, 6 or >= 8, got {total}")
+    compute, cache = list(bins[0]), list(bins[1])
+    if total > 28:
+        _grow(compute, cache, total)
     _trim(compute, cache, total)
     return compute, cache
 
@@ -88,12 +86,10 @@ def _grow(compute: list[int], cache: list[int], total: int) -> None:
     scale = total / 28 * 0.5
     while True:
         for i in range(min(len(compute), len(cache))):
-            compute[i] += max(int(base_compute[i] * scale), 1)
-            if sum(compute) + sum(cache) >= total:
-                return
-            cache[i] += max(int(base_cache[i] * scale), 1)
-            if sum(compute) + sum(cache) >= total:
-                return
+            for bins, base in ((compute, base_compute), (cache, base_cache)):
+                bins[i] += max(int(base[i] * scale), 1)
+                if sum(compute) + sum(cache) >= total:
+                    return
         compute[-1] += 1
         if sum(compute) + sum(cache) >= total:
             return
@@ -101,19 +97,12 @@ def _grow(compute: list[int], cache: list[int], total: int) -> None:
 
 def _trim(compute: list[int], cache: list[int], total: int) -> None:
     """Shorten the bins from the end, last cache bin then last compute bin, to ``total`` steps."""
-    for bins in _alternating_from_end(compute, cache):
-        if sum(compute) + sum(cache) <= total:
-            return
-        if bins:
-            bins[-1] -= 1
-            if bins[-1] == 0:
-                bins.pop()
-
-
-def _alternating_from_end(compute: list[int], cache: list[int]):
-    while compute or cache:
-        yield cache
-        yield compute
+    while sum(compute) + sum(cache) > total:
+        for bins in (cache, compute):
+            if bins and sum(compute) + sum(cache) > total:
+                bins[-1] -= 1
+                if bins[-1] == 0:
+                    bins.pop()
 
 
 def _alternate(compute: list[int], cache: list[int], total: Optional[int]) -> list[int]:

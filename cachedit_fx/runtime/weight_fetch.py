@@ -1,20 +1,18 @@
 """Offloaded weights fetched to the compute device: the counted custom op
 ``cachedit_fx::fetch_weight`` and the prefetch that runs one block ahead of it.
 
-Each fetched weight belongs to a group: the block (a member of a ``ModuleList``) that holds it.
-Per thread, the fetches learn which group followed which. When a group's first weight is
-fetched, every weight of the group that followed it last time is copied ahead (on CUDA on a
-side stream, so the copy overlaps the current block's compute), unless the group is a stop
-(``stop_prefetch_after``): a cache decision follows it, so its successor may be skipped and is
-fetched on demand only once it runs; or it is the chain's last block, whose successor is the
-next call's first block (nothing is held between calls).
-
-Nothing is copied ahead while a CUDA graph records (the graph replays its own copies).
+A fetched weight's group is the block (a ``ModuleList`` member) holding it. Per thread, the
+fetches learn which group followed which; a group's first fetch copies the weights of the group
+that followed it last time ahead (on CUDA on a side stream, overlapping the current block),
+unless the group is a stop (``stop_prefetch_after``: a cache decision may skip its successor,
+or it is the chain's last block: nothing is held between calls) or a CUDA graph records (it
+replays its own copies).
 
 Invariants: every copy is counted in ``fetched_bytes``, prefetched or not; a weight is copied
-at most once per use; what is learned holds weights weakly (a deleted model frees them); no weight of a block behind a cache decision is copied before the
-decision took it; a prefetched copy is used by the fetch of the same stored tensor, or dropped
-(still counted) when the thread moves to a group that was not predicted.
+at most once per use; what is learned holds weights weakly (a deleted model frees them); no
+weight of a block behind a cache decision is copied before the decision took it; a prefetched
+copy is used by the fetch of the same stored tensor, or dropped (still counted) when the
+thread moves to a group that was not predicted.
 """
 
 from __future__ import annotations
@@ -73,10 +71,6 @@ def prefetched_bytes(reset: bool = False) -> int:
     return total
 
 
-def _key(stored: torch.Tensor, device: torch.device) -> tuple[int, torch.device]:
-    return stored.data_ptr(), device
-
-
 def _copy(stored: torch.Tensor, device: torch.device, group: int, ahead: bool) -> _Copy:
     """``stored`` copied to ``device`` (a copy even on its own device, so every fetch counts
     alike); ahead of use on CUDA, on a side stream with an event to wait for."""
@@ -86,8 +80,7 @@ def _copy(stored: torch.Tensor, device: torch.device, group: int, ahead: bool) -
         return _Copy(group, stored.to(device, copy=True, non_blocking=stored.is_pinned()), None)
     stream = _STREAMS.get(device) or _STREAMS.setdefault(device, torch.cuda.Stream(device))
     with torch.cuda.stream(stream):  # reads pinned host memory no kernel writes: no wait needed
-        value = stored.to(device, copy=True, non_blocking=stored.is_pinned())
-        return _Copy(group, value, stream.record_event())
+        return _Copy(group, stored.to(device, copy=True, non_blocking=stored.is_pinned()), stream.record_event())
 
 
 def _enter(group: int) -> None:
@@ -108,8 +101,7 @@ def _enter(group: int) -> None:
 
 
 def _capturing() -> bool:
-    """A CUDA graph is being recorded: every copy must be part of it (a copy made ahead on the
-    side stream would not be replayed), so nothing is copied ahead."""
+    """A CUDA graph is being recorded (a copy made ahead on the side stream would not replay)."""
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
@@ -117,7 +109,7 @@ def _capturing() -> bool:
 def fetch_weight(stored: torch.Tensor, device: torch.device, group: int) -> torch.Tensor:
     """``stored`` on ``device``: the copy made ahead for it, else a copy made now."""
     device = torch.device(device)
-    key = _key(stored, device)
+    key = (stored.data_ptr(), device)
     if group != NO_GROUP:
         if group != _FETCHES.group:
             _enter(group)
