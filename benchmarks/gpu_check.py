@@ -118,7 +118,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_kernels(check: Check) -> dict[str, Any]:
     from benchmarks.kernels import SIZES, run_benchmark
-    from cachedit_fx.kernels import l1_rel_diff_op, taylor_forecast_op, taylor_update_op
+    from cachedit_fx.kernels import l1_rel_diff_op, taylor_forecast_op, taylor_push_op
 
     errors = {}
     sizes = ["tiny"] if check.dry_run else ["flux-1024px", "wan-480p-81f"]
@@ -130,10 +130,10 @@ def check_kernels(check: Check) -> dict[str, Any]:
         exact = torch.stack([(prev.double() - (cur.double() - base.double())).abs().sum(),
                              prev.double().abs().sum()]).cpu()
         ladder = torch.zeros((3, *shape), device=check.device, dtype=check.dtype)
-        taylor_update_op(ladder, cur, base, 1.0, 1)
-        taylor_update_op(ladder, prev, base, 2.0, 2)
-        out = torch.empty(shape, device=check.device, dtype=check.dtype)
-        taylor_forecast_op(ladder, base, 1.5, 1, out)
+        for value, gap, levels in ((cur, 1.0, 1), (prev, 2.0, 2)):
+            ladder = taylor_push_op(ladder, value, base, torch.tensor([gap], device=check.device),
+                                    torch.tensor([levels], device=check.device))
+        out = taylor_forecast_op(ladder, base, torch.tensor([1.0, 1.5, 0.0], device=check.device))
         first, second = (cur.double() - base.double()), (prev.double() - base.double())
         forecast = base.double() + second + (second - first) / 2.0 * 1.5
         errors[size] = {"l1_sums_rel_err": ((sums - exact).abs() / exact.abs()).max().item(),

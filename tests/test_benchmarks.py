@@ -12,8 +12,8 @@ def test_kernel_benchmark_writes_rows_for_every_op_and_impl(tmp_path):
     saved = json.loads((tmp_path / "kernels_cpu.json").read_text())
     assert saved["rows"] == result["rows"]
     ops = {r["op"] for r in saved["rows"]}
-    assert ops == {"l1_rel_diff", "l1_rel_diff(cur-base)", "taylor_update_(order=1)", "taylor_forecast(order=1)",
-                   "taylor_update_(order=2)", "taylor_forecast(order=2)"}
+    assert ops == {"l1_rel_diff", "l1_rel_diff(cur-base)", "taylor_push(order=1)", "taylor_forecast(order=1)",
+                   "taylor_push(order=2)", "taylor_forecast(order=2)"}
     assert len(saved["rows"]) == 2 * len(ops)
     assert all(r["gbps"] > 0 and r["median_us"] > 0 for r in saved["rows"])
 
