@@ -51,8 +51,8 @@ def _sequence(shape, dtype, n, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1,), (1023,), (1025,), (3, 7, 11), (65536 + 3,)])
-@pytest.mark.parametrize("max_levels", [1, 2, 3, 5])
+@pytest.mark.parametrize("shape", [(1,), (1025,), (3, 7, 11), (65536 + 3,)])
+@pytest.mark.parametrize("max_levels", [1, 2, 5])
 @pytest.mark.parametrize("with_base", [False, True])
 def test_triton_push_and_forecast_match_reference(triton_interpreter, dtype, shape, max_levels, with_base):
     ladder = torch.zeros((max_levels, *shape), dtype=dtype)

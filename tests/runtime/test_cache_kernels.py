@@ -70,14 +70,13 @@ def test_kernel_choices_agree(triton_interpreter, launches):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [{}, {"in_graph_decision": False}], ids=["one-program", "parts"])
-def test_taylorseer_runs_the_ladder_kernels_and_decides_as_torch(triton_interpreter, launches, extra):
+def test_taylorseer_runs_the_ladder_kernels_and_decides_as_torch(triton_interpreter, launches):
     """TaylorSeer (a ladder of three levels) with ``cache_kernels="triton"``: every step pushes
     each carried value through the ``taylor_push`` kernel, every cached step forecasts each
     through ``taylor_forecast``; decisions and outputs equal the torch arithmetic's."""
     model, inputs = TINY_MODELS["flux"]()
     steps = list(trajectory(inputs, STEPS))
-    calibrated = {"taylorseer_order": 2, **extra}
+    calibrated = {"taylorseer_order": 2}
     reference, ref_summary = run_with(model, steps, "flux", "torch", **calibrated)
     assert launches["push"] == launches["forecast"] == 0
     outputs, summary = run_with(model, steps, "flux", "triton", **calibrated)
