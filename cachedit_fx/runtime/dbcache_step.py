@@ -476,7 +476,7 @@ class DBCacheStep(torch.nn.Module):
             base = partner if plan.residual else None
             if k in predictions:
                 kept_history = foca_after_forecast(ladder, predictions[k], seen)
-                pushed = foca_push(ladder, out.float() - partner.float() if plan.residual else out.float())
+                pushed = foca_push(ladder, out.float() if base is None else out.float() - base.float())
             else:
                 kept_history = ladder
                 pushed = self.kernels.ladder_push(ladder, out, base, gap, (updates + 1).clamp(max=ladder.shape[0]))
@@ -629,7 +629,8 @@ def log_step(state: dict[str, torch.Tensor], stream: torch.Tensor, step: torch.T
     for name, value in entries:
         log = state[name]
         flat = log.view(log.shape[0] * log.shape[1], -1)
-        flat.index_copy_(0, index, torch.where(logging, value.to(log.dtype).reshape(1, -1), flat.index_select(0, index)))
+        entry = torch.where(logging, value.to(log.dtype).reshape(1, -1), flat.index_select(0, index))
+        flat.index_copy_(0, index, entry)
 
 
 def generation_progress(state: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:

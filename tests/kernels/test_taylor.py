@@ -133,3 +133,9 @@ def test_bad_arguments_raise_clear_errors():
         taylor_push_op(ladder.long(), torch.zeros(5), None, gap, levels)
     with pytest.raises(ValueError, match="taylor_forecast: ladder shape"):
         taylor_forecast_op(ladder, torch.zeros(3), torch.ones(2))
+    with pytest.raises(ValueError, match="weights must hold 2 element"):
+        taylor_forecast_op(ladder, None, torch.ones(1))
+    with pytest.raises(ValueError, match="gap must hold 1 element"):
+        taylor_push_op(ladder, torch.zeros(5), None, torch.ones(2), levels)
+    with pytest.raises(ValueError, match="levels must hold 1 element"):
+        taylor_push_op(ladder, torch.zeros(5), None, gap, torch.ones(2, dtype=torch.int64))
